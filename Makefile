@@ -1,0 +1,71 @@
+# make dev  — run the whole system locally on http://127.0.0.1:3000 (PORT overrides)
+# make test — lint, template checks and the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+SAM_VENV := .venv-sam
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SAM_STAMP := $(SAM_VENV)/.installed
+export PYTHONPATH := $(CURDIR)/layers/common:$(CURDIR)
+PYTEST_ARGS ?=
+
+.PHONY: dev test lint format template-lint unit integration e2e bench soak reconcile build clean system-deps
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+$(SAM_STAMP): infra/requirements-sam.txt
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install -q --upgrade pip
+	$(SAM_VENV)/bin/pip install -q -r infra/requirements-sam.txt
+	touch $(SAM_STAMP)
+
+dev: $(STAMP)
+	$(PY) -m local
+
+# Chromium for the browser tests comes from Debian (never `playwright install`).
+system-deps:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else echo "Browser tests need /usr/bin/chromium: sudo apt-get install -y chromium"; exit 1; fi; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy layers/common/billing local
+	@for dir in functions/*/; do \
+		(cd $$dir && MYPYPATH=$(CURDIR)/layers/common $(CURDIR)/$(VENV)/bin/mypy \
+			--config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/.mypy_cache/$$(basename $$dir) .) || exit 1; \
+	done
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+template-lint: $(SAM_STAMP)
+	$(SAM_VENV)/bin/cfn-lint infra/template.yaml
+	$(SAM_VENV)/bin/sam validate --lint --template infra/template.yaml --region us-east-1
+
+test: $(STAMP) system-deps lint template-lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: $(STAMP)
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+e2e: $(STAMP) system-deps
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/artifacts

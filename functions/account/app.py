@@ -1,0 +1,55 @@
+"""Account function: POST /account, GET /account, GET /ledger, GET /usage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from billing import accounts
+from billing.http import RequestBody, json_response, make_router, page_params, principal
+from pydantic import Field
+
+logger = Logger()
+router = make_router()
+
+
+class CreateAccount(RequestBody):
+    referral_code: str | None = Field(default=None, max_length=64)
+
+
+@router.post("/account")
+def create_account(body: CreateAccount | None = None) -> Response[str]:
+    user = principal(router)
+    account, created = accounts.create_account(user.user_id, body.referral_code if body else None)
+    if created:
+        logger.info(
+            "account created", extra={"user_id": user.user_id, "invited": bool(account.inviter_id)}
+        )
+    return json_response(201 if created else 200, accounts.render_account(account))
+
+
+@router.get("/account")
+def get_account() -> Response[str]:
+    user = principal(router)
+    return json_response(200, accounts.render_account(accounts.get_account(user.user_id)))
+
+
+@router.get("/ledger")
+def list_ledger() -> Response[str]:
+    user = principal(router)
+    page = page_params(router)
+    return json_response(200, accounts.list_ledger(user.user_id, page.limit, page.cursor))
+
+
+@router.get("/usage")
+def list_usage() -> Response[str]:
+    user = principal(router)
+    page = page_params(router)
+    return json_response(200, accounts.list_usage(user.user_id, page.limit, page.cursor))
+
+
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return router.resolve(event, context)

@@ -1,0 +1,59 @@
+"""Who is calling: the JWT claims that API Gateway's authorizer passes to the handler.
+
+API Gateway has already verified the token; here we only read `sub` (the user id) and the
+`cognito:groups` claim, which arrives as a string such as "[admin other]" (HTTP API's way of
+passing array claims) or, from other issuers and in tests, as a list or comma-separated text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from billing.errors import DomainError, Forbidden
+
+ADMIN_GROUP = "admin"
+
+
+class Unauthorized(DomainError):
+    code = "unauthorized"
+    status = 401
+    message = "A valid token is required."
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: str
+    is_admin: bool
+
+    def require_admin(self) -> None:
+        if not self.is_admin:
+            raise Forbidden()
+
+
+def parse_groups(value: Any) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if isinstance(value, list | tuple | set | frozenset):
+        return frozenset(str(item) for item in value)
+    text = str(value).strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return frozenset(part.strip().strip('"') for part in text.replace(",", " ").split() if part)
+
+
+def principal_from_claims(claims: dict[str, Any] | None) -> Principal:
+    claims = claims or {}
+    user_id = str(claims.get("sub") or "").strip()
+    if not user_id or len(user_id) > 128:
+        raise Unauthorized()
+    return Principal(
+        user_id=user_id, is_admin=ADMIN_GROUP in parse_groups(claims.get("cognito:groups"))
+    )
+
+
+def principal_from_event(event: dict[str, Any]) -> Principal:
+    """Principal of an API Gateway HTTP API (payload v2) event with a JWT authorizer."""
+    context = event.get("requestContext") or {}
+    jwt = (context.get("authorizer") or {}).get("jwt") or {}
+    return principal_from_claims(jwt.get("claims"))

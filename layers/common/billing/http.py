@@ -1,0 +1,137 @@
+"""The one place that turns domain results and errors into HTTP responses.
+
+Every HTTP function builds its router with `make_router()`: Powertools' HTTP API resolver with
+request validation (pydantic models, unknown fields rejected), the 64 KiB body limit, and the
+error body of API.md: {"error": {"code": ..., "message": ...}}.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
+
+from billing.auth import Principal, principal_from_event
+from billing.errors import DomainError, InvalidRequest, PayloadTooLarge
+
+MAX_BODY_BYTES = 64 * 1024
+JSON = "application/json"
+
+logger = Logger(child=True)
+
+
+class RequestBody(BaseModel):
+    """Base of every request body: strict types, unknown fields rejected."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Page(BaseModel):
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: str | None = None
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> Response[str]:
+    return Response(
+        status_code=status,
+        content_type=JSON,
+        body=json.dumps(error_body(code, message)),
+        headers=dict(headers or {}),
+    )
+
+
+def json_response(status: int, body: Any) -> Response[str]:
+    return Response(status_code=status, content_type=JSON, body=json.dumps(body))
+
+
+def _body_size(event: Mapping[str, Any]) -> int:
+    body = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        try:
+            return len(base64.b64decode(body, validate=False))
+        except (binascii.Error, ValueError):
+            return len(body)
+    return len(body.encode("utf-8"))
+
+
+def _describe(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(str(part) for part in err.get("loc", ()) if part not in ("body", "query", 0))
+        if err.get("type") == "json_invalid":
+            return "The body is not valid JSON."
+        if err.get("type") == "extra_forbidden":
+            parts.append(f"unknown field '{loc}'")
+        else:
+            parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    return "Invalid request: " + "; ".join(parts) + "."
+
+
+def make_router(field_codes: Mapping[str, DomainError] | None = None) -> APIGatewayHttpResolver:
+    """A resolver with validation and our error mapping.
+
+    field_codes maps a body field to the domain error its validation failure means (e.g.
+    "amount" → InvalidAmount), so a contract-specific code wins over invalid_request.
+    """
+    router = APIGatewayHttpResolver(enable_validation=True)
+    specific = dict(field_codes or {})
+
+    def limit_body(app: APIGatewayHttpResolver, next_middleware: NextMiddleware) -> Response[Any]:
+        if _body_size(app.current_event.raw_event) > MAX_BODY_BYTES:
+            raise PayloadTooLarge()
+        return next_middleware(app)
+
+    router.use([limit_body])
+
+    @router.exception_handler(DomainError)
+    def domain_error(exc: DomainError) -> Response[str]:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @router.exception_handler(RequestValidationError)
+    def invalid(exc: RequestValidationError) -> Response[str]:
+        errors = list(exc.errors())
+        for err in errors:
+            loc = [str(part) for part in err.get("loc", ())]
+            for field, error in specific.items():
+                if field in loc and err.get("type") != "extra_forbidden":
+                    return error_response(error.status, error.code, error.message)
+        return error_response(400, InvalidRequest.code, _describe(errors))
+
+    @router.not_found
+    def not_found(_exc: Exception) -> Response[str]:
+        return error_response(404, "not_found", "No such route.")
+
+    return router
+
+
+def principal(router: APIGatewayHttpResolver) -> Principal:
+    return principal_from_event(router.current_event.raw_event)
+
+
+def page_params(router: APIGatewayHttpResolver) -> Page:
+    """?limit= (1..100, default 20) and ?cursor=, validated like a body."""
+    query = router.current_event.query_string_parameters or {}
+    raw_limit = query.get("limit", "20")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+        raise InvalidRequest("limit must be a whole number from 1 to 100.")
+    cursor = query.get("cursor") or None
+    if cursor is not None and len(cursor) > 2048:
+        raise InvalidRequest("The cursor is invalid.")
+    return Page(limit=int(raw_limit), cursor=cursor)
+
+
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]

@@ -1,0 +1,311 @@
+"""The ledger: the single path through which every quota change goes.
+
+`apply` writes, in ONE DynamoDB transaction, each account's new balances (conditional on the
+account's version, so a concurrent change forces a re-read instead of being overwritten), one
+ledger entry per change under `attribute_not_exists` with an id derived from its cause (so a
+cause applies at most once), and any extra items the caller adds (an order's status change, a
+code's use counter, a usage record). Either all of it happens or none of it does, so the
+ledger always sums to the balance.
+
+Reading the account first gives every entry an exact `balance_after` and lets the floor
+checks (no balance below zero, holds included) happen before the write; the version condition
+makes the read-then-write safe under any concurrency.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+from pynamodb.exceptions import DoesNotExist, TransactWriteError
+from pynamodb.expressions.condition import Condition
+from pynamodb.expressions.update import Action
+from pynamodb.models import Model
+from pynamodb.transactions import TransactWrite
+
+from billing import clock, db
+from billing.errors import AccountNotFound
+from billing.models import Account, LedgerEntry
+
+Balance = Literal["quota", "aff_quota"]
+# Account counters a change may move besides its balance (absolute values are written).
+Counter = Literal[
+    "used_quota", "request_count", "held_quota", "aff_history_quota", "aff_count", "paid_orders"
+]
+_COUNTERS: tuple[Counter, ...] = (
+    "used_quota",
+    "request_count",
+    "held_quota",
+    "aff_history_quota",
+    "aff_count",
+    "paid_orders",
+)
+
+MAX_ATTEMPTS = 30
+
+
+class EntryKind(StrEnum):
+    TOPUP = "topup"
+    REDEEM = "redeem"
+    REFERRAL_REWARD = "referral_reward"
+    REFERRAL_TRANSFER = "referral_transfer"
+    USAGE = "usage"
+    REFUND = "refund"
+    REVERSAL = "reversal"
+    ADJUSTMENT = "adjustment"
+    SIGNUP_BONUS = "signup_bonus"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One cause's effect on one account.
+
+    entry_id None means no ledger entry (a change that moves only counters, e.g. a hold);
+    it is then not allowed to move a balance.
+    """
+
+    user_id: str
+    entry_id: str | None
+    kind: EntryKind | None = None
+    delta: int = 0
+    balance: Balance = "quota"
+    ref: str = ""
+    # Settled usage and reversals of credits may take a balance below zero; nothing else may.
+    may_go_negative: bool = False
+    counters: Mapping[Counter, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.delta, int) or isinstance(self.delta, bool):
+            raise TypeError("delta must be an int")
+        if self.entry_id is None and self.delta:
+            raise ValueError("a balance change needs a ledger entry")
+        if self.entry_id is not None and self.kind is None:
+            raise ValueError("a ledger entry needs a kind")
+
+
+@dataclass
+class TxOp:
+    """An extra item of the transaction, labelled so its failure can be reported."""
+
+    label: str
+    op: Literal["condition_check", "delete", "save", "update"]
+    model: Model | type[Model]
+    condition: Condition | None = None
+    actions: list[Action] = field(default_factory=list)
+    hash_key: Any = None
+    range_key: Any = None
+
+
+@dataclass(frozen=True)
+class Applied:
+    entries: list[LedgerEntry]
+    accounts: dict[str, Account]
+
+
+class LedgerError(Exception):
+    pass
+
+
+class DuplicateEntry(LedgerError):
+    """The cause was applied before: nothing was written now."""
+
+    def __init__(self, entry_id: str):
+        super().__init__(entry_id)
+        self.entry_id = entry_id
+
+
+class ConditionFailed(LedgerError):
+    """An extra item's condition failed (e.g. the order is no longer pending)."""
+
+    def __init__(self, label: str):
+        super().__init__(label)
+        self.label = label
+
+
+class InsufficientBalance(LedgerError):
+    def __init__(self, user_id: str, balance: Balance, available: int):
+        super().__init__(f"{balance} of {user_id} is too low")
+        self.user_id = user_id
+        self.balance = balance
+        self.available = available
+
+
+class LedgerContention(LedgerError):
+    """The account kept changing under us; the caller may retry later (retryable)."""
+
+
+def read_account(user_id: str) -> Account:
+    try:
+        return Account.get(user_id, consistent_read=True)
+    except DoesNotExist as exc:
+        raise AccountNotFound() from exc
+
+
+def apply(
+    changes: Sequence[Change],
+    extra: Sequence[TxOp] = (),
+    *,
+    accounts: Mapping[str, Account] | None = None,
+) -> Applied:
+    """Apply the changes and extra items atomically, retrying on concurrent account changes.
+
+    `accounts` may hold accounts the caller has just read (e.g. in one TransactGetItems), to
+    save a read; they are re-read on a retry.
+    """
+    if not changes:
+        raise ValueError("nothing to apply")
+    known: dict[str, Account] = dict(accounts or {})
+    for attempt in range(MAX_ATTEMPTS):
+        current = {
+            user_id: known.get(user_id) or read_account(user_id)
+            for user_id in dict.fromkeys(change.user_id for change in changes)
+        }
+        known = {}
+        try:
+            return _write(changes, extra, current)
+        except _Conflict:
+            # Another change won the race for the account: back off with jitter, re-read.
+            time.sleep(min(0.2, 0.005 * (2 ** min(attempt, 6))) * random.random())  # noqa: S311
+    raise LedgerContention("the account kept changing; try again")
+
+
+class _Conflict(Exception):
+    pass
+
+
+_BALANCE_FIELDS: tuple[str, ...] = ("quota", "aff_quota")
+
+
+def _write(
+    changes: Sequence[Change], extra: Sequence[TxOp], current: Mapping[str, Account]
+) -> Applied:
+    at = clock.iso()
+    new_values: dict[str, dict[str, int]] = {
+        user_id: {name: int(getattr(account, name)) for name in (*_BALANCE_FIELDS, *_COUNTERS)}
+        for user_id, account in current.items()
+    }
+    entries: list[LedgerEntry] = []
+    position: dict[str, int] = {}
+    for change in changes:
+        values = new_values[change.user_id]
+        values[change.balance] += change.delta
+        for name, amount in change.counters.items():
+            values[name] += amount
+        if change.entry_id is None:
+            continue
+        version = int(current[change.user_id].version) + 1
+        index = position.get(change.user_id, 0)
+        position[change.user_id] = index + 1
+        entries.append(
+            LedgerEntry(
+                user_id=change.user_id,
+                entry_id=change.entry_id,
+                seq=f"{version:015d}.{index:03d}",
+                kind=str(change.kind),
+                balance=change.balance,
+                delta=change.delta,
+                balance_after=values[change.balance],
+                ref=change.ref,
+                created_at=at,
+            )
+        )
+    _check_floors(changes, new_values)
+
+    labels: dict[str, list[str]] = {"condition_check": [], "delete": [], "save": [], "update": []}
+    updated: dict[str, Account] = {}
+    try:
+        with TransactWrite(connection=db.connection()) as transaction:
+            for op in extra:
+                _add(transaction, op)
+                labels[op.op].append(op.label)
+            for entry in entries:
+                transaction.save(entry, condition=LedgerEntry.entry_id.does_not_exist())
+                labels["save"].append(f"entry:{entry.entry_id}")
+            for user_id, account in current.items():
+                values = new_values[user_id]
+                version = int(account.version)
+                actions: list[Action] = [
+                    getattr(Account, name).set(value)
+                    for name, value in values.items()
+                    if value != int(getattr(account, name))
+                ]
+                actions += [Account.version.set(version + 1), Account.updated_at.set(at)]
+                transaction.update(account, actions=actions, condition=Account.version == version)
+                labels["update"].append(f"account:{user_id}")
+                updated[user_id] = _updated_copy(account, values, version + 1, at)
+    except TransactWriteError as exc:
+        # PynamoDB sends condition checks, deletes, puts, then updates, whatever the order
+        # they were added in; cancellation reasons follow that order.
+        order = [
+            label
+            for kind in ("condition_check", "delete", "save", "update")
+            for label in labels[kind]
+        ]
+        _raise_for(exc, order)
+    return Applied(entries=entries, accounts=updated)
+
+
+def _check_floors(changes: Iterable[Change], values: Mapping[str, Mapping[str, int]]) -> None:
+    for change in changes:
+        if change.may_go_negative:
+            continue
+        after = values[change.user_id]
+        if change.balance == "quota" and (
+            change.delta < 0 or change.counters.get("held_quota", 0) > 0
+        ):
+            available = after["quota"] - after["held_quota"]
+            if available < 0:
+                raise InsufficientBalance(change.user_id, "quota", available - change.delta)
+        if change.balance == "aff_quota" and change.delta < 0 and after["aff_quota"] < 0:
+            raise InsufficientBalance(
+                change.user_id, "aff_quota", after["aff_quota"] - change.delta
+            )
+
+
+def _add(transaction: TransactWrite, op: TxOp) -> None:
+    if op.op == "condition_check":
+        assert isinstance(op.model, type) and op.condition is not None
+        transaction.condition_check(op.model, op.hash_key, op.range_key, condition=op.condition)
+    elif op.op == "delete":
+        assert isinstance(op.model, Model)
+        transaction.delete(op.model, condition=op.condition)
+    elif op.op == "save":
+        assert isinstance(op.model, Model)
+        transaction.save(op.model, condition=op.condition)
+    else:
+        assert isinstance(op.model, Model)
+        transaction.update(op.model, actions=op.actions, condition=op.condition)
+
+
+def _raise_for(exc: TransactWriteError, labels: list[str]) -> None:
+    if exc.cause_response_code != "TransactionCanceledException":
+        raise exc
+    reasons = exc.cancellation_reasons
+    failed = [
+        (label, reason.code)
+        for label, reason in zip(labels, reasons, strict=False)
+        if reason is not None and reason.code not in (None, "None")
+    ]
+    for label, code in failed:
+        if code == "ConditionalCheckFailed" and label.startswith("entry:"):
+            raise DuplicateEntry(label.removeprefix("entry:")) from exc
+    for label, code in failed:
+        if code == "ConditionalCheckFailed" and not label.startswith(("entry:", "account:")):
+            raise ConditionFailed(label) from exc
+    # A version mismatch or a concurrent transaction on one of the items: re-read and retry.
+    if all(code in ("ConditionalCheckFailed", "TransactionConflict") for _, code in failed):
+        raise _Conflict() from exc
+    raise exc
+
+
+def _updated_copy(account: Account, values: Mapping[str, int], version: int, at: str) -> Account:
+    copy = Account(**{name: getattr(account, name) for name in Account.get_attributes()})
+    for name, value in values.items():
+        setattr(copy, name, value)
+    copy.version = version
+    copy.updated_at = at
+    return copy

@@ -1,0 +1,244 @@
+"""PynamoDB models of every table. Table names come from the environment the template sets.
+
+Quota is an int (DynamoDB numbers are arbitrary precision, so no int32/float caps); money is a
+decimal string. Times are ISO-8601 UTC strings, which sort as they read.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pynamodb.attributes import (
+    BooleanAttribute,
+    MapAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+)
+from pynamodb.indexes import (
+    AllProjection,
+    GlobalSecondaryIndex,
+    KeysOnlyProjection,
+    LocalSecondaryIndex,
+)
+from pynamodb.models import Model
+
+_REGION = os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+
+
+def _table(env: str) -> str:
+    # A function without the variable has no permission on the table either; the empty name
+    # makes any accidental use fail loudly.
+    return os.environ.get(env, "")
+
+
+class Account(Model):
+    class Meta:
+        table_name = _table("ACCOUNTS_TABLE")
+        region = _REGION
+
+    user_id = UnicodeAttribute(hash_key=True)
+    quota = NumberAttribute(default=0)
+    used_quota = NumberAttribute(default=0)
+    request_count = NumberAttribute(default=0)
+    held_quota = NumberAttribute(default=0)  # sum of open usage holds
+    aff_code = UnicodeAttribute()
+    aff_quota = NumberAttribute(default=0)
+    aff_history_quota = NumberAttribute(default=0)
+    aff_count = NumberAttribute(default=0)
+    inviter_id = UnicodeAttribute(null=True)
+    paid_orders = NumberAttribute(default=0)
+    status = UnicodeAttribute(default="active")
+    version = NumberAttribute(default=0)  # bumped by every ledger transaction
+    created_at = UnicodeAttribute()
+    updated_at = UnicodeAttribute(null=True)
+
+
+class ReferralCode(Model):
+    class Meta:
+        table_name = _table("REFERRAL_CODES_TABLE")
+        region = _REGION
+
+    code = UnicodeAttribute(hash_key=True)
+    user_id = UnicodeAttribute()
+    created_at = UnicodeAttribute()
+
+
+class OrdersByUser(GlobalSecondaryIndex["Order"]):
+    class Meta:
+        index_name = "by_user"
+        projection = AllProjection()
+
+    user_id = UnicodeAttribute(hash_key=True)
+    created_at = UnicodeAttribute(range_key=True)
+
+
+class OrdersByPayment(GlobalSecondaryIndex["Order"]):
+    class Meta:
+        index_name = "by_payment"
+        projection = KeysOnlyProjection()
+
+    provider_payment_id = UnicodeAttribute(hash_key=True)
+
+
+class Order(Model):
+    class Meta:
+        table_name = _table("ORDERS_TABLE")
+        region = _REGION
+
+    order_id = UnicodeAttribute(hash_key=True)
+    user_id = UnicodeAttribute()
+    method = UnicodeAttribute()
+    channel = UnicodeAttribute(null=True)
+    product_id = UnicodeAttribute(null=True)
+    amount = NumberAttribute()
+    pay_money = UnicodeAttribute()  # decimal string, e.g. "7.30"
+    currency = UnicodeAttribute()
+    quota = NumberAttribute()
+    status = UnicodeAttribute(default="pending")
+    pay_url = UnicodeAttribute(null=True)
+    provider_payment_id = UnicodeAttribute(null=True)
+    provider_session_id = UnicodeAttribute(null=True)
+    failure_reason = UnicodeAttribute(null=True)
+    test_mode = BooleanAttribute(default=True)
+    created_at = UnicodeAttribute()
+    paid_at = UnicodeAttribute(null=True)
+    updated_at = UnicodeAttribute(null=True)
+
+    by_user = OrdersByUser()
+    by_payment = OrdersByPayment()
+
+
+class CodesByCreated(GlobalSecondaryIndex["RedemptionCode"]):
+    class Meta:
+        index_name = "by_created"
+        projection = AllProjection()
+
+    list_key = UnicodeAttribute(hash_key=True)
+    created_at = UnicodeAttribute(range_key=True)
+
+
+class RedemptionCode(Model):
+    """A code is stored under code_id = keyed HMAC of its normalised plaintext."""
+
+    class Meta:
+        table_name = _table("REDEMPTION_CODES_TABLE")
+        region = _REGION
+
+    code_id = UnicodeAttribute(hash_key=True)
+    list_key = UnicodeAttribute(default="codes")
+    name = UnicodeAttribute()
+    quota = NumberAttribute()
+    max_uses = NumberAttribute(default=1)
+    uses = NumberAttribute(default=0)
+    status = UnicodeAttribute(default="active")  # active | disabled
+    expires_at = UnicodeAttribute(null=True)
+    batch_id = UnicodeAttribute()
+    created_by = UnicodeAttribute()
+    created_at = UnicodeAttribute()
+    disabled_at = UnicodeAttribute(null=True)
+
+    by_created = CodesByCreated()
+
+
+class LedgerBySeq(LocalSecondaryIndex["LedgerEntry"]):
+    class Meta:
+        index_name = "by_seq"
+        projection = AllProjection()
+
+    user_id = UnicodeAttribute(hash_key=True)
+    seq = UnicodeAttribute(range_key=True)
+
+
+class LedgerEntry(Model):
+    """One quota change. entry_id is derived from the cause, so a cause applies once."""
+
+    class Meta:
+        table_name = _table("LEDGER_TABLE")
+        region = _REGION
+
+    user_id = UnicodeAttribute(hash_key=True)
+    entry_id = UnicodeAttribute(range_key=True)
+    seq = UnicodeAttribute()  # account version after the change + position: total order
+    kind = UnicodeAttribute()
+    balance = UnicodeAttribute()  # "quota" | "aff_quota"
+    delta = NumberAttribute()
+    balance_after = NumberAttribute()
+    ref = UnicodeAttribute(default="")
+    created_at = UnicodeAttribute()
+
+    by_seq = LedgerBySeq()
+
+
+class UsageByUser(GlobalSecondaryIndex["UsageRecord"]):
+    class Meta:
+        index_name = "by_user"
+        projection = AllProjection()
+
+    user_id = UnicodeAttribute(hash_key=True)
+    created_at = UnicodeAttribute(range_key=True)
+
+
+class OpenHolds(GlobalSecondaryIndex["UsageRecord"]):
+    """Sparse: only records with an open hold carry hold_shard."""
+
+    class Meta:
+        index_name = "open_holds"
+        projection = KeysOnlyProjection()
+
+    hold_shard = UnicodeAttribute(hash_key=True)
+    hold_expires_at = UnicodeAttribute(range_key=True)
+
+
+class UsageRecord(Model):
+    """The usage log entry of one request_id (and its hold, while reserved)."""
+
+    class Meta:
+        table_name = _table("USAGE_TABLE")
+        region = _REGION
+
+    request_id = UnicodeAttribute(hash_key=True)
+    user_id = UnicodeAttribute()
+    model = UnicodeAttribute()
+    group = UnicodeAttribute(null=True)
+    prompt_tokens = NumberAttribute(default=0)
+    completion_tokens = NumberAttribute(default=0)
+    model_ratio = UnicodeAttribute(null=True)
+    completion_ratio = UnicodeAttribute(null=True)
+    group_ratio = UnicodeAttribute(null=True)
+    model_price = UnicodeAttribute(null=True)
+    quota = NumberAttribute(default=0)  # charged (or settled) quota
+    hold_quota = NumberAttribute(default=0)
+    status = UnicodeAttribute()  # charged | reserved | settled | released
+    results = MapAttribute[str, Any](default=dict)  # action -> first result, for duplicates
+    hold_shard = UnicodeAttribute(null=True)
+    hold_expires_at = UnicodeAttribute(null=True)
+    created_at = UnicodeAttribute()
+    updated_at = UnicodeAttribute(null=True)
+
+    by_user = UsageByUser()
+    open_holds = OpenHolds()
+
+
+class RateLimit(Model):
+    class Meta:
+        table_name = _table("RATE_LIMITS_TABLE")
+        region = _REGION
+
+    key = UnicodeAttribute(hash_key=True)
+    hits = NumberAttribute(default=0)
+    expires_at = NumberAttribute()  # epoch seconds; DynamoDB TTL
+
+
+class AuditRecord(Model):
+    class Meta:
+        table_name = _table("AUDIT_TABLE")
+        region = _REGION
+
+    day = UnicodeAttribute(hash_key=True)
+    entry = UnicodeAttribute(range_key=True)  # "<iso time>#<uuid>"
+    actor = UnicodeAttribute()
+    action = UnicodeAttribute()
+    target = UnicodeAttribute(default="")
+    detail = MapAttribute[str, Any](default=dict)
+    created_at = UnicodeAttribute()

@@ -1,0 +1,49 @@
+"""Opaque cursors over DynamoDB's LastEvaluatedKey: newest-first pages of `{items, next_cursor}`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pynamodb.pagination import ResultIterator
+
+from billing.errors import InvalidRequest
+
+T = TypeVar("T")
+
+
+def encode_cursor(last_key: dict[str, Any] | None) -> str | None:
+    if not last_key:
+        return None
+    raw = json.dumps(last_key, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, owner: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """The key a cursor encodes; `owner` pins key attributes (a user's cursor cannot page
+    through another user's partition)."""
+    if not cursor:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        value = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest("The cursor is invalid.") from exc
+    if not isinstance(value, dict):
+        raise InvalidRequest("The cursor is invalid.")
+    for name, expected in (owner or {}).items():
+        if value.get(name) != {"S": expected}:
+            raise InvalidRequest("The cursor is invalid.")
+    return value
+
+
+def collect_page(
+    results: ResultIterator[T], limit: int, render: Callable[[T], dict[str, Any]]
+) -> dict[str, Any]:
+    """Render up to `limit` results and the cursor of the next page (None at the end)."""
+    items = [render(item) for item in results]
+    next_key = results.last_evaluated_key if len(items) >= limit else None
+    return {"items": items[:limit], "next_cursor": encode_cursor(next_key)}
