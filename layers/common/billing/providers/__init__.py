@@ -1,0 +1,21 @@
+"""Payment providers behind one interface (billing.providers.base.Provider).
+
+Provider modules are imported lazily: a handler pays the import of an SDK (stripe,
+cryptography) only for the provider it actually uses.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from billing.providers.base import Provider
+
+METHODS = ("stripe", "epay", "creem", "waffo")
+
+
+def get_provider(method: str) -> Provider:
+    if method not in METHODS:
+        raise KeyError(method)
+    module = importlib.import_module(f"billing.providers.{method}")
+    provider: Provider = module.PROVIDER
+    return provider
