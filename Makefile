@@ -8,6 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SAM_STAMP := $(SAM_VENV)/.installed
 export PYTHONPATH := $(CURDIR)/layers/common:$(CURDIR)
+export SAM_CLI_TELEMETRY := 0
 PYTEST_ARGS ?=
 
 .PHONY: dev test lint format template-lint unit integration e2e bench soak reconcile build clean system-deps
@@ -21,7 +22,7 @@ $(STAMP): pyproject.toml
 $(SAM_STAMP): infra/requirements-sam.txt
 	$(PYTHON) -m venv $(SAM_VENV)
 	$(SAM_VENV)/bin/pip install -q --upgrade pip
-	$(SAM_VENV)/bin/pip install -q -r infra/requirements-sam.txt
+	env -u PYTHONPATH $(SAM_VENV)/bin/pip install -q -r infra/requirements-sam.txt
 	touch $(SAM_STAMP)
 
 dev: $(STAMP)
@@ -49,8 +50,8 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 template-lint: $(SAM_STAMP)
-	$(SAM_VENV)/bin/cfn-lint infra/template.yaml
-	$(SAM_VENV)/bin/sam validate --lint --template infra/template.yaml --region us-east-1
+	env -u PYTHONPATH $(SAM_VENV)/bin/cfn-lint infra/template.yaml
+	env -u PYTHONPATH $(SAM_VENV)/bin/sam validate --lint --template infra/template.yaml --region us-east-1
 
 test: $(STAMP) system-deps lint template-lint
 	$(PY) -m pytest $(PYTEST_ARGS)
