@@ -1,0 +1,443 @@
+"""The embedded AWS: moto's server on 127.0.0.1, behind a wrapper that serializes requests,
+injects faults and counts calls.
+
+moto's backends are not safe under concurrent requests (a conditional write can interleave
+with another one), so every request runs under one global lock. Real DynamoDB is
+linearizable per item, so this keeps the emulation honest, while races in our own code are
+still exercised: requests interleave between calls. SQS long polls are emulated outside the
+lock (moto would otherwise hold it for up to 20 s).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlencode
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from werkzeug.serving import BaseWSGIServer
+
+log = logging.getLogger("local.aws")
+
+# The stack's own clients (provisioning, pollers) tag their requests with this user agent
+# so that their calls are counted apart and faults do not hit them by accident.
+INTERNAL_USER_AGENT = "quota-local-stack"
+
+_THROTTLING_CODES = {
+    "ThrottlingException",
+    "Throttling",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "LimitExceededException",
+    "TransactionConflictException",
+    "RequestThrottled",
+}
+_SERVER_CODES = {"InternalServerError": 500, "InternalFailure": 500, "ServiceUnavailable": 503}
+
+# The JSON protocol's error type prefix per service, as botocore expects it.
+_ERROR_NAMESPACES = {
+    "dynamodb": "com.amazonaws.dynamodb.v20120810#",
+    "sqs": "com.amazonaws.sqs#",
+    "ssm": "",
+    "secretsmanager": "",
+}
+
+_TARGET_SERVICES = {
+    "dynamodb": "dynamodb",
+    "dynamodbstreams": "dynamodbstreams",
+    "amazonsqs": "sqs",
+    "amazonssm": "ssm",
+    "secretsmanager": "secretsmanager",
+}
+
+_SQS_WRITES = {
+    "SendMessage",
+    "SendMessageBatch",
+    "ChangeMessageVisibility",
+    "ChangeMessageVisibilityBatch",
+}
+
+
+@dataclass
+class Fault:
+    """One injected AWS error: the (after+1)th..(after+count)th matching call fails."""
+
+    service: str
+    operation: str
+    error_code: str
+    after: int = 0
+    count: int = 1  # -1 = every matching call from then on
+    message: str = "Injected by the local stack"
+    status: int | None = None
+    contains: str | None = None  # only calls whose body contains this text
+    internal: bool = False  # also hit the stack's own calls (pollers, provisioning)
+    seen: int = 0
+    fired: int = 0
+
+    @classmethod
+    def from_json(cls, spec: dict[str, Any]) -> Fault:
+        known = {
+            "service",
+            "operation",
+            "error_code",
+            "after",
+            "count",
+            "message",
+            "status",
+            "contains",
+            "internal",
+        }
+        unknown = set(spec) - known
+        if unknown:
+            raise ValueError(f"unknown fault fields: {sorted(unknown)}")
+        for name in ("service", "operation", "error_code"):
+            if not isinstance(spec.get(name), str) or not spec[name]:
+                raise ValueError(f"fault needs a non-empty string {name!r}")
+        fault = cls(
+            service=spec["service"].lower(),
+            operation=spec["operation"],
+            error_code=spec["error_code"],
+            after=int(spec.get("after", 0)),
+            count=int(spec.get("count", 1)),
+            message=str(spec.get("message", cls.message)),
+            status=None if spec.get("status") is None else int(spec["status"]),
+            contains=spec.get("contains"),
+            internal=bool(spec.get("internal", False)),
+        )
+        if fault.after < 0 or fault.count == 0 or fault.count < -1:
+            raise ValueError("after must be >= 0 and count >= 1 (or -1 for always)")
+        return fault
+
+    @property
+    def exhausted(self) -> bool:
+        return self.count != -1 and self.fired >= self.count
+
+    @property
+    def http_status(self) -> int:
+        if self.status is not None:
+            return self.status
+        if self.error_code in _SERVER_CODES:
+            return _SERVER_CODES[self.error_code]
+        return 400
+
+    def describe(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class CallInfo:
+    service: str
+    operation: str
+    internal: bool
+    body: bytes
+    json_protocol: bool
+
+
+@dataclass
+class Registry:
+    """Faults and call counters, shared by the wrapper and the control endpoints."""
+
+    faults: list[Fault] = field(default_factory=list)
+    calls: Counter[str] = field(default_factory=Counter)
+    internal_calls: Counter[str] = field(default_factory=Counter)
+    injected: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, fault: Fault) -> None:
+        with self.lock:
+            self.faults.append(fault)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.faults.clear()
+
+    def list(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [f.describe() for f in self.faults]
+
+    def record(self, call: CallInfo) -> Fault | None:
+        key = f"{call.service}.{call.operation}"
+        with self.lock:
+            (self.internal_calls if call.internal else self.calls)[key] += 1
+            for fault in self.faults:
+                if fault.exhausted:
+                    continue
+                if fault.service != call.service.lower():
+                    continue
+                if fault.operation not in ("*", call.operation):
+                    continue
+                if call.internal and not fault.internal:
+                    continue
+                if fault.contains and fault.contains.encode() not in call.body:
+                    continue
+                fault.seen += 1
+                if fault.seen <= fault.after:
+                    continue
+                fault.fired += 1
+                self.injected[key] += 1
+                return fault
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "calls": dict(sorted(self.calls.items())),
+                "internal_calls": dict(sorted(self.internal_calls.items())),
+                "injected_faults": dict(sorted(self.injected.items())),
+                "total": sum(self.calls.values()),
+            }
+
+    def reset(self) -> None:
+        with self.lock:
+            self.calls.clear()
+            self.internal_calls.clear()
+            self.injected.clear()
+
+
+def identify(environ: WSGIEnvironment, body: bytes) -> CallInfo:
+    """Service and operation of a request (JSON protocol target, else query Action)."""
+    user_agent = str(environ.get("HTTP_USER_AGENT", ""))
+    internal = INTERNAL_USER_AGENT in user_agent
+    target = str(environ.get("HTTP_X_AMZ_TARGET", ""))
+    if target and "." in target:
+        prefix, _, operation = target.rpartition(".")
+        service_key = prefix.split("_")[0].lower()
+        service = _TARGET_SERVICES.get(service_key, service_key)
+        return CallInfo(service, operation, internal, body, json_protocol=True)
+    service = "unknown"
+    auth = str(environ.get("HTTP_AUTHORIZATION", ""))
+    if "Credential=" in auth:
+        scope = auth.split("Credential=", 1)[1].split(",", 1)[0].split("/")
+        if len(scope) >= 4:
+            service = scope[3].lower()
+    params = parse_qs(str(environ.get("QUERY_STRING", "")))
+    if str(environ.get("CONTENT_TYPE", "")).startswith("application/x-www-form-urlencoded"):
+        params.update(parse_qs(body.decode("utf-8", "replace")))
+    operation = params.get("Action", [str(environ.get("REQUEST_METHOD", "?"))])[0]
+    return CallInfo(service, operation, internal, body, json_protocol=False)
+
+
+def _error_response(call: CallInfo, fault: Fault) -> tuple[int, list[tuple[str, str]], bytes]:
+    if call.json_protocol:
+        namespace = _ERROR_NAMESPACES.get(call.service, "")
+        payload = {"__type": f"{namespace}{fault.error_code}", "message": fault.message}
+        headers = [
+            ("Content-Type", "application/x-amz-json-1.0"),
+            ("x-amzn-RequestId", "local-fault"),
+        ]
+        if call.service == "sqs":
+            sender = "Receiver" if fault.http_status >= 500 else "Sender"
+            headers.append(("x-amzn-query-error", f"{fault.error_code};{sender}"))
+        return fault.http_status, headers, json.dumps(payload).encode()
+    xml = (
+        "<ErrorResponse><Error><Type>Sender</Type>"
+        f"<Code>{fault.error_code}</Code><Message>{fault.message}</Message>"
+        "</Error><RequestId>local-fault</RequestId></ErrorResponse>"
+    )
+    return fault.http_status, [("Content-Type", "text/xml")], xml.encode()
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+class SerializedApp:
+    """WSGI wrapper: one request at a time into moto, plus faults, counters and long polls."""
+
+    def __init__(self, app: WSGIApplication, registry: Registry) -> None:
+        self.app = app
+        self.registry = registry
+        self.lock = threading.Lock()
+        self._sqs_activity = threading.Condition()
+        self.default_receive_wait: dict[str, int] = {}
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        call = identify(environ, body)
+        fault = self.registry.record(call)
+        if fault is not None:
+            status, headers, payload = _error_response(call, fault)
+            headers.append(("Content-Length", str(len(payload))))
+            start_response(f"{status} {_REASONS.get(status, 'Error')}", headers)
+            return [payload]
+        if call.service == "sqs" and call.operation == "ReceiveMessage":
+            wait = self._receive_wait(call)
+            if wait > 0:
+                return self._long_poll(environ, start_response, call, wait)
+        status_line, headers, payload = self._forward(environ, body)
+        if call.service == "sqs" and call.operation in _SQS_WRITES:
+            with self._sqs_activity:
+                self._sqs_activity.notify_all()
+        start_response(status_line, headers)
+        return [payload]
+
+    def _forward(
+        self, environ: WSGIEnvironment, body: bytes
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            captured["status"] = status
+            captured["headers"] = headers
+            return lambda _data: None
+
+        environ = dict(environ)
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        with self.lock:
+            result = self.app(environ, capture)
+            try:
+                # Consume the whole response under the lock: it may be generated lazily.
+                payload = b"".join(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+        return captured["status"], captured["headers"], payload
+
+    def _receive_wait(self, call: CallInfo) -> int:
+        params = self._receive_params(call)
+        wait = params.get("WaitTimeSeconds")
+        if wait is None:
+            queue = str(params.get("QueueUrl", "")).rsplit("/", 1)[-1]
+            return self.default_receive_wait.get(queue, 0)
+        try:
+            return int(wait)
+        except (TypeError, ValueError):
+            return 0
+
+    @staticmethod
+    def _receive_params(call: CallInfo) -> dict[str, Any]:
+        if call.json_protocol:
+            try:
+                parsed = json.loads(call.body or b"{}")
+            except ValueError:
+                return {}
+            return parsed if isinstance(parsed, dict) else {}
+        return {k: v[0] for k, v in parse_qs(call.body.decode("utf-8", "replace")).items()}
+
+    def _long_poll(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        call: CallInfo,
+        wait: int,
+    ) -> Iterable[bytes]:
+        if wait > 20:
+            wait = 20  # let moto reject it with its own error below
+            body = call.body
+        else:
+            params = self._receive_params(call)
+            params["WaitTimeSeconds"] = 0
+            encoded = json.dumps(params) if call.json_protocol else urlencode(params)
+            body = encoded.encode()
+        deadline = time.monotonic() + wait
+        while True:
+            status_line, headers, payload = self._forward(environ, body)
+            if not status_line.startswith("200") or _has_messages(payload, call.json_protocol):
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            with self._sqs_activity:
+                self._sqs_activity.wait(min(0.05, remaining))
+        start_response(
+            status_line,
+            [(k, v) for k, v in headers if k.lower() != "content-length"]
+            + [("Content-Length", str(len(payload)))],
+        )
+        return [payload]
+
+
+def _has_messages(payload: bytes, json_protocol: bool) -> bool:
+    if json_protocol:
+        try:
+            return bool(json.loads(payload or b"{}").get("Messages"))
+        except (ValueError, AttributeError):
+            return True
+    return b"<Message>" in payload
+
+
+class EmbeddedAws:
+    """moto's server on 127.0.0.1 and a free port, in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.registry = Registry()
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self.app: SerializedApp | None = None
+        self._clients: dict[str, Any] = {}
+        self._clients_lock = threading.Lock()
+
+    def start(self) -> str:
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server
+
+        class QuietHandler(MotoRequestHandler):
+            def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+                return None  # every AWS call would be a line; /_local/stats counts them
+
+        self.app = SerializedApp(DomainDispatcherApplication(create_backend_app), self.registry)
+        self._server = make_server(
+            "127.0.0.1", 0, self.app, threaded=True, request_handler=QuietHandler
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="embedded-aws", daemon=True
+        )
+        self._thread.start()
+        return self.endpoint
+
+    @property
+    def endpoint(self) -> str:
+        if self._server is None:
+            raise RuntimeError("embedded AWS not started")
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def client(self, service: str) -> Any:
+        """A boto3 client for the stack's own use (tagged as internal); clients are
+        thread-safe and slow to make, so there is one per service."""
+        with self._clients_lock:
+            if service not in self._clients:
+                self._clients[service] = self._new_client(service)
+            return self._clients[service]
+
+    def _new_client(self, service: str) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.session.Session().client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",  # noqa: S106 - moto's fixed dummy credentials
+            config=Config(
+                user_agent_extra=INTERNAL_USER_AGENT,
+                retries={"mode": "standard", "max_attempts": 5},
+                max_pool_connections=32,
+            ),
+        )
+
+    def set_default_receive_wait(self, queue_name: str, seconds: int) -> None:
+        if self.app is not None:
+            self.app.default_receive_wait[queue_name] = seconds
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,307 @@
+"""Wires the local stack together: listener, embedded AWS, provisioning, runtime, pollers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from local.auth import DEV_AUDIENCE, DevIssuer
+from local.aws import EmbeddedAws
+from local.gateway import Gateway
+from local.pollers import Schedule, SqsPoller, build_pollers, build_schedules
+from local.provision import Provisioned, Provisioner, local_environment, waffo_keys
+from local.routes import HttpApi, Route, read_apis, read_routes
+from local.runtime import OutputMux, Runtime
+from local.sandbox import (
+    Sandbox,
+    SandboxContext,
+    SandboxStore,
+    WaffoSandboxKeys,
+    load_providers,
+)
+from local.template import EMULATED_EVENT_TYPES, PARAMETER_TYPE, Template, TemplateError
+
+log = logging.getLogger("local")
+
+PROVIDERS = ("stripe", "epay", "creem", "waffo")
+
+
+@dataclass
+class Options:
+    port: int
+    template: Path
+    root: Path
+    settings: list[str] = field(default_factory=list)
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+def parameter_overrides(port: int, environ: Mapping[str, str]) -> dict[str, str]:
+    """The local values of the template's deployment parameters."""
+    base = f"http://127.0.0.1:{port}"
+    overrides = {
+        "ApiBaseUrl": base,
+        "ConsoleUrl": base,
+        "JwtIssuer": f"{base}/_local",
+        "JwtAudience": DEV_AUDIENCE,
+    }
+    for provider in PROVIDERS:
+        variable = f"{provider.upper()}_API_BASE"
+        parameter = f"{provider.capitalize()}ApiBase"
+        overrides[parameter] = environ.get(variable, f"{base}/_local/sandbox/{provider}")
+    return overrides
+
+
+class LogToMux(logging.Handler):
+    def __init__(self, mux: OutputMux) -> None:
+        super().__init__()
+        self.mux = mux
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+        except Exception:  # pragma: no cover - logging must never raise
+            return
+        level = "" if record.levelno == logging.INFO else f"{record.levelname}: "
+        self.mux.write_line("local", level + message)
+
+
+class Stack:
+    def __init__(self, options: Options, environ: Mapping[str, str] | None = None) -> None:
+        self.options = options
+        self.environ = dict(os.environ if environ is None else environ)
+        self.output = OutputMux()
+        self.ready = threading.Event()
+        self.startup_error: str | None = None
+        self.port = options.port
+        self.gateway = Gateway(self)
+        self.aws = EmbeddedAws()
+        self.template: Template | None = None
+        self.runtime: Runtime | None = None
+        self.issuer: DevIssuer | None = None
+        self.sandbox: Sandbox | None = None
+        self.routes: list[Route] = []
+        self.api: HttpApi | None = None
+        self.pollers: list[SqsPoller] = []
+        self.schedules: list[Schedule] = []
+        self.provisioned = Provisioned()
+        self.console_dir = options.root / "console"
+
+    def say(self, message: str) -> None:
+        self.output.write_line("local", message)
+
+    # ------------------------------------------------------------ start
+
+    def bind(self) -> int:
+        """Take the port first, so that a port in use fails fast (raises PortInUse)."""
+        self.port = self.gateway.bind(self.options.port)
+        self.gateway.serve_in_background()
+        return self.port
+
+    def load_template(self) -> Template:
+        overrides = parameter_overrides(self.port, self.environ)
+        overrides.update(self.options.parameters)
+        template = Template(self.options.template, overrides, root=self.options.root)
+        unknown = set(self.options.parameters) - set(template.parameters)
+        if unknown:
+            raise TemplateError(f"--parameter for undeclared parameters: {sorted(unknown)}")
+        self.template = template
+        return template
+
+    def _settings_overrides(self, template: Template) -> dict[str, Path]:
+        with_files = [
+            r.logical_id
+            for r in template.of_type(PARAMETER_TYPE)
+            if r.local_metadata.get("ValueFile")
+        ]
+        overrides: dict[str, Path] = {}
+        for item in self.options.settings:
+            logical_id, sep, path = item.partition("=")
+            if not sep:
+                if len(with_files) != 1:
+                    raise TemplateError(
+                        "--settings PATH needs exactly one SSM parameter with "
+                        "Metadata.Local.ValueFile; use --settings LogicalId=PATH"
+                    )
+                logical_id, path = with_files[0], item
+            elif logical_id not in with_files:
+                raise TemplateError(
+                    f"--settings: {logical_id} is not an SSM parameter with a "
+                    "Metadata.Local.ValueFile"
+                )
+            resolved = Path(path).expanduser().resolve()
+            if not resolved.is_file():
+                raise TemplateError(f"--settings: {resolved} does not exist")
+            overrides[logical_id] = resolved
+        return overrides
+
+    def start(self) -> None:
+        template = self.template or self.load_template()
+        settings = self._settings_overrides(template)
+        endpoint = self.aws.start()
+        template.aws_endpoint = endpoint
+        self.say(f"embedded AWS (moto) on {endpoint}")
+
+        keys = waffo_keys(self.environ)
+        credentials = local_environment(self.environ, keys)
+        provider_env = {**self.environ, **credentials}
+        self.provisioned = Provisioner(template, self.aws, provider_env, settings).run()
+        self.say(
+            f"provisioned {len(self.provisioned.tables)} tables, "
+            f"{len(self.provisioned.queues)} queues, {len(self.provisioned.parameters)} "
+            f"parameters, {len(self.provisioned.secrets)} secrets"
+        )
+
+        functions = [template.function(fid) for fid in template.function_ids()]
+        for function in functions:
+            for event in function.events:
+                if event.type not in EMULATED_EVENT_TYPES:
+                    log.warning(
+                        "%s.%s: %s events are not emulated locally",
+                        function.logical_id,
+                        event.name,
+                        event.type,
+                    )
+        self.runtime = Runtime(functions, endpoint, self.output)
+        apis = read_apis(template)
+        self.routes = read_routes(template, apis)
+        used = {route.api for route in self.routes}
+        self.api = next((apis[a] for a in apis if a in used), None)
+        issuers = {r.authorizer.issuer for r in self.routes if r.authorizer is not None}
+        dev_issuer = f"http://127.0.0.1:{self.port}/_local"
+        for issuer in issuers - {dev_issuer}:
+            log.warning(
+                "routes use the JWT issuer %s, which is not the dev issuer: their "
+                "requests will be rejected",
+                issuer,
+            )
+        self.issuer = DevIssuer(dev_issuer)
+
+        failed = load_providers()
+        self.sandbox = Sandbox(
+            SandboxContext(
+                port=self.port,
+                store=SandboxStore(),
+                credentials=credentials,
+                waffo=WaffoSandboxKeys(
+                    platform_private_pem=keys.platform_private_pem,
+                    platform_public_pem=keys.platform_public_pem,
+                    merchant_public_pem=keys.merchant_public_pem,
+                ),
+            )
+        )
+        if failed:
+            log.warning("sandbox modules that failed to load: %s", ", ".join(failed))
+
+        self.runtime.prewarm()
+        sqs = self.aws.client("sqs")
+        self.pollers = build_pollers(template, functions, self.runtime.invoke, sqs)
+        for poller in self.pollers:
+            if poller.enabled:
+                poller.start()
+        for poller in self.pollers:
+            if poller.enabled and not poller.ready.wait(10):
+                raise RuntimeError(f"poller {poller.function_id}/{poller.event_name} did not start")
+        self.schedules = build_schedules(functions, self.runtime.invoke)
+        if self.environ.get("LOCAL_SCHEDULES", "1") != "0":
+            for schedule in self.schedules:
+                if schedule.start():
+                    self.say(
+                        f"schedule {schedule.function_id}/{schedule.event_name}: "
+                        f"{schedule.expression}"
+                    )
+        self.ready.set()
+
+    # ------------------------------------------------------------ control
+
+    def health(self) -> dict[str, Any]:
+        template = self.template
+        assert template is not None and self.runtime is not None
+        return {
+            "status": "ok",
+            "aws_endpoint": self.aws.endpoint,
+            "port": self.port,
+            "base_url": f"http://127.0.0.1:{self.port}",
+            "functions": sorted(self.runtime.pools),
+            "function_status": self.runtime.status(),
+            "tables": dict(self.provisioned.tables),
+            "queues": dict(self.provisioned.queues),
+            "parameters": dict(self.provisioned.parameters),
+            "secrets": dict(self.provisioned.secrets),
+            "pollers": [f"{p.function_id}/{p.event_name}" for p in self.pollers if p.enabled],
+            "schedules": [f"{s.function_id}/{s.event_name}" for s in self.schedules],
+            "routes": [f"{r.route_key} -> {r.function}" for r in self.routes],
+            "sandbox": sorted(self.sandbox.providers) if self.sandbox else [],
+            "outputs": template.outputs(),
+            "skipped_resources": sorted(template.skipped),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        stats = self.aws.registry.stats()
+        stats["invocations"] = self.runtime.invocation_counts() if self.runtime else {}
+        stats["pollers"] = {
+            f"{p.function_id}/{p.event_name}": vars(p.stats).copy() for p in self.pollers
+        }
+        return stats
+
+    def reset_stats(self) -> None:
+        self.aws.registry.reset()
+        if self.runtime is not None:
+            for pool in self.runtime.pools.values():
+                pool.invocations = 0
+                pool.errors = 0
+        for poller in self.pollers:
+            poller.stats.batches = poller.stats.messages = 0
+            poller.stats.deleted = poller.stats.failed = 0
+
+    def faults(self) -> dict[str, Any]:
+        return {
+            "faults": self.aws.registry.list(),
+            "pollers": {
+                f"{p.function_id}/{p.event_name}": {"die_after_invoke": p.fault.die_after_invoke}
+                for p in self.pollers
+            },
+        }
+
+    def clear_faults(self) -> None:
+        self.aws.registry.clear()
+        for poller in self.pollers:
+            poller.clear_fault()
+
+    def add_poller_fault(self, function_id: str, count: int, event: str | None = None) -> None:
+        matching = [
+            p
+            for p in self.pollers
+            if p.function_id == function_id and (event is None or p.event_name == event)
+        ]
+        if not matching:
+            raise ValueError(f"no SQS poller for {function_id}" + (f"/{event}" if event else ""))
+        if count < 1:
+            raise ValueError("die_after_invoke must be >= 1")
+        for poller in matching:
+            poller.add_die_after_invoke(count)
+
+    def schedule(self, function_id: str, event_name: str) -> Schedule | None:
+        for schedule in self.schedules:
+            if schedule.function_id == function_id and schedule.event_name == event_name:
+                return schedule
+        return None
+
+    # ------------------------------------------------------------ stop
+
+    def stop(self) -> None:
+        self.ready.clear()
+        for schedule in self.schedules:
+            schedule.stop()
+        for poller in self.pollers:
+            poller.stop()
+        for poller in self.pollers:
+            poller.join(timeout=5)
+        self.gateway.shutdown()
+        if self.runtime is not None:
+            self.runtime.close()
+        self.aws.stop()

@@ -1,0 +1,26 @@
+"""Shared fixtures: the local stack on the real template, started once per session."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.stack import LocalStack
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[LocalStack]:
+    local = LocalStack("session")
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def user_id() -> str:
+    """A user id no other test uses (the session's stack is shared)."""
+    return f"user-{uuid.uuid4().hex[:12]}"

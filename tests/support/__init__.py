@@ -1,0 +1,1 @@
+"""Test helpers: the local stack as a subprocess (stack.py) and embedded tables."""

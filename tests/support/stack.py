@@ -1,0 +1,325 @@
+"""Runs the local stack (``python -m local``) as a subprocess for tests.
+
+stack = LocalStack().start()                     # infra/template.yaml
+stack.request("GET", "/account", token=stack.token("user-1"))
+stack.invoke("MeterUsageFunction", {...})        # Lambda Invoke API through boto3
+stack.boto3_client("dynamodb")                   # the embedded AWS (moto)
+stack.stop()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import boto3
+import requests
+from botocore.config import Config
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+DEFAULT_TEMPLATE = ROOT / "infra" / "template.yaml"
+
+T = TypeVar("T")
+
+
+class StackStartError(RuntimeError):
+    pass
+
+
+class LambdaFunctionError(Exception):
+    """An invocation returned a function error (X-Amz-Function-Error)."""
+
+    def __init__(self, function: str, kind: str, payload: Any) -> None:
+        message = payload.get("errorMessage") if isinstance(payload, dict) else payload
+        super().__init__(f"{function} failed ({kind}): {message}")
+        self.function = function
+        self.kind = kind
+        self.payload = payload
+
+    @property
+    def error_type(self) -> str | None:
+        return self.payload.get("errorType") if isinstance(self.payload, dict) else None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalStack:
+    def __init__(self, name: str = "stack") -> None:
+        self.name = name
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        # One file per test process: several test runs may share the checkout.
+        self.log_path = ARTIFACTS / f"local-stack-{name}-{os.getpid()}.log"
+        self._health: dict[str, Any] = {}
+        self._local = threading.local()
+
+    @property
+    def http(self) -> requests.Session:
+        """A session per thread (tests fire concurrent requests from thread pools)."""
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(
+        self,
+        template: str | Path = DEFAULT_TEMPLATE,
+        env: Mapping[str, str] | None = None,
+        *,
+        settings: str | Path | None = None,
+        parameters: Mapping[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> LocalStack:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        _remove_stale_logs(self.name)
+        self.port = free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "local",
+            "--port",
+            str(self.port),
+            "--template",
+            str(Path(template).resolve()),
+        ]
+        if settings is not None:
+            command += ["--settings", str(Path(settings).resolve())]
+        for key, value in (parameters or {}).items():
+            command += ["--parameter", f"{key}={value}"]
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        environment.pop("PORT", None)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, so stop() takes the workers too
+            )
+        self._wait_healthy(timeout)
+        return self
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise StackStartError(
+                    f"the local stack exited with {self.process.returncode}\n{self.log_tail()}"
+                )
+            try:
+                response = self.http.get(f"{self.base_url}/_local/health", timeout=2)
+                if response.status_code == 200:
+                    self._health = response.json()
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise StackStartError(
+            f"the local stack was not healthy within {timeout:.0f} s\n{self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> LocalStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_text().splitlines()[-lines:]
+        return "--- local stack log (tail) ---\n" + "\n".join(text)
+
+    # ------------------------------------------------------------ addresses
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def aws_endpoint(self) -> str:
+        return str(self._health["aws_endpoint"])
+
+    def health(self) -> dict[str, Any]:
+        response = self.http.get(f"{self.base_url}/_local/health", timeout=10)
+        response.raise_for_status()
+        self._health = response.json()
+        return self._health
+
+    def table_name(self, logical_id: str) -> str:
+        return str(self._health["tables"][logical_id])
+
+    def queue_url(self, logical_id: str) -> str:
+        return str(self._health["queues"][logical_id])
+
+    # ------------------------------------------------------------ HTTP API
+
+    def token(self, sub: str, admin: bool = False, **extra: Any) -> str:
+        """A dev JWT; extra: email, expires_in (seconds, may be negative), claims (dict)."""
+        response = self.http.post(
+            f"{self.base_url}/_local/token", json={"sub": sub, "admin": admin, **extra}, timeout=10
+        )
+        response.raise_for_status()
+        return str(response.json()["token"])
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        data: Any = None,
+        timeout: float = 60.0,
+        **kwargs: Any,
+    ) -> requests.Response:
+        all_headers = dict(headers or {})
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        return self.http.request(
+            method,
+            self.base_url + path,
+            json=json,
+            data=data,
+            headers=all_headers,
+            timeout=timeout,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------ Lambda and AWS
+
+    def lambda_client(self) -> Any:
+        return boto3.client(
+            "lambda",
+            endpoint_url=self.base_url,
+            region_name="us-east-1",
+            aws_access_key_id="x",
+            aws_secret_access_key="x",
+            config=Config(retries={"total_max_attempts": 1}, read_timeout=120),
+        )
+
+    def invoke_raw(
+        self, function: str, payload: Any, invocation_type: str = "RequestResponse"
+    ) -> dict[str, Any]:
+        response: dict[str, Any] = self.lambda_client().invoke(
+            FunctionName=function,
+            InvocationType=invocation_type,
+            Payload=json.dumps(payload).encode(),
+        )
+        return response
+
+    def invoke(self, function: str, payload: Any) -> Any:
+        """The function's parsed result; LambdaFunctionError on a function error."""
+        response = self.invoke_raw(function, payload)
+        body = response["Payload"].read()
+        result = json.loads(body) if body else None
+        if response.get("FunctionError"):
+            raise LambdaFunctionError(function, response["FunctionError"], result)
+        return result
+
+    def boto3_client(self, service: str, **config: Any) -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=self.aws_endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            config=Config(**config) if config else None,
+        )
+
+    # ------------------------------------------------------------ control endpoints
+
+    def fault(self, **spec: Any) -> dict[str, Any]:
+        """Inject an AWS fault (service, operation, error_code, after, count, ...) or a
+        poller fault (poller=FunctionLogicalId, die_after_invoke=N)."""
+        response = self.http.post(f"{self.base_url}/_local/faults", json=spec, timeout=10)
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def clear_faults(self) -> None:
+        self.http.post(
+            f"{self.base_url}/_local/faults", json={"clear": True}, timeout=10
+        ).raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.http.get(f"{self.base_url}/_local/stats", timeout=10).json()
+        return result
+
+    def reset_stats(self) -> None:
+        self.http.post(f"{self.base_url}/_local/stats/reset", timeout=10).raise_for_status()
+
+    def run_schedule(self, function: str, event: str) -> requests.Response:
+        return self.http.post(f"{self.base_url}/_local/schedules/{function}/{event}", timeout=120)
+
+    def pay(self, order_id: str, outcome: str = "paid") -> requests.Response:
+        return self.http.post(
+            f"{self.base_url}/_local/sandbox/pay/{order_id}", json={"outcome": outcome}, timeout=60
+        )
+
+
+def _remove_stale_logs(name: str) -> None:
+    """Drop logs of earlier runs of this stack name whose test process is gone."""
+    for path in ARTIFACTS.glob(f"local-stack-{name}-*.log"):
+        pid = path.stem.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except PermissionError:
+            pass
+
+
+def wait_for(
+    check: Callable[[], T | None],
+    timeout: float = 20.0,
+    interval: float = 0.2,
+    message: str = "condition",
+) -> T:
+    """Poll until check() returns something truthy; its value is returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
