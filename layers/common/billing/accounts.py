@@ -60,7 +60,8 @@ def create_account(user_id: str, referral_code: str | None) -> tuple[Account, bo
         return get_account(user_id), False
     except AccountNotFound:
         pass
-    inviter_id = find_inviter(referral_code) if referral_code else None
+    # An empty field (a form left blank) means no referral, not a bad one.
+    inviter_id = find_inviter(referral_code) if referral_code and referral_code.strip() else None
     for _ in range(_CODE_ATTEMPTS):
         at = clock.iso()
         account = Account(

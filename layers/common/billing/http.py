@@ -15,8 +15,8 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from billing.auth import Principal, principal_from_event
@@ -81,21 +81,29 @@ def _describe(errors: list[dict[str, Any]]) -> str:
     return "Invalid request: " + "; ".join(parts) + "."
 
 
+class _LimitedResolver(APIGatewayHttpResolver):
+    """Refuses bodies over 64 KiB before any parsing or validation looks at them."""
+
+    def resolve(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+        if _body_size(event) > MAX_BODY_BYTES:
+            too_large = PayloadTooLarge()
+            return {
+                "statusCode": too_large.status,
+                "headers": {"Content-Type": JSON},
+                "body": json.dumps(error_body(too_large.code, too_large.message)),
+                "isBase64Encoded": False,
+            }
+        return super().resolve(event, context)
+
+
 def make_router(field_codes: Mapping[str, DomainError] | None = None) -> APIGatewayHttpResolver:
     """A resolver with validation and our error mapping.
 
     field_codes maps a body field to the domain error its validation failure means (e.g.
     "amount" → InvalidAmount), so a contract-specific code wins over invalid_request.
     """
-    router = APIGatewayHttpResolver(enable_validation=True)
+    router = _LimitedResolver(enable_validation=True)
     specific = dict(field_codes or {})
-
-    def limit_body(app: APIGatewayHttpResolver, next_middleware: NextMiddleware) -> Response[Any]:
-        if _body_size(app.current_event.raw_event) > MAX_BODY_BYTES:
-            raise PayloadTooLarge()
-        return next_middleware(app)
-
-    router.use([limit_body])
 
     @router.exception_handler(DomainError)
     def domain_error(exc: DomainError) -> Response[str]:
@@ -122,7 +130,7 @@ def principal(router: APIGatewayHttpResolver) -> Principal:
     return principal_from_event(router.current_event.raw_event)
 
 
-def page_params(router: APIGatewayHttpResolver) -> Page:
+def page_params(router: APIGatewayHttpResolver | APIGatewayHttpRouter) -> Page:
     """?limit= (1..100, default 20) and ?cursor=, validated like a body."""
     query = router.current_event.query_string_parameters or {}
     raw_limit = query.get("limit", "20")
