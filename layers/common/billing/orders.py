@@ -1,0 +1,279 @@
+"""Top-up orders: the server-side quote, checkout (order first, then the provider), reading.
+
+The price is computed here from the settings and nowhere else: the client names an amount (or a
+product, for a product-based method) and never a price. The order is written `pending` BEFORE
+the provider is asked for a payment, so a webhook always finds its order; if the provider call
+fails the order is marked `failed` at once, so no pending order is left behind for nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import string
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from pynamodb.exceptions import DoesNotExist, PynamoDBException
+from pynamodb.expressions.update import Action
+
+from billing import accounts, clock, money
+from billing.errors import DomainError, InvalidAmount, InvalidRequest, NotFound, ProviderError
+from billing.models import Order
+from billing.pagination import collect_page, decode_cursor
+from billing.providers.base import CheckoutRequest
+from billing.secrets import provider_secrets
+from billing.settings import PaymentMethod, Settings, load_settings
+from billing.topup_options import require_method
+
+logger = Logger(child=True)
+
+ORDER_PREFIX = "ord_"
+_ID_ALPHABET = string.ascii_letters + string.digits
+_ID_LENGTH = 24  # ~143 bits: order ids are unguessable, and plain enough for every gateway
+MAX_ORDER_ID_LENGTH = 64
+
+PENDING = "pending"
+PAID = "paid"
+FAILED = "failed"
+EXPIRED = "expired"
+REFUNDED = "refunded"
+DISPUTED = "disputed"
+
+
+@dataclass(frozen=True)
+class Quote:
+    method: str
+    amount: int  # top-up units; 0 for a product-based order
+    pay_money: Decimal  # major units, already rounded to the currency's minor unit
+    currency: str
+    quota: int
+    channel: str | None = None
+    product_id: str | None = None
+    description: str = ""
+
+
+def new_order_id() -> str:
+    return ORDER_PREFIX + "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_LENGTH))
+
+
+def quote(
+    settings: Settings,
+    method: str,
+    config: PaymentMethod,
+    *,
+    amount: int | None,
+    channel: str | None = None,
+    product_id: str | None = None,
+) -> Quote:
+    """What the order costs and buys: amount * unit_price * discount (half-up to the
+    currency's minor unit) and amount * quota_per_unit, or the product's price and quota."""
+    channel = _channel(config, channel)
+    if config.products:
+        if amount is not None or product_id is None:
+            raise InvalidRequest("This method sells products: send product_id, not amount.")
+        product = next((p for p in config.products if p.product_id == product_id), None)
+        if product is None:
+            raise InvalidRequest("Unknown product_id for this method.")
+        return Quote(
+            method=method,
+            amount=0,
+            pay_money=money.quantize(product.price, product.currency),
+            currency=product.currency,
+            quota=product.quota,
+            channel=channel,
+            product_id=product.product_id,
+            description=product.name,
+        )
+    if product_id is not None:
+        raise InvalidRequest("This method takes an amount, not a product_id.")
+    topup = settings.topup
+    if (
+        not isinstance(amount, int)
+        or isinstance(amount, bool)
+        or not topup.min_topup <= amount <= topup.max_topup
+    ):
+        raise InvalidAmount(
+            f"The amount must be a whole number from {topup.min_topup} to {topup.max_topup}."
+        )
+    pay_money = money.quantize(
+        Decimal(amount) * config.unit_price * topup.discount_for(amount), config.currency
+    )
+    if pay_money <= 0:
+        raise InvalidAmount("The amount is too small to be paid in this currency.")
+    quota = amount * settings.quota_per_unit
+    return Quote(
+        method=method,
+        amount=amount,
+        pay_money=pay_money,
+        currency=config.currency,
+        quota=quota,
+        channel=channel,
+        description=f"Top-up: {amount} units ({quota} quota)",
+    )
+
+
+def _channel(config: PaymentMethod, channel: str | None) -> str | None:
+    if not config.channels:
+        if channel is not None:
+            raise InvalidRequest("This method has no channels.")
+        return None
+    if channel is None:
+        return config.channels[0]
+    if channel not in config.channels:
+        raise InvalidRequest("Unknown channel for this method.")
+    return channel
+
+
+def _urls(settings: Settings, method: str, order_id: str) -> tuple[str, str, str]:
+    api_base = os.environ.get("API_BASE_URL", "").rstrip("/")
+    console = os.environ.get("CONSOLE_URL", "").rstrip("/") or api_base
+    success = settings.urls.success_url.format(console=console, order_id=order_id)
+    cancel = settings.urls.cancel_url.format(console=console, order_id=order_id)
+    return success, cancel, f"{api_base}/webhooks/{method}"
+
+
+def checkout(
+    user_id: str,
+    method: str,
+    *,
+    amount: int | None,
+    channel: str | None = None,
+    product_id: str | None = None,
+) -> Order:
+    """Create a pending order for exactly the quoted price and ask its provider for a payment.
+
+    Raises MethodUnavailable, InvalidAmount, InvalidRequest (nothing written), AccountNotFound,
+    or ProviderError (the order is then `failed`).
+    """
+    settings = load_settings()
+    creds = provider_secrets()
+    provider, config = require_method(settings, creds, method)
+    priced = quote(settings, method, config, amount=amount, channel=channel, product_id=product_id)
+    accounts.get_account(user_id)  # credit needs an account: refuse before writing anything
+
+    at = clock.iso()
+    order = Order(
+        order_id=new_order_id(),
+        user_id=user_id,
+        method=method,
+        channel=priced.channel,
+        product_id=priced.product_id,
+        amount=priced.amount,
+        pay_money=money.format_amount(priced.pay_money, priced.currency),
+        currency=priced.currency,
+        quota=priced.quota,
+        status=PENDING,
+        test_mode=config.test_mode,
+        created_at=at,
+        updated_at=at,
+    )
+    order.save(condition=Order.order_id.does_not_exist())
+
+    success_url, cancel_url, notify_url = _urls(settings, method, order.order_id)
+    request = CheckoutRequest(
+        order_id=order.order_id,
+        user_id=user_id,
+        method=method,
+        amount=priced.amount,
+        pay_money=priced.pay_money,
+        currency=priced.currency,
+        quota=priced.quota,
+        description=priced.description,
+        success_url=success_url,
+        cancel_url=cancel_url,
+        notify_url=notify_url,
+        channel=priced.channel,
+        product_id=priced.product_id,
+        test_mode=config.test_mode,
+    )
+    try:
+        session = provider.create_payment(request, creds)
+    except Exception as exc:
+        _mark_failed(order, "provider_error")
+        if isinstance(exc, DomainError):
+            raise
+        logger.exception("provider call failed", extra={"order_id": order.order_id})
+        raise ProviderError() from exc
+
+    actions: list[Action] = [Order.pay_url.set(session.pay_url), Order.updated_at.set(clock.iso())]
+    if session.session_id:
+        actions.append(Order.provider_session_id.set(session.session_id))
+    order.update(actions=actions, condition=Order.order_id.exists())
+    logger.info(
+        "checkout created",
+        extra={"order_id": order.order_id, "method": method, "pay_money": order.pay_money},
+    )
+    return order
+
+
+def _mark_failed(order: Order, reason: str) -> None:
+    try:
+        order.update(
+            actions=[
+                Order.status.set(FAILED),
+                Order.failure_reason.set(reason),
+                Order.updated_at.set(clock.iso()),
+            ],
+            condition=Order.status == PENDING,
+        )
+    except PynamoDBException:
+        # The provider error is what the caller must see; the order stays pending and
+        # can never be credited without a verified payment anyway.
+        logger.exception("could not mark the order failed", extra={"order_id": order.order_id})
+
+
+def get_order(user_id: str, order_id: str) -> Order:
+    """The caller's own order; another user's order is NotFound, like a missing one."""
+    if not order_id or len(order_id) > MAX_ORDER_ID_LENGTH:
+        raise NotFound("No such order.")
+    try:
+        order = Order.get(order_id, consistent_read=True)
+    except DoesNotExist as exc:
+        raise NotFound("No such order.") from exc
+    if order.user_id != user_id:
+        raise NotFound("No such order.")
+    return order
+
+
+def find_order(order_id: str) -> Order | None:
+    if not order_id or len(order_id) > MAX_ORDER_ID_LENGTH:
+        return None
+    try:
+        return Order.get(order_id, consistent_read=True)
+    except DoesNotExist:
+        return None
+
+
+def list_orders(user_id: str, limit: int, cursor: str | None) -> dict[str, Any]:
+    results = Order.by_user.query(
+        user_id,
+        scan_index_forward=False,
+        limit=limit,
+        last_evaluated_key=decode_cursor(cursor, owner={"user_id": user_id}),
+    )
+    return collect_page(results, limit, render_order)
+
+
+def render_order(order: Order) -> dict[str, Any]:
+    """An order as API.md names it (plus channel/product_id when set)."""
+    rendered: dict[str, Any] = {
+        "order_id": order.order_id,
+        "method": order.method,
+        "amount": int(order.amount),
+        "pay_money": order.pay_money,
+        "currency": order.currency,
+        "quota": int(order.quota),
+        "status": order.status,
+        "created_at": order.created_at,
+        "paid_at": order.paid_at,
+    }
+    if order.pay_url:
+        rendered["pay_url"] = order.pay_url
+    if order.channel:
+        rendered["channel"] = order.channel
+    if order.product_id:
+        rendered["product_id"] = order.product_id
+    return rendered
