@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import routes_accounts
+import routes_codes
+import routes_topups
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing.http import make_router
@@ -12,6 +14,8 @@ from billing.http import make_router
 logger = Logger()
 router = make_router()
 router.include_router(routes_accounts.router)
+router.include_router(routes_codes.router)
+router.include_router(routes_topups.router)
 
 
 @logger.inject_lambda_context(clear_state=True)

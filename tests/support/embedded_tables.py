@@ -39,6 +39,11 @@ _AWS_VARIABLES = (
 
 @contextmanager
 def embedded_tables() -> Iterator[EmbeddedAws]:
+    # moto's backends are per process: start empty, or a second use (another test module)
+    # finds the first one's tables and secrets and provisioning fails.
+    from moto.moto_api._internal.models import moto_api_backend
+
+    moto_api_backend.reset()
     aws = EmbeddedAws()
     endpoint = aws.start()
     template = Template(ROOT / "infra" / "template.yaml")

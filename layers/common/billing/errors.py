@@ -111,3 +111,17 @@ class ProviderError(DomainError):
 
 class SettingsError(Exception):
     """Invalid settings: raised at load, never silently replaced by defaults."""
+
+
+class InvalidEvent(DomainError):
+    """A usage event that cannot be metered as sent (missing fields, bad values, no hold)."""
+
+    code = "invalid_event"
+    message = "The usage event is invalid."
+
+
+class UnknownModel(DomainError):
+    """A model with neither a ratio nor a price: never metered as free usage."""
+
+    code = "unknown_model"
+    message = "The model has no price."

@@ -150,16 +150,20 @@ def apply(
     extra: Sequence[TxOp] = (),
     *,
     accounts: Mapping[str, Account] | None = None,
+    max_attempts: int = MAX_ATTEMPTS,
 ) -> Applied:
     """Apply the changes and extra items atomically, retrying on concurrent account changes.
 
     `accounts` may hold accounts the caller has just read (e.g. in one TransactGetItems), to
-    save a read; they are re-read on a retry.
+    save a read; they are re-read on a retry. A caller whose extra items were computed from
+    the accounts it read (e.g. usage records carrying the balance after) passes
+    `max_attempts=1`: a concurrent change then raises LedgerContention at once, so it can
+    re-read and rebuild them instead of writing stale ones.
     """
     if not changes:
         raise ValueError("nothing to apply")
     known: dict[str, Account] = dict(accounts or {})
-    for attempt in range(MAX_ATTEMPTS):
+    for attempt in range(max_attempts):
         current = {
             user_id: known.get(user_id) or read_account(user_id)
             for user_id in dict.fromkeys(change.user_id for change in changes)
@@ -168,6 +172,8 @@ def apply(
         try:
             return _write(changes, extra, current)
         except _Conflict:
+            if attempt + 1 == max_attempts:
+                break
             # Another change won the race for the account: back off with jitter, re-read.
             time.sleep(min(0.2, 0.005 * (2 ** min(attempt, 6))) * random.random())  # noqa: S311
     raise LedgerContention("the account kept changing; try again")

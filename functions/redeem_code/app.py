@@ -1,0 +1,34 @@
+"""Redeem function: POST /redeem."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from billing import redemption
+from billing.errors import RedeemFailed
+from billing.http import RequestBody, json_response, make_router, principal
+from pydantic import Field
+
+logger = Logger()
+# A code that is not even a string of sane length fails like any other code.
+router = make_router(field_codes={"code": RedeemFailed()})
+
+
+class Redeem(RequestBody):
+    code: str = Field(min_length=1, max_length=64)
+
+
+@router.post("/redeem")
+def redeem(body: Redeem) -> Response[str]:
+    user = principal(router)
+    http = (router.current_event.raw_event.get("requestContext") or {}).get("http") or {}
+    result = redemption.redeem(user.user_id, body.code, str(http.get("sourceIp") or ""))
+    return json_response(200, {"quota_added": result.quota_added, "quota": result.quota})
+
+
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return router.resolve(event, context)

@@ -1,0 +1,1 @@
+"""Operator commands that drive the admin HTTP API (`python -m billing.admin --help`)."""
