@@ -23,7 +23,7 @@ from pynamodb.exceptions import UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
-from billing import audit, clock, ledger, money, orders
+from billing import audit, clock, ledger, money, orders, referral
 from billing.errors import DomainError, NotFound
 from billing.models import Account, Order
 from billing.providers.base import EventType, PaymentEvent
@@ -31,6 +31,7 @@ from billing.providers.base import EventType, PaymentEvent
 logger = Logger(child=True)
 
 ADMIN_PROVIDER = "admin"
+_REBUILD_ATTEMPTS = 3
 
 
 class Outcome(StrEnum):
@@ -55,14 +56,14 @@ class OrderNotCompletable(DomainError):
 
 
 def extra_changes_for_credit(order: Order, account: Account) -> list[ledger.Change]:
-    """Changes that join the credit of `order` in its transaction (e.g. the referral rebate
-    to `account.inviter_id`, ledger `referral_reward#<order>` on aff_quota). None yet."""
-    return []
+    """Changes that join the credit of `order` in its transaction: the inviter's rebate
+    (`referral_reward#<order>` on aff_quota) and first-order bonuses."""
+    return referral.credit_changes(order, account)
 
 
 def extra_changes_for_reversal(order: Order, account: Account) -> list[ledger.Change]:
-    """Changes that join the reversal of `order` (e.g. `referral_clawback#<order>`). None yet."""
-    return []
+    """Changes that join the reversal of `order`: the clawback of its rebate."""
+    return referral.clawback_changes(order, account)
 
 
 # ---------------------------------------------------------------- entry points
@@ -169,6 +170,16 @@ def _credit(order: Order, event: PaymentEvent, *, admin: bool = False) -> Outcom
     ):
         return _already_closed(order, event)
 
+    # The extra changes depend on the account (first paid order → bonuses): if another credit
+    # of the same user wins the race for one of them, re-read and rebuild.
+    for _ in range(_REBUILD_ATTEMPTS):
+        outcome = _try_credit(order, event, admin=admin)
+        if outcome is not None:
+            return outcome
+    raise ledger.LedgerContention("the account kept changing; try again")
+
+
+def _try_credit(order: Order, event: PaymentEvent, *, admin: bool) -> Outcome | None:
     account = ledger.read_account(order.user_id)
     at = clock.iso()
     changes = [
@@ -205,8 +216,10 @@ def _credit(order: Order, event: PaymentEvent, *, admin: bool = False) -> Outcom
             ],
             accounts={order.user_id: account},
         )
-    except ledger.DuplicateEntry:
-        return Outcome.DUPLICATE
+    except ledger.DuplicateEntry as duplicate:
+        if duplicate.entry_id == f"topup#{order.order_id}":
+            return Outcome.DUPLICATE
+        return None  # a bonus entry was written by a concurrent credit: rebuild
     except ledger.ConditionFailed:
         current = orders.find_order(order.order_id)
         if current is not None and current.status != orders.PENDING and current.paid_at:

@@ -91,4 +91,5 @@ def options(settings: Settings, secrets: dict[str, str]) -> dict[str, Any]:
             for method, config in available_methods(settings, secrets).items()
         ],
         "referral_rebate_percent": str(settings.referral.rebate_percent),
+        "referral_min_transfer": settings.referral.min_transfer,
     }

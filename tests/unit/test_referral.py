@@ -1,0 +1,145 @@
+"""Referral rules on the embedded AWS: rounding, an inactive inviter earns nothing, bonuses are
+paid once, on the first paid order, even when two orders are credited at the same moment."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from billing import accounts, clock, crediting
+from billing.crediting import Outcome
+from billing.models import Account, LedgerEntry, Order
+from billing.providers.base import EventType, PaymentEvent
+from billing.referral import rebate_for
+
+from tests.support.embedded_tables import embedded_tables
+
+ROOT = Path(__file__).resolve().parents[2]
+QUOTA = 3_333_333
+INVITEE_BONUS = 1_000
+INVITER_BONUS = 2_000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tables() -> Iterator[None]:
+    with embedded_tables():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def bonus_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    document = json.loads((ROOT / "settings" / "local.json").read_text())
+    document["referral"].update(invitee_bonus=INVITEE_BONUS, inviter_bonus=INVITER_BONUS)
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(document))
+    monkeypatch.setenv("SETTINGS_FILE", str(path))
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "QuotaTopupTest")
+
+
+def invited_pair() -> tuple[str, str]:
+    inviter = f"a-{uuid.uuid4().hex[:10]}"
+    invitee = f"b-{uuid.uuid4().hex[:10]}"
+    code = accounts.create_account(inviter, None)[0].aff_code
+    accounts.create_account(invitee, code)
+    return inviter, invitee
+
+
+def pending_order(user_id: str) -> Order:
+    at = clock.iso()
+    order = Order(
+        order_id=f"ord_{uuid.uuid4().hex[:24]}",
+        user_id=user_id,
+        method="stripe",
+        amount=10,
+        pay_money="10.00",
+        currency="USD",
+        quota=QUOTA,
+        status="pending",
+        created_at=at,
+        updated_at=at,
+    )
+    order.save()
+    return order
+
+
+def paid(order: Order) -> PaymentEvent:
+    return PaymentEvent(
+        provider="stripe",
+        event_id=f"evt_{uuid.uuid4().hex}",
+        type=EventType.PAID,
+        order_id=order.order_id,
+        amount=Decimal("10.00"),
+        currency="USD",
+    )
+
+
+def entries(user_id: str) -> dict[str, int]:
+    return {e.entry_id: int(e.delta) for e in LedgerEntry.query(user_id, consistent_read=True)}
+
+
+@pytest.mark.parametrize(
+    ("quota", "percent", "expected"),
+    [(5_000_000, "10", 500_000), (3_333_333, "10", 333_333), (999, "12.5", 124), (1, "99", 0)],
+)
+def test_rebate_is_rounded_down(quota: int, percent: str, expected: int) -> None:
+    assert rebate_for(quota, Decimal(percent)) == expected
+
+
+def test_two_orders_credited_at_once_pay_each_rebate_and_each_bonus_once() -> None:
+    inviter, invitee = invited_pair()
+    orders = [pending_order(invitee) for _ in range(2)]
+    deliveries = [paid(order) for order in orders for _ in range(4)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(crediting.apply_event, deliveries))
+    assert outcomes.count(Outcome.CREDITED) == 2
+    rebate = rebate_for(QUOTA, Decimal(10))
+    assert entries(inviter) == {
+        f"referral_reward#{orders[0].order_id}": rebate,
+        f"referral_reward#{orders[1].order_id}": rebate,
+        f"signup_bonus#invitee#{invitee}": INVITER_BONUS,
+    }
+    assert entries(invitee) == {
+        f"topup#{orders[0].order_id}": QUOTA,
+        f"topup#{orders[1].order_id}": QUOTA,
+        f"signup_bonus#{invitee}": INVITEE_BONUS,
+    }
+    a, b = Account.get(inviter, consistent_read=True), Account.get(invitee, consistent_read=True)
+    assert int(a.aff_quota) == int(a.aff_history_quota) == 2 * rebate + INVITER_BONUS
+    assert int(b.quota) == 2 * QUOTA + INVITEE_BONUS and int(b.paid_orders) == 2
+
+
+def test_an_inactive_inviter_earns_no_rebate_but_the_order_is_credited() -> None:
+    inviter, invitee = invited_pair()
+    suspended = Account.get(inviter)
+    suspended.update(actions=[Account.status.set("suspended"), Account.version.add(1)])
+    order = pending_order(invitee)
+    assert crediting.apply_event(paid(order)) is Outcome.CREDITED
+    assert entries(inviter) == {}
+    assert entries(invitee) == {
+        f"topup#{order.order_id}": QUOTA,
+        f"signup_bonus#{invitee}": INVITEE_BONUS,
+    }
+
+
+def test_a_refund_claws_back_exactly_the_rebate_paid() -> None:
+    inviter, invitee = invited_pair()
+    order = pending_order(invitee)
+    crediting.apply_event(paid(order))
+    refund = PaymentEvent(
+        provider="stripe",
+        event_id=f"evt_{uuid.uuid4().hex}",
+        type=EventType.REFUNDED,
+        order_id=order.order_id,
+    )
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = list(pool.map(crediting.apply_event, [refund] * 4))
+    assert outcomes.count(Outcome.REVERSED) == 1
+    rebate = rebate_for(QUOTA, Decimal(10))
+    assert entries(inviter)[f"referral_clawback#{order.order_id}"] == -rebate
+    account = Account.get(inviter, consistent_read=True)
+    assert int(account.aff_quota) == sum(entries(inviter).values()) == INVITER_BONUS
