@@ -1,4 +1,5 @@
-"""Admin function: every /admin route; each route module checks the admin group first."""
+"""Admin function: every /admin route. Non-admins are refused (403) before routing or body
+validation; each route module checks the admin group again (defence in depth)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import routes_codes
 import routes_topups
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from billing.http import make_router
+from billing.http import admin_refusal, make_router
 
 logger = Logger()
 router = make_router()
@@ -20,4 +21,7 @@ router.include_router(routes_topups.router)
 
 @logger.inject_lambda_context(clear_state=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    refusal = admin_refusal(event)
+    if refusal is not None:
+        return refusal
     return router.resolve(event, context)

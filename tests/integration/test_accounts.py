@@ -227,6 +227,10 @@ def test_admin_adjust_is_admin_only_and_validated(stack: LocalStack) -> None:
     path = f"/admin/accounts/{user}/adjust"
     denied = stack.request("POST", path, token=stack.token(user), json={"delta": 5, "reason": "x"})
     assert denied.status_code == 403 and denied.json()["error"]["code"] == "forbidden"
+    # refused before its body is looked at: a non-admin learns nothing about admin input
+    for route in (path, "/admin/redemption-codes", "/admin/topups/ord_x/complete"):
+        blind = stack.request("POST", route, token=stack.token(user), json={"bad": True})
+        assert blind.status_code == 403, route
     admin = stack.token("admin-" + user, admin=True)
     for body in (
         {"delta": 1.5, "reason": "x"},

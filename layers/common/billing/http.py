@@ -81,18 +81,32 @@ def _describe(errors: list[dict[str, Any]]) -> str:
     return "Invalid request: " + "; ".join(parts) + "."
 
 
+def error_result(error: DomainError) -> dict[str, Any]:
+    """A domain error as a raw API Gateway v2 result, for refusals made before routing."""
+    return {
+        "statusCode": error.status,
+        "headers": {"Content-Type": JSON, **error.headers},
+        "body": json.dumps(error_body(error.code, error.message)),
+        "isBase64Encoded": False,
+    }
+
+
+def admin_refusal(event: Mapping[str, Any]) -> dict[str, Any] | None:
+    """For functions whose every route is admin-only: 403 for anyone else, before the body is
+    even validated (a non-admin learns nothing about the route's input)."""
+    try:
+        principal_from_event(dict(event)).require_admin()
+    except DomainError as refusal:
+        return error_result(refusal)
+    return None
+
+
 class _LimitedResolver(APIGatewayHttpResolver):
     """Refuses bodies over 64 KiB before any parsing or validation looks at them."""
 
     def resolve(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
         if _body_size(event) > MAX_BODY_BYTES:
-            too_large = PayloadTooLarge()
-            return {
-                "statusCode": too_large.status,
-                "headers": {"Content-Type": JSON},
-                "body": json.dumps(error_body(too_large.code, too_large.message)),
-                "isBase64Encoded": False,
-            }
+            return error_result(PayloadTooLarge())
         return super().resolve(event, context)
 
 
@@ -108,6 +122,11 @@ def make_router(field_codes: Mapping[str, DomainError] | None = None) -> APIGate
     @router.exception_handler(DomainError)
     def domain_error(exc: DomainError) -> Response[str]:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @router.exception_handler(UnicodeDecodeError)
+    def undecodable(_exc: UnicodeDecodeError) -> Response[str]:
+        # A JSON body that is not UTF-8 (API Gateway passes it base64-encoded).
+        return error_response(400, InvalidRequest.code, "The body is not valid UTF-8 JSON.")
 
     @router.exception_handler(RequestValidationError)
     def invalid(exc: RequestValidationError) -> Response[str]:
