@@ -1,0 +1,36 @@
+// A table fed by a cursor-paginated list ({items, next_cursor}): first page on reload(),
+// "Load more" appends the next one.
+
+import { busy, clearStatus, el, showStatus } from "./dom.js";
+
+export function pagedTable({ load, body, more, empty, status, row }) {
+  let cursor = null;
+  let generation = 0;
+
+  async function fetchPage(append) {
+    const mine = ++generation;
+    clearStatus(status);
+    const restore = append ? busy(more, "Loading…") : () => {};
+    try {
+      const page = await load(append ? cursor : undefined);
+      if (mine !== generation) return; // a newer reload superseded this one
+      const rows = page.items.map(row);
+      if (append) body.append(...rows);
+      else body.replaceChildren(...rows);
+      cursor = page.next_cursor ?? null;
+      more.hidden = cursor === null;
+      empty.hidden = body.children.length > 0;
+    } catch (error) {
+      if (mine === generation) showStatus(status, "error", error.message);
+    } finally {
+      restore();
+    }
+  }
+
+  more.addEventListener("click", () => fetchPage(true));
+  return { reload: () => fetchPage(false) };
+}
+
+export function cell(content, className) {
+  return el("td", { class: className }, content);
+}
