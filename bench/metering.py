@@ -1,0 +1,299 @@
+"""Usage metering on the local stack: aggregation, AWS calls per charge, and throughput.
+
+Starts its own local stack (tests/support/stack.py, schedules off so the sweeper's queries
+do not mix into the counts) and measures, through the Lambda Invoke API and the usage queue:
+
+- events per account write for batches: the account item's version counts its writes
+  (every ledger transaction bumps it once); goal >= 50 at batch size 100 (one user);
+- DynamoDB calls per single charge, from GET /_local/stats (the bench's own reads use the
+  stack's internal user agent and are not counted); goal: exactly one TransactWriteItems,
+  and no SSM call once warm (settings and the pricing table are cached);
+- charges per second through the Invoke API (single-event invokes, concurrent clients), for
+  distinct users and for one hot user, and events per second in batches of 100.
+
+The embedded AWS is moto behind one lock, so absolute rates say little about DynamoDB; the
+ratios (events per write, calls per charge) are what carries over. moto 5.2's
+TransactWriteItems deep-copies the whole table of every item it writes (to roll back), so a
+transaction costs O(items x table size) here and the rates fall as the tables grow; a
+conflicting transaction (one hot user) costs as much as a successful one.
+
+    .venv/bin/python bench/metering.py     (BENCH_ROUNDS=6, BENCH_CHARGES=100 by default)
+Writes bench/results/metering.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "layers" / "common")]
+
+from local.aws import INTERNAL_USER_AGENT  # noqa: E402
+from tests.support.stack import LocalStack, wait_for  # noqa: E402
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "6"))
+CHARGES = int(os.environ.get("BENCH_CHARGES", "100"))
+CLIENTS = int(os.environ.get("BENCH_CLIENTS", "16"))
+FUNCTION = "MeterUsageFunction"
+RESULTS = ROOT / "bench" / "results" / "metering.json"
+
+
+def internal(stack: LocalStack, service: str) -> Any:
+    return stack.boto3_client(service, user_agent_extra=INTERNAL_USER_AGENT)
+
+
+def calls(stack: LocalStack) -> Counter[str]:
+    return Counter({k: v for k, v in stack.stats()["calls"].items() if v})
+
+
+def funded_user(stack: LocalStack, quota: int) -> str:
+    user = f"bench-{uuid.uuid4().hex[:12]}"
+    stack.request("POST", "/account", token=stack.token(user), json={}).raise_for_status()
+    stack.request(
+        "POST",
+        f"/admin/accounts/{user}/adjust",
+        token=stack.token("bench-admin", admin=True),
+        json={"delta": quota, "reason": "bench"},
+    ).raise_for_status()
+    return user
+
+
+def charge(user: str) -> dict[str, Any]:
+    # gpt-4o, 80 prompt tokens: 100 quota (settings/local.json)
+    return {
+        "action": "charge",
+        "request_id": f"bench-{uuid.uuid4().hex}",
+        "user_id": user,
+        "model": "gpt-4o",
+        "prompt_tokens": 80,
+        "completion_tokens": 0,
+    }
+
+
+def version(stack: LocalStack, user: str) -> int:
+    item = internal(stack, "dynamodb").get_item(
+        TableName=stack.table_name("AccountsTable"),
+        Key={"user_id": {"S": user}},
+        ConsistentRead=True,
+    )["Item"]
+    return int(item["version"]["N"])
+
+
+def request_count(stack: LocalStack, user: str) -> int:
+    item = internal(stack, "dynamodb").get_item(
+        TableName=stack.table_name("AccountsTable"),
+        Key={"user_id": {"S": user}},
+        ConsistentRead=True,
+    )["Item"]
+    return int(item["request_count"]["N"])
+
+
+# ---------------------------------------------------------------- aggregation
+
+
+def batch_aggregation(stack: LocalStack, size: int, users: int = 1) -> dict[str, Any]:
+    """One invoke of `size` charges over `users` users: events per account write."""
+    people = [funded_user(stack, 10**9) for _ in range(users)]
+    before = {user: version(stack, user) for user in people}
+    events = [charge(people[i % users]) for i in range(size)]
+    stack.reset_stats()
+    results = stack.invoke(FUNCTION, {"events": events})["results"]
+    counted = calls(stack)
+    assert all(r["status"] == "charged" for r in results), results[:3]
+    writes = sum(version(stack, user) - before[user] for user in people)
+    return {
+        "batch_size": size,
+        "users": users,
+        "account_writes": writes,
+        "events_per_account_write": round(size / writes, 2),
+        "transact_write_items": counted["dynamodb.TransactWriteItems"],
+        "dynamodb_calls": sum(v for k, v in counted.items() if k.startswith("dynamodb.")),
+    }
+
+
+def queue_aggregation(stack: LocalStack, messages: int = 100) -> dict[str, Any]:
+    """`messages` single-event messages on the usage queue: events per account write."""
+    user = funded_user(stack, 10**9)
+    before = version(stack, user)
+    sqs = internal(stack, "sqs")
+    url = stack.queue_url("UsageQueue")
+    events = [charge(user) for _ in range(messages)]
+    for start in range(0, messages, 10):
+        sqs.send_message_batch(
+            QueueUrl=url,
+            Entries=[
+                {"Id": str(i), "MessageBody": json.dumps(e)}
+                for i, e in enumerate(events[start : start + 10])
+            ],
+        )
+    wait_for(
+        lambda: request_count(stack, user) == messages,
+        timeout=180,
+        message="the usage queue to be metered",
+    )
+    writes = version(stack, user) - before
+    return {
+        "messages": messages,
+        "account_writes": writes,
+        "events_per_account_write": round(messages / writes, 2),
+    }
+
+
+# ---------------------------------------------------------------- calls per charge
+
+
+def calls_per_charge(stack: LocalStack) -> dict[str, Any]:
+    user = funded_user(stack, 10**9)
+    rounds: list[Counter[str]] = []
+    for _ in range(ROUNDS):
+        stack.reset_stats()
+        result = stack.invoke(FUNCTION, charge(user))
+        assert result["status"] == "charged", result
+        rounds.append(calls(stack))
+    names = sorted({name for counted in rounds for name in counted})
+    warm = {name: statistics.median(c[name] for c in rounds[1:]) for name in names}
+    return {
+        "first": dict(sorted(rounds[0].items())),
+        "warm": warm,
+        "warm_total": sum(warm.values()),
+        "rounds": ROUNDS,
+    }
+
+
+# ---------------------------------------------------------------- throughput
+
+
+def charges_per_second(stack: LocalStack, users: int) -> dict[str, Any]:
+    people = [funded_user(stack, 10**9) for _ in range(users)]
+    events = [charge(people[i % users]) for i in range(CHARGES)]
+    # Warm every worker first, so the rate is not a cold-start figure.
+    with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
+        list(pool.map(lambda u: stack.invoke(FUNCTION, charge(u)), people * 2))
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
+        results = list(pool.map(lambda e: stack.invoke(FUNCTION, e), events))
+    elapsed = time.perf_counter() - started
+    statuses = Counter(r["status"] for r in results)
+    assert statuses == {"charged": CHARGES}, statuses
+    return {
+        "charges": CHARGES,
+        "clients": CLIENTS,
+        "users": users,
+        "seconds": round(elapsed, 2),
+        "charges_per_second": round(CHARGES / elapsed, 1),
+    }
+
+
+def batched_events_per_second(stack: LocalStack, batches: int = 5) -> dict[str, Any]:
+    user = funded_user(stack, 10**9)
+    payloads = [{"events": [charge(user) for _ in range(100)]} for _ in range(batches)]
+    started = time.perf_counter()
+    for payload in payloads:
+        stack.invoke(FUNCTION, payload)
+    elapsed = time.perf_counter() - started
+    return {
+        "events": 100 * batches,
+        "batch_size": 100,
+        "seconds": round(elapsed, 2),
+        "events_per_second": round(100 * batches / elapsed, 1),
+    }
+
+
+# ---------------------------------------------------------------- report
+
+
+def line(name: str, value: Any, goal: str, met: bool | None) -> None:
+    verdict = "" if met is None else ("  [met]" if met else "  [NOT MET]")
+    print(f"{name:<48} {value!s:>12}   goal: {goal}{verdict}")
+
+
+def main() -> int:
+    stack = LocalStack("bench-metering")
+    stack.start(env={"LOCAL_SCHEDULES": "0"})
+    try:
+        per_charge = calls_per_charge(stack)
+        batches = [batch_aggregation(stack, size) for size in (1, 10, 50, 100)]
+        spread = batch_aggregation(stack, 100, users=10)
+        queue = queue_aggregation(stack)
+        distinct = charges_per_second(stack, users=CLIENTS)
+        hot = charges_per_second(stack, users=1)
+        batched = batched_events_per_second(stack)
+    finally:
+        stack.stop()
+
+    at_100 = next(b for b in batches if b["batch_size"] == 100)
+    warm = per_charge["warm"]
+    one_transaction = warm.get("dynamodb.TransactWriteItems") == 1
+    cached = warm.get("ssm.GetParameter", 0) == 0
+    goals = {
+        "events_per_account_write_at_100": {
+            "value": at_100["events_per_account_write"],
+            "goal": ">= 50",
+            "met": at_100["events_per_account_write"] >= 50,
+        },
+        "transact_write_items_per_single_charge": {
+            "value": warm.get("dynamodb.TransactWriteItems", 0),
+            "goal": "== 1",
+            "met": one_transaction,
+        },
+        "ssm_calls_per_warm_charge": {
+            "value": warm.get("ssm.GetParameter", 0),
+            "goal": "0 (settings and pricing cached)",
+            "met": cached,
+        },
+    }
+    report = {
+        "goals": goals,
+        "calls_per_single_charge": per_charge,
+        "batches_one_user": batches,
+        "batch_of_100_over_10_users": spread,
+        "usage_queue_100_messages_one_user": queue,
+        "invoke_throughput_distinct_users": distinct,
+        "invoke_throughput_one_user": hot,
+        "batched_throughput": batched,
+        "note": (
+            "moto behind one lock, and its TransactWriteItems deep-copies each written item's "
+            "table: rates are not DynamoDB's and fall as tables grow; ratios carry over"
+        ),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+
+    print("usage metering on the local stack")
+    for batch in batches:
+        line(
+            f"events per account write, batch of {batch['batch_size']}",
+            batch["events_per_account_write"],
+            ">= 50 at 100",
+            (batch["events_per_account_write"] >= 50) if batch["batch_size"] == 100 else None,
+        )
+    line("events per account write, 100 over 10 users", spread["events_per_account_write"],
+         "(10 at most: one write per user)", None)  # fmt: skip
+    line("events per account write, usage queue (100 msgs)", queue["events_per_account_write"],
+         "(batch size 100, window 1 s)", None)  # fmt: skip
+    line("TransactWriteItems per single charge (warm)", goals[
+        "transact_write_items_per_single_charge"]["value"], "== 1", one_transaction)  # fmt: skip
+    line("DynamoDB + SSM calls per single charge (warm)", per_charge["warm_total"],
+         "one read + one transaction", None)  # fmt: skip
+    line("SSM calls per warm charge", goals["ssm_calls_per_warm_charge"]["value"],
+         "0 (pricing cached)", cached)  # fmt: skip
+    line("charges/second, Invoke API, distinct users", distinct["charges_per_second"],
+         "(measured)", None)  # fmt: skip
+    line("charges/second, Invoke API, one hot user", hot["charges_per_second"],
+         "(measured)", None)  # fmt: skip
+    line("events/second, batches of 100", batched["events_per_second"], "(measured)", None)
+    print(f"written to {RESULTS.relative_to(ROOT)}")
+    return 0 if all(goal["met"] for goal in goals.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

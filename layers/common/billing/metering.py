@@ -1,0 +1,732 @@
+"""Usage metering: charge, reserve, settle and release, one event or many at a time.
+
+Every action is idempotent per (request_id, action): the usage record of a request_id (the
+usage log entry) is written in the SAME ledger transaction as the balance change, under
+`attribute_not_exists` for charge/reserve and under a status condition for settle/release,
+and it keeps each action's first result; the same request_id and action again returns that
+result with status `duplicate` and writes nothing.
+
+Events are aggregated per user so that one account update serves many events (the account
+item is the hot key): the admission of each event is decided here, in input order, against
+the account as read, and one ledger transaction per chunk writes the account (conditional on
+its version), at most one `usage` ledger entry for the chunk's charges, one for its settles,
+and the chunk's usage records (at most 100 items). A concurrent change of the account makes
+the whole chunk be decided again from a fresh read, so every result (balance included) is
+exact. A chunk that meets an existing usage record (a duplicate, or a hold that changed) is
+sorted out from the records and retried without the events already decided.
+
+Available balance = quota - held_quota. A charge or reserve never takes it below zero; a
+settle may (the usage already happened) by the part above its hold only. Holds live
+`limits.hold_ttl_seconds`; the sweeper (`release_expired`) drops the expired ones, and a
+settle arriving after that still charges the usage, all of it now above the (dropped) hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from pynamodb.attributes import MapAttribute
+from pynamodb.exceptions import PynamoDBException
+
+from billing import clock, ledger, pricing
+from billing.errors import AccountNotFound, DomainError, InsufficientQuota, InvalidEvent
+from billing.models import Account, UsageRecord
+from billing.settings import Settings, load_settings
+
+Result = dict[str, Any]
+
+HOLD_SHARDS = 10
+# A transaction holds at most 100 items: the account, up to two ledger entries, the records.
+MAX_RECORDS_PER_TRANSACTION = 97
+# Re-reads of a contended account before the event is handed back as retryable.
+MAX_ATTEMPTS = 60
+
+# Errors after which a retry may succeed (throttling, contention, a network failure).
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    ledger.LedgerContention,
+    PynamoDBException,
+    BotoCoreError,
+    ClientError,
+)
+
+
+class Action(StrEnum):
+    CHARGE = "charge"
+    RESERVE = "reserve"
+    SETTLE = "settle"
+    RELEASE = "release"
+
+
+class Status(StrEnum):
+    """Result statuses (API.md) and, for the first five, usage record statuses."""
+
+    CHARGED = "charged"
+    RESERVED = "reserved"
+    SETTLED = "settled"
+    RELEASED = "released"
+    EXPIRED = "expired"  # record only: the sweeper released the hold (result: released)
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class UsageEvent:
+    """One validated usage event (the handler parses and validates the payload)."""
+
+    action: Action
+    request_id: str
+    user_id: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    group: str | None = None
+
+
+@dataclass
+class Metered:
+    """Results in input order; None where a transient error left the event unmetered."""
+
+    results: list[Result | None]
+    errors: list[Exception] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return all(result is not None for result in self.results)
+
+
+def rejected(
+    request_id: str | None, error: DomainError, *, quota: int = 0, balance: int | None = None
+) -> Result:
+    return {
+        "request_id": request_id,
+        "status": Status.REJECTED.value,
+        "quota": quota,
+        "balance": balance,
+        "error": error.code,
+        "message": error.message,
+    }
+
+
+@dataclass
+class _Pending:
+    """An event on its way through the ledger, with what is known of its usage record."""
+
+    index: int
+    event: UsageEvent
+    quote: pricing.Quote | None  # None for a release (it has no price)
+    record: UsageRecord | None = None  # read from the table (settle/release, retries)
+    hold: int = 0  # the hold a settle replaces or a release drops
+    from_status: str = Status.RESERVED.value  # status the record must still have
+    expire: bool = False  # a release by the sweeper
+    prefetch: bool = False  # read the record before writing (a repeat within the batch)
+    # Stored with the result: a record carrying it was written by this very call (a retry
+    # of a transaction that had in fact committed), which is no duplicate.
+    attempt: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def request_id(self) -> str:
+        return self.event.request_id
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def meter(
+    events: Sequence[UsageEvent],
+    *,
+    settings: Settings | None = None,
+    now: datetime | None = None,
+) -> Metered:
+    """Meter validated events; results come back in input order."""
+    settings = settings or load_settings()
+    results: list[Result | None] = [None] * len(events)
+    # Each user's events are applied in input order. A request_id that comes again for the
+    # same user starts a new segment, written after the first: the repeat then meets the
+    # record (a duplicate, or the settle of a hold reserved earlier in the batch).
+    waves: list[list[_Pending]] = []
+    segments: dict[str, tuple[int, set[str]]] = {}
+    seen: set[tuple[str, str]] = set()
+    for index, event in enumerate(events):
+        try:
+            quote = (
+                None
+                if event.action is Action.RELEASE
+                else pricing.quote(
+                    settings,
+                    event.model,
+                    event.prompt_tokens,
+                    event.completion_tokens,
+                    event.group,
+                )
+            )
+        except DomainError as exc:
+            results[index] = rejected(event.request_id, exc)
+            continue
+        segment, request_ids = segments.get(event.user_id, (0, set()))
+        repeat = event.request_id in request_ids
+        if repeat:
+            segment, request_ids = segment + 1, set()
+        request_ids.add(event.request_id)
+        segments[event.user_id] = (segment, request_ids)
+        key = (event.user_id, event.request_id)
+        if segment == len(waves):
+            waves.append([])
+        # A request_id seen before in the batch has a record by now: read it up front.
+        waves[segment].append(_Pending(index, event, quote, prefetch=key in seen))
+        seen.add(key)
+    errors: list[Exception] = []
+    failed_users: set[str] = set()
+    for members in waves:
+        live = [p for p in members if p.event.user_id not in failed_users]
+        _run_wave(live, results, errors, failed_users, settings, now)
+    return Metered(results, errors)
+
+
+def release_expired(
+    *, settings: Settings | None = None, now: datetime | None = None
+) -> dict[str, int]:
+    """The sweeper: release every hold whose lifetime is over (each release idempotent)."""
+    settings = settings or load_settings()
+    cutoff = clock.iso(now)
+    found = (
+        item.request_id
+        for shard in range(HOLD_SHARDS)
+        for item in UsageRecord.open_holds.query(f"h#{shard}", UsageRecord.hold_expires_at < cutoff)
+    )
+    request_ids = list(dict.fromkeys(found))
+    records = _read_records(request_ids)
+    pendings: list[_Pending] = []
+    for index, request_id in enumerate(request_ids):
+        record = records.get(request_id)
+        if record is None:
+            continue
+        event = UsageEvent(
+            action=Action.RELEASE,
+            request_id=request_id,
+            user_id=record.user_id,
+            model=record.model,
+            prompt_tokens=0,
+            completion_tokens=0,
+            group=record.group,
+        )
+        pendings.append(_Pending(index, event, None, record=record, expire=True, prefetch=True))
+    results: list[Result | None] = [None] * len(request_ids)
+    errors: list[Exception] = []
+    _run_wave(pendings, results, errors, set(), settings, now, records=records)
+    if errors:
+        raise errors[0]
+    released = sum(1 for r in results if r is not None and r["status"] == Status.RELEASED)
+    return {"expired": len(request_ids), "released": released}
+
+
+# ---------------------------------------------------------------- one wave of events
+
+
+def _run_wave(
+    wave: list[_Pending],
+    results: list[Result | None],
+    errors: list[Exception],
+    failed_users: set[str],
+    settings: Settings,
+    now: datetime | None,
+    *,
+    records: Mapping[str, UsageRecord] | None = None,
+) -> None:
+    if not wave:
+        return
+    # Settle and release need the hold on the record; repeats need the record's state.
+    wanted = {
+        p.request_id
+        for p in wave
+        if p.prefetch or p.event.action in (Action.SETTLE, Action.RELEASE)
+    }
+    if records is None:
+        try:
+            records = _read_records(sorted(wanted))
+        except TRANSIENT_ERRORS as exc:
+            errors.append(exc)
+            failed_users.update(p.event.user_id for p in wave)
+            return
+    ready: list[_Pending] = []
+    for p in wave:
+        if p.request_id in wanted:
+            final = _resolve(p, records.get(p.request_id), now)
+            if final is not None:
+                results[p.index] = final
+                continue
+        ready.append(p)
+    by_user: dict[str, list[_Pending]] = {}
+    for p in ready:
+        by_user.setdefault(p.event.user_id, []).append(p)
+    try:
+        accounts = _read_accounts(list(by_user))
+    except TRANSIENT_ERRORS as exc:
+        errors.append(exc)
+        failed_users.update(by_user)
+        return
+    for user_id, pendings in by_user.items():
+        account = accounts.get(user_id)
+        if account is None:
+            for p in pendings:
+                results[p.index] = rejected(p.request_id, AccountNotFound(), quota=_price(p))
+            continue
+        try:
+            _meter_user(account, pendings, results, settings, now)
+        except AccountNotFound:
+            for p in pendings:
+                if results[p.index] is None:
+                    results[p.index] = rejected(p.request_id, AccountNotFound(), quota=_price(p))
+        except TRANSIENT_ERRORS as exc:
+            errors.append(exc)
+            failed_users.add(user_id)
+
+
+def _meter_user(
+    account: Account,
+    pendings: list[_Pending],
+    results: list[Result | None],
+    settings: Settings,
+    now: datetime | None,
+) -> None:
+    """Meter one user's events, in input order, one chunk (one transaction) at a time."""
+    user_id = account.user_id
+    remaining = list(pendings)
+    attempt = 0
+    while remaining:
+        chunk = _admit(account, remaining, settings, now)
+        if not chunk.changes:
+            # Only refusals: nothing to write, and they were decided on a current read.
+            _record_results(chunk.decided, results, now)
+            remaining = remaining[chunk.taken :]
+            continue
+        try:
+            applied = ledger.apply(
+                chunk.changes, chunk.ops, accounts={user_id: account}, max_attempts=1
+            )
+        except ledger.LedgerContention:
+            # The account changed since it was read: decide the chunk again from a fresh read.
+            attempt += 1
+            if attempt >= MAX_ATTEMPTS:
+                raise
+            _backoff(attempt)
+            account = ledger.read_account(user_id)
+            continue
+        except (ledger.DuplicateEntry, ledger.ConditionFailed):
+            # A usage record of the chunk exists already or changed under us: read them all
+            # (one call), settle the events they decide, and retry the rest.
+            attempt += 1
+            if attempt >= MAX_ATTEMPTS:
+                raise ledger.LedgerContention("usage records kept changing; try again") from None
+            records = _read_records([p.request_id for p in chunk.admitted])
+            settled: set[int] = set()
+            for p in chunk.admitted:
+                final = _resolve(p, records.get(p.request_id), now)
+                if final is not None:
+                    results[p.index] = final
+                    settled.add(p.index)
+            remaining = [p for p in remaining if p.index not in settled]
+            continue
+        _record_results(chunk.decided, results, now)
+        account = applied.accounts[user_id]
+        remaining = remaining[chunk.taken :]
+
+
+def _record_results(
+    decided: Sequence[tuple[_Pending, Result]], results: list[Result | None], now: datetime | None
+) -> None:
+    """Final results of a decided chunk.
+
+    A charge or reserve refused for the balance may be the repeat of one that was applied
+    (and paid for) before: its record says so, and then its answer is the first result.
+    """
+    unread = [
+        p
+        for p, result in decided
+        if result["status"] == Status.REJECTED and not p.prefetch and p.record is None
+    ]
+    records = _read_records([p.request_id for p in unread]) if unread else {}
+    for p, result in decided:
+        record = records.get(p.request_id)
+        final = _resolve(p, record, now) if record is not None else None
+        results[p.index] = final or result
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(min(0.25, 0.004 * (2 ** min(attempt, 7))) * random.random())  # noqa: S311
+
+
+# ---------------------------------------------------------------- admission of a chunk
+
+
+@dataclass
+class _Chunk:
+    decided: list[tuple[_Pending, Result]]  # in input order: admitted and refused
+    changes: list[ledger.Change]
+    ops: list[ledger.TxOp]
+    admitted: list[_Pending]  # the events with a usage record in the transaction
+    taken: int  # how many of the remaining events the chunk decides
+
+
+def _admit(
+    account: Account, remaining: Sequence[_Pending], settings: Settings, now: datetime | None
+) -> _Chunk:
+    """Decide events in input order against the account as read, up to one transaction.
+
+    The ledger checks that the available balance ends at or above zero whenever a chunk
+    holds a debit or a new hold; a settle that would end it below zero therefore starts a
+    new chunk when the current one holds such an item (the settle itself may go below).
+    """
+    moment = now or clock.now()
+    at = clock.iso(moment)
+    quota = int(account.quota)
+    held = int(account.held_quota)
+    decided: list[tuple[_Pending, Result]] = []
+    ops: list[ledger.TxOp] = []
+    admitted: list[_Pending] = []
+    charged: list[_Pending] = []
+    settled: list[_Pending] = []
+    charge_sum = settle_sum = settle_holds = hold_delta = 0
+    floor_checked = False
+    taken = 0
+    for p in remaining:
+        if len(ops) >= MAX_RECORDS_PER_TRANSACTION:
+            break
+        event = p.event
+        result: Result
+        if event.action is Action.CHARGE:
+            assert p.quote is not None
+            price = p.quote.quota
+            if price > 0 and quota - held - price < 0:
+                decided.append((p, _insufficient(p, price, quota)))
+                taken += 1
+                continue
+            quota -= price
+            charge_sum += price
+            charged.append(p)
+            floor_checked = floor_checked or price > 0
+            result = _result(p, Status.CHARGED, price, quota)
+            ops.append(_new_record(p, Status.CHARGED, result, at, quota=price))
+        elif event.action is Action.RESERVE:
+            assert p.quote is not None
+            hold = p.quote.quota
+            if hold > 0 and quota - held - hold < 0:
+                decided.append((p, _insufficient(p, hold, quota)))
+                taken += 1
+                continue
+            held += hold
+            hold_delta += hold
+            floor_checked = floor_checked or hold > 0
+            expires_at = clock.iso(moment + timedelta(seconds=settings.limits.hold_ttl_seconds))
+            result = {**_result(p, Status.RESERVED, hold, quota), "expires_at": expires_at}
+            ops.append(
+                _new_record(p, Status.RESERVED, result, at, hold=hold, expires_at=expires_at)
+            )
+        elif event.action is Action.SETTLE:
+            assert p.quote is not None
+            actual = p.quote.quota
+            if floor_checked and (quota - actual) - (held - p.hold) < 0:
+                break  # written in the next chunk, after this one's debits
+            quota -= actual
+            held -= p.hold
+            settle_sum += actual
+            settle_holds += p.hold
+            settled.append(p)
+            result = _result(p, Status.SETTLED, actual, quota)
+            ops.append(_settle_record(p, result, at))
+        else:
+            held -= p.hold
+            hold_delta -= p.hold
+            result = _result(p, Status.RELEASED, p.hold, quota)
+            ops.append(_release_record(p, result, at))
+        decided.append((p, result))
+        admitted.append(p)
+        taken += 1
+
+    user_id = account.user_id
+    changes: list[ledger.Change] = []
+    if charged:
+        changes.append(
+            _usage_change(
+                user_id,
+                Action.CHARGE,
+                charged,
+                charge_sum,
+                counters={
+                    "used_quota": charge_sum,
+                    "request_count": len(charged),
+                },
+            )
+        )
+    if settled:
+        changes.append(
+            _usage_change(
+                user_id,
+                Action.SETTLE,
+                settled,
+                settle_sum,
+                may_go_negative=True,
+                counters={
+                    "used_quota": settle_sum,
+                    "request_count": len(settled),
+                    "held_quota": -settle_holds,
+                },
+            )
+        )
+    if hold_delta or (ops and not changes):
+        changes.append(
+            ledger.Change(user_id=user_id, entry_id=None, counters={"held_quota": hold_delta})
+        )
+    return _Chunk(decided, changes, ops, admitted, taken)
+
+
+def _usage_change(
+    user_id: str,
+    action: Action,
+    pendings: Sequence[_Pending],
+    amount: int,
+    *,
+    counters: Mapping[ledger.Counter, int],
+    may_go_negative: bool = False,
+) -> ledger.Change:
+    nonzero = {name: value for name, value in counters.items() if value}
+    if amount == 0:
+        # Free usage moves no balance: counters only, no ledger entry.
+        return ledger.Change(
+            user_id=user_id, entry_id=None, counters=nonzero, may_go_negative=may_go_negative
+        )
+    if len(pendings) == 1:
+        entry_id, ref = f"usage#{pendings[0].request_id}", pendings[0].request_id
+    else:
+        # One entry for the chunk, named after its request ids: a replay of the same chunk
+        # meets the same id.
+        digest = hashlib.sha256(
+            "\n".join([action.value, *(p.request_id for p in pendings)]).encode()
+        ).hexdigest()[:32]
+        entry_id, ref = f"usage#batch-{digest}", f"{len(pendings)} requests ({action.value})"
+    return ledger.Change(
+        user_id=user_id,
+        entry_id=entry_id,
+        kind=ledger.EntryKind.USAGE,
+        delta=-amount,
+        ref=ref,
+        may_go_negative=may_go_negative,
+        counters=nonzero,
+    )
+
+
+def _result(p: _Pending, status: Status, quota: int, balance: int) -> Result:
+    return {"request_id": p.request_id, "status": status.value, "quota": quota, "balance": balance}
+
+
+def _insufficient(p: _Pending, price: int, balance: int) -> Result:
+    return rejected(p.request_id, InsufficientQuota(), quota=price, balance=balance)
+
+
+def _price(p: _Pending) -> int:
+    return p.quote.quota if p.quote is not None else 0
+
+
+# ---------------------------------------------------------------- usage records
+
+
+def hold_shard(request_id: str) -> str:
+    """Holds spread over shards of the open_holds index, so no index key gets hot."""
+    number = int(hashlib.sha256(request_id.encode()).hexdigest()[:8], 16) % HOLD_SHARDS
+    return f"h#{number}"
+
+
+def _quote_fields(quote: pricing.Quote) -> dict[str, Any]:
+    def text(value: Any) -> str | None:
+        return None if value is None else str(value)
+
+    return {
+        "model": quote.model,
+        "group": quote.group,
+        "model_ratio": text(quote.model_ratio),
+        "completion_ratio": text(quote.completion_ratio),
+        "group_ratio": text(quote.group_ratio),
+        "model_price": text(quote.model_price),
+    }
+
+
+def _new_record(
+    p: _Pending,
+    status: Status,
+    result: Result,
+    at: str,
+    *,
+    quota: int = 0,
+    hold: int = 0,
+    expires_at: str | None = None,
+) -> ledger.TxOp:
+    assert p.quote is not None
+    record = UsageRecord(
+        request_id=p.request_id,
+        user_id=p.event.user_id,
+        prompt_tokens=p.event.prompt_tokens,
+        completion_tokens=p.event.completion_tokens,
+        quota=quota,
+        hold_quota=hold,
+        status=status.value,
+        results={p.event.action.value: {**result, "attempt": p.attempt}},
+        hold_shard=hold_shard(p.request_id) if expires_at else None,
+        hold_expires_at=expires_at,
+        created_at=at,
+        updated_at=at,
+        **_quote_fields(p.quote),
+    )
+    return ledger.TxOp(
+        label=f"usage:{p.request_id}",
+        op="save",
+        model=record,
+        condition=UsageRecord.request_id.does_not_exist(),
+    )
+
+
+def _record_update(
+    p: _Pending, result: Result, at: str, status: Status, extra: list[Any]
+) -> ledger.TxOp:
+    assert p.record is not None
+    stored = {**_stored_results(p.record), p.event.action.value: {**result, "attempt": p.attempt}}
+    return ledger.TxOp(
+        label=f"usage:{p.request_id}",
+        op="update",
+        model=p.record,
+        # The hold must still be the one read: open (or expired) and this user's.
+        condition=(UsageRecord.status == p.from_status) & (UsageRecord.user_id == p.event.user_id),
+        actions=[
+            UsageRecord.status.set(status.value),
+            UsageRecord.results.set(stored),
+            UsageRecord.hold_shard.remove(),
+            UsageRecord.hold_expires_at.remove(),
+            UsageRecord.updated_at.set(at),
+            *extra,
+        ],
+    )
+
+
+def _settle_record(p: _Pending, result: Result, at: str) -> ledger.TxOp:
+    assert p.quote is not None
+    fields = _quote_fields(p.quote)
+    actions: list[Any] = [
+        UsageRecord.quota.set(p.quote.quota),
+        UsageRecord.prompt_tokens.set(p.event.prompt_tokens),
+        UsageRecord.completion_tokens.set(p.event.completion_tokens),
+    ]
+    for name, value in fields.items():
+        attribute = getattr(UsageRecord, name)
+        actions.append(attribute.remove() if value is None else attribute.set(value))
+    return _record_update(p, result, at, Status.SETTLED, actions)
+
+
+def _release_record(p: _Pending, result: Result, at: str) -> ledger.TxOp:
+    status = Status.EXPIRED if p.expire else Status.RELEASED
+    return _record_update(p, result, at, status, [])
+
+
+def _stored_results(record: UsageRecord) -> dict[str, Result]:
+    raw = record.results
+    values = raw.as_dict() if isinstance(raw, MapAttribute) else dict(raw or {})
+    return {str(action): _plain(result) for action, result in values.items()}
+
+
+def _plain(value: Any) -> Any:
+    """A stored result as plain JSON values (DynamoDB numbers may come back as Decimal)."""
+    if isinstance(value, MapAttribute):
+        value = value.as_dict()
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, float | Decimal) and value == int(value):
+        return int(value)
+    return value
+
+
+def _resolve(p: _Pending, record: UsageRecord | None, now: datetime | None) -> Result | None:
+    """The final result of p given its usage record, or None when p should go ahead.
+
+    Also loads into p what a settle or release needs (the hold and the status to expect).
+    """
+    action = p.event.action
+    p.record = record
+    if record is not None and record.user_id != p.event.user_id:
+        # Another user's request_id: say nothing about it.
+        return rejected(p.request_id, InvalidEvent("The request_id is already in use."))
+    if record is not None:
+        first = _stored_results(record).get(action.value)
+        if first is not None:
+            if first.pop("attempt", None) == p.attempt:
+                return first  # our own write, whose acknowledgement was lost: not a duplicate
+            return {**first, "status": Status.DUPLICATE.value, "first_status": first["status"]}
+    if action in (Action.CHARGE, Action.RESERVE):
+        if record is None:
+            return None
+        return rejected(
+            p.request_id,
+            InvalidEvent(f"The request_id was already used to {record.status} usage."),
+        )
+    if record is None:
+        return rejected(p.request_id, InvalidEvent("No hold exists for this request_id."))
+    if record.status == Status.RESERVED:
+        if p.expire and (record.hold_expires_at or "") >= clock.iso(now):
+            return rejected(p.request_id, InvalidEvent("The hold has not expired."))
+        p.hold = int(record.hold_quota)
+        p.from_status = Status.RESERVED.value
+        return None
+    if action is Action.SETTLE and record.status == Status.EXPIRED:
+        # The hold outlived its lifetime and was dropped, but the usage happened: charge it.
+        p.hold = 0
+        p.from_status = Status.EXPIRED.value
+        return None
+    return rejected(
+        p.request_id, InvalidEvent(f"The hold of this request_id is {record.status}, not open.")
+    )
+
+
+# ---------------------------------------------------------------- reads
+
+
+def _read_records(request_ids: Sequence[str]) -> dict[str, UsageRecord]:
+    if not request_ids:
+        return {}
+    if len(request_ids) == 1:
+        try:
+            record = UsageRecord.get(request_ids[0], consistent_read=True)
+        except UsageRecord.DoesNotExist:
+            return {}
+        return {record.request_id: record}
+    return {
+        record.request_id: record
+        for record in _batch(
+            UsageRecord.batch_get(list(dict.fromkeys(request_ids)), consistent_read=True)
+        )
+    }
+
+
+def _read_accounts(user_ids: Sequence[str]) -> dict[str, Account]:
+    if not user_ids:
+        return {}
+    if len(user_ids) == 1:
+        try:
+            return {user_ids[0]: ledger.read_account(user_ids[0])}
+        except AccountNotFound:
+            return {}
+    return {
+        account.user_id: account
+        for account in _batch(Account.batch_get(list(user_ids), consistent_read=True))
+    }
+
+
+def _batch(items: Iterator[Any]) -> list[Any]:
+    return list(items)
