@@ -10,6 +10,7 @@ lock (moto would otherwise hold it for up to 20 s).
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -80,6 +81,7 @@ class Fault:
     status: int | None = None
     contains: str | None = None  # only calls whose body contains this text
     internal: bool = False  # also hit the stack's own calls (pollers, provisioning)
+    after_commit: bool = False  # the call takes effect, then its caller gets the error
     seen: int = 0
     fired: int = 0
 
@@ -95,6 +97,7 @@ class Fault:
             "status",
             "contains",
             "internal",
+            "after_commit",
         }
         unknown = set(spec) - known
         if unknown:
@@ -112,6 +115,7 @@ class Fault:
             status=None if spec.get("status") is None else int(spec["status"]),
             contains=spec.get("contains"),
             internal=bool(spec.get("internal", False)),
+            after_commit=bool(spec.get("after_commit", False)),
         )
         if fault.after < 0 or fault.count == 0 or fault.count < -1:
             raise ValueError("after must be >= 0 and count >= 1 (or -1 for always)")
@@ -265,6 +269,8 @@ class SerializedApp:
         call = identify(environ, body)
         fault = self.registry.record(call)
         if fault is not None:
+            if fault.after_commit:
+                self._forward(environ, body)  # done, but the answer is lost (e.g. a timeout)
             status, headers, payload = _error_response(call, fault)
             headers.append(("Content-Length", str(len(payload))))
             start_response(f"{status} {_REASONS.get(status, 'Error')}", headers)
@@ -367,6 +373,56 @@ def _has_messages(payload: bytes, json_protocol: bool) -> bool:
     return b"<Message>" in payload
 
 
+class _TableCopiesOncePerTransaction:
+    """Stands in for the `copy` module inside moto.dynamodb.models.
+
+    moto backs up a whole table for EVERY item of a TransactWriteItems (one deepcopy per item,
+    all taken before anything is written), so a transaction costs items x table size and the
+    suite slows down as its tables grow. Within one transaction the copies are of the same,
+    unchanged table: copying each table once is exactly equivalent.
+    """
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+
+    def deepcopy(self, value: Any, memo: Any = None) -> Any:
+        from moto.dynamodb.models.table import Table
+
+        tables: dict[int, Any] | None = getattr(self.local, "tables", None)
+        if tables is None or not isinstance(value, Table):
+            return copy.deepcopy(value, memo)
+        if id(value) not in tables:
+            tables[id(value)] = copy.deepcopy(value, memo)
+        return tables[id(value)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(copy, name)
+
+
+_moto_patched = False
+
+
+def _copy_tables_once_per_transaction() -> None:
+    global _moto_patched
+    if _moto_patched:
+        return
+    from moto.dynamodb import models
+
+    shim = _TableCopiesOncePerTransaction()
+    original = models.DynamoDBBackend.transact_write_items
+
+    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+        shim.local.tables = {}
+        try:
+            original(self, transact_items)
+        finally:
+            shim.local.tables = None
+
+    models.copy = shim  # type: ignore[assignment]
+    models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+    _moto_patched = True
+
+
 class EmbeddedAws:
     """moto's server on 127.0.0.1 and a free port, in a daemon thread."""
 
@@ -390,6 +446,7 @@ class EmbeddedAws:
             def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
                 return None  # every AWS call would be a line; /_local/stats counts them
 
+        _copy_tables_once_per_transaction()
         self.app = SerializedApp(DomainDispatcherApplication(create_backend_app), self.registry)
         self._server = make_server(
             "127.0.0.1", 0, self.app, threaded=True, request_handler=QuietHandler

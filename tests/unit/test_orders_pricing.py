@@ -180,6 +180,7 @@ def test_options_render_the_contract_fields() -> None:
         "discounts",
         "methods",
         "referral_rebate_percent",
+        "referral_min_transfer",
     }
     assert body["discounts"]["100"] == "0.95"
     stripe = next(m for m in body["methods"] if m["id"] == "stripe")

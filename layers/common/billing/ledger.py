@@ -288,7 +288,8 @@ def _add(transaction: TransactWrite, op: TxOp) -> None:
 
 
 def _raise_for(exc: TransactWriteError, labels: list[str]) -> None:
-    if exc.cause_response_code != "TransactionCanceledException":
+    # A transport error (e.g. a read timeout) carries no response: not a cancellation.
+    if getattr(exc, "cause_response_code", None) != "TransactionCanceledException":
         raise exc
     reasons = exc.cancellation_reasons
     failed = [
