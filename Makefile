@@ -1,5 +1,10 @@
 # make dev  — run the whole system locally on http://127.0.0.1:3000 (PORT overrides)
-# make test — lint, template checks and the whole test suite
+# make test — lint, template checks, sam build and the whole test suite
+# make build — sam build (.aws-sam/build), then checks the layer holds no boto3/botocore
+# make bench — every benchmark → bench/results/*.json → bench/results.md
+# make soak — the stateful property test with the long profile
+# make openapi — regenerate openapi.json from the handlers
+# make reconcile — reconcile the running local stack (make dev) with its ledger
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -10,8 +15,13 @@ SAM_STAMP := $(SAM_VENV)/.installed
 export PYTHONPATH := $(CURDIR)/layers/common:$(CURDIR)
 export SAM_CLI_TELEMETRY := 0
 PYTEST_ARGS ?=
+PORT ?= 3000
+# sam build needs the functions' runtime, Python 3.12, on PATH: the system's or pyenv's.
+PYTHON312 = $(firstword $(foreach p,$(shell command -v python3.12 2>/dev/null) \
+	$(wildcard $(HOME)/.pyenv/versions/3.12.*/bin/python3.12 /root/.pyenv/versions/3.12.*/bin/python3.12),\
+	$(if $(shell $(p) -c 'import sys; print(sys.version_info[:2] == (3, 12))' 2>/dev/null | grep -x True),$(p))))
 
-.PHONY: dev test lint format template-lint unit integration e2e bench soak reconcile build clean system-deps
+.PHONY: dev test lint format template-lint unit integration e2e bench soak reconcile build openapi clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,7 +63,7 @@ template-lint: $(SAM_STAMP)
 	env -u PYTHONPATH $(SAM_VENV)/bin/cfn-lint infra/template.yaml
 	env -u PYTHONPATH $(SAM_VENV)/bin/sam validate --lint --template infra/template.yaml --region us-east-1
 
-test: $(STAMP) system-deps lint template-lint
+test: $(STAMP) system-deps lint template-lint build
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: $(STAMP)
@@ -67,6 +77,21 @@ e2e: $(STAMP) system-deps
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+soak: $(STAMP)
+	STATEFUL_PROFILE=soak $(PY) -m pytest tests/property -o timeout=0 $(PYTEST_ARGS)
+
+openapi: $(STAMP)
+	$(PY) tools/openapi.py
+
+reconcile: $(STAMP)
+	$(PY) -m billing.reconcile --local http://127.0.0.1:$(PORT)
+
+build: $(STAMP) $(SAM_STAMP)
+	@test -n "$(PYTHON312)" || { echo "make build: sam build needs Python 3.12 (the functions' runtime) as python3.12 on PATH or in ~/.pyenv/versions/3.12.*; install it (e.g. pyenv install 3.12) and retry"; exit 1; }
+	env -u PYTHONPATH PATH="$(dir $(PYTHON312)):$$PATH" $(SAM_VENV)/bin/sam build \
+		--template infra/template.yaml --cached --parallel
+	$(PY) tools/check_layer.py
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/artifacts

@@ -178,8 +178,11 @@ class Gateway:
         document = self.stack.options.root / "openapi.json"
         if not document.is_file():
             return _api_error(404, "Not Found: openapi.json (run make openapi)")
-        return Response(document.read_bytes(), mimetype="application/json",
-                        headers={"Cache-Control": "no-store"})
+        return Response(
+            document.read_bytes(),
+            mimetype="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
 
     def local(self, request: Request) -> Response:
         adapter = self.local_map.bind_to_environ(request.environ)

@@ -1,4 +1,9 @@
-"""Shared fixtures: the local stack on the real template, started once per session."""
+"""Shared fixtures: the local stack on the real template, started once per session.
+
+When the session ends, the stack's tables are reconciled (billing.reconciliation): every
+balance must equal its ledger and every order its ledger entries, after everything the whole
+suite did to them; a difference fails the run (as an error at teardown).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.reconcile import assert_reconciled
 from tests.support.stack import LocalStack
 
 
@@ -16,6 +22,7 @@ def stack() -> Iterator[LocalStack]:
     local.start()
     try:
         yield local
+        assert_reconciled(local)
     finally:
         local.stop()
 

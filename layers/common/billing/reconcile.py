@@ -1,0 +1,121 @@
+"""`python -m billing.reconcile`: run the reconciliation (billing.reconciliation) and report.
+
+    python -m billing.reconcile --local http://127.0.0.1:3000     # the local stack
+    ACCOUNTS_TABLE=... LEDGER_TABLE=... ORDERS_TABLE=... USAGE_TABLE=... \
+        REDEMPTION_CODES_TABLE=... python -m billing.reconcile     # AWS (your credentials)
+
+With --local the table names and the embedded AWS endpoint come from the stack's
+/_local/health. Otherwise the names come from the options or the environment, and the
+endpoint from AWS_ENDPOINT_URL when set. Read-only. Exit status: 0 clean, 1 differences,
+2 the run itself failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.request
+from typing import Any
+
+from billing.reconciliation import Reader, Tables, reconcile
+
+_LOCAL_TABLES = {
+    "accounts": "AccountsTable",
+    "ledger": "LedgerTable",
+    "orders": "OrdersTable",
+    "usage": "UsageTable",
+    "codes": "RedemptionCodesTable",
+}
+_OPTIONS = {
+    "accounts": "ACCOUNTS_TABLE",
+    "ledger": "LEDGER_TABLE",
+    "orders": "ORDERS_TABLE",
+    "usage": "USAGE_TABLE",
+    "codes": "REDEMPTION_CODES_TABLE",
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m billing.reconcile",
+        description="Recompute every balance from the ledger and every order from its ledger "
+        "entries; print the differences (never fixes anything). Exit 1 on differences.",
+    )
+    parser.add_argument("--local", metavar="URL", help="the local stack's base URL")
+    parser.add_argument("--endpoint-url", help="DynamoDB endpoint (default: AWS_ENDPOINT_URL)")
+    parser.add_argument("--region", default=None, help="AWS region (default: AWS_REGION)")
+    for name, variable in _OPTIONS.items():
+        parser.add_argument(f"--{name}-table", help=f"table name (default: ${variable})")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--rechecks",
+        type=int,
+        default=2,
+        help="fresh re-reads of each suspect before it is reported",
+    )
+    return parser.parse_args(argv)
+
+
+def local_settings(base_url: str) -> tuple[Tables, str]:
+    url = base_url.rstrip("/") + "/_local/health"
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("--local must be an http(s) URL")
+    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - checked above
+        health: dict[str, Any] = json.load(response)
+    names: dict[str, str] = health["tables"]
+    tables = Tables(**{field: names[logical] for field, logical in _LOCAL_TABLES.items()})
+    return tables, str(health["aws_endpoint"])
+
+
+def client(endpoint_url: str | None, region: str, *, local: bool) -> Reader:
+    import botocore.session
+
+    session = botocore.session.get_session()
+    credentials: dict[str, str] = {}
+    if local:
+        # The embedded AWS takes any credentials; these are moto's documented dummies.
+        credentials = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    reader: Reader = session.create_client(
+        "dynamodb", region_name=region, endpoint_url=endpoint_url, **credentials
+    )
+    return reader
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    region = (
+        args.region
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+    )
+    try:
+        if args.local:
+            tables, endpoint = local_settings(args.local)
+        else:
+            environ = dict(os.environ)
+            for name, variable in _OPTIONS.items():
+                value = getattr(args, f"{name}_table")
+                if value:
+                    environ[variable] = value
+            tables = Tables.from_environment(environ)
+            endpoint = args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or ""
+        reader = client(endpoint or None, region, local=bool(args.local))
+        report = reconcile(reader, tables, rechecks=max(0, args.rechecks))
+    except Exception as exc:
+        print(f"reconciliation could not run: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2, default=str))
+    else:
+        counted = ", ".join(f"{value} {name}" for name, value in report.counts.items())
+        print(f"reconciled {counted}")
+        for difference in report.differences:
+            print(f"DIFFERENCE {difference}")
+        print("no differences" if report.clean else f"{len(report.differences)} differences")
+    return 0 if report.clean else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

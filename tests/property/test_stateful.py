@@ -1,0 +1,707 @@
+"""A stateful property test of the whole billing system, through its public entry points only.
+
+Hypothesis drives random interleavings of: account creation (with and without a referral
+code), checkouts with every payment method, paying through the sandbox (paid or failed),
+provider deliveries re-sent byte for byte (duplicates, and stale events after newer ones),
+Stripe refunds, disputes and expiries, a refund delivered before the payment (reordered),
+admin completion, admin-created redemption codes and redemptions, admin adjustments (and
+their retries under the same Idempotency-Key), usage metering (charge, reserve, settle,
+release, duplicates, batches) and referral transfers (and their retries).
+
+The model predicts every response and every balance exactly (the credit queue is drained
+after each provider delivery, so each step ends in a known state). After EVERY step:
+- each account's quota and aff_quota equal the sums of its ledger entries, and its quota,
+  held_quota, used_quota and request_count equal the model's;
+- every order has the model's status; it has at most one top-up entry (of its quota) and
+  exactly one iff it was credited, and a reversal iff it was taken back;
+- no debit leaves a balance below zero unless it settles usage or reverses a credit;
+- aff_quota moves only by referral rebate, clawback (reversal) and transfer.
+At the end of each example, the reconciliation (billing.reconciliation) of every account of
+the example must find no difference.
+
+Sizes: the `stateful-ci` profile (default) keeps this to a few minutes; `make soak` runs the
+`stateful-soak` profile (STATEFUL_PROFILE=soak). Adding a behaviour is one @rule method that
+acts through the API and updates the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, Decimal
+from typing import Any, ClassVar
+
+from billing.reconciliation import check_account
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import event as tally
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from tests.support.api import (
+    UNIT,
+    Api,
+    Tables,
+    User,
+    drain,
+    pay,
+    post_stripe,
+    replay_notification,
+    session_id,
+    stripe_refund,
+)
+from tests.support.reconcile import stack_tables
+from tests.support.stack import ROOT, LocalStack
+
+settings.register_profile(
+    "stateful-ci",
+    max_examples=int(os.environ.get("STATEFUL_EXAMPLES", "8")),
+    stateful_step_count=int(os.environ.get("STATEFUL_STEPS", "20")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    # CI reports the failing program as found (every step is printed); the soak shrinks it.
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    print_blob=True,
+)
+settings.register_profile(
+    "stateful-soak",
+    max_examples=int(os.environ.get("STATEFUL_EXAMPLES", "150")),
+    stateful_step_count=int(os.environ.get("STATEFUL_STEPS", "50")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    print_blob=True,
+)
+PROFILE = f"stateful-{os.environ.get('STATEFUL_PROFILE', 'ci')}"
+
+REFERRAL = json.loads((ROOT / "settings" / "local.json").read_text())["referral"]
+REBATE_PERCENT = Decimal(str(REFERRAL.get("rebate_percent", "0")))
+INVITEE_BONUS = int(REFERRAL.get("invitee_bonus", 0))
+INVITER_BONUS = int(REFERRAL.get("inviter_bonus", 0))
+MIN_TRANSFER = int(REFERRAL.get("min_transfer", UNIT))
+METHODS = ("stripe", "epay", "creem", "waffo")
+REFUNDABLE = {"stripe", "creem", "waffo"}  # the sandboxes that can send a refund
+MODELS = ("gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet", "free-model", "dall-e-3")
+MAX_USERS = 4
+MAX_ORDERS = 7
+REDEEM_FAILURE_BUDGET = 8  # below the limit (10 per user and per address)
+TRANSFERS = (ROOT / "functions" / "referral_transfer" / "app.py").exists()
+
+# What each delivery means for an order (billing.crediting): the kind of event it carries.
+PAID, FAILED, EXPIRED, REFUNDED, DISPUTED = "paid", "failed", "expired", "refunded", "disputed"
+
+
+@dataclass
+class MUser:
+    user: User
+    aff_code: str
+    quota: int
+    held: int = 0
+    used: int = 0
+    requests: int = 0
+    aff_quota: int = 0
+    aff_history: int = 0
+    inviter: MUser | None = None
+    paid_orders: int = 0
+    redeem_failures: int = 0
+    settled: set[str] = field(default_factory=set)  # request ids whose settle may go negative
+
+    @property
+    def user_id(self) -> str:
+        return self.user.user_id
+
+
+@dataclass
+class Delivery:
+    kind: str
+    stripe_event: str | None = None  # Stripe: redelivered by event id
+    notification: str | None = None  # the others: their recorded notification
+
+
+@dataclass
+class MOrder:
+    api_order: dict[str, Any]
+    owner: MUser
+    method: str
+    quota: int
+    status: str = "pending"
+    credited: bool = False
+    reversed: bool = False
+    intent_stored: bool = False  # a Stripe dispute finds the order by its payment intent
+    rebate: int = 0  # what the owner's inviter earned on it
+    sandbox: str = "open"  # the provider's side: open, paid, failed, expired
+    deliveries: list[Delivery] = field(default_factory=list)
+
+    @property
+    def order_id(self) -> str:
+        return str(self.api_order["order_id"])
+
+
+@dataclass
+class MCode:
+    text: str
+    quota: int
+    max_uses: int
+    redeemers: set[str] = field(default_factory=set)
+
+
+@dataclass
+class MRequest:
+    owner: MUser
+    status: str  # charged, reserved, settled, released
+    hold: int = 0
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class BillingMachine(RuleBasedStateMachine):
+    stack: ClassVar[LocalStack]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.api = Api(self.stack)  # a source address of its own (redeem failure limit)
+        self.tables = Tables(self.stack)
+        self.admin = self.api.admin_token()
+        self.users: list[MUser] = []
+        self.orders: list[MOrder] = []
+        self.codes: list[MCode] = []
+        self.requests: dict[str, MRequest] = {}
+        self.adjustments: dict[str, tuple[MUser, int, bool]] = {}  # key -> (user, delta, applied)
+        self.transfers: dict[str, tuple[MUser, int, bool]] = {}
+        self.address_failures = 0
+
+    # ------------------------------------------------------------ accounts
+
+    def _create(self, inviter: MUser | None) -> MUser:
+        user = self.api.new_user(inviter.aff_code if inviter else None, prefix="prop")
+        created = user.created
+        assert created["inviter_id"] == (inviter.user_id if inviter else None)
+        # Bonuses come with the first paid order, never at sign-up.
+        assert (created["quota"], created["aff_quota"]) == (0, 0), created
+        model = MUser(user, created["aff_code"], quota=0, inviter=inviter)
+        self.users.append(model)
+        return model
+
+    @initialize()
+    def two_users(self) -> None:
+        first = self._create(None)
+        self._create(first)
+
+    @precondition(lambda self: len(self.users) < MAX_USERS)
+    @rule(invited=st.booleans(), data=st.data())
+    def create_account(self, invited: bool, data: st.DataObject) -> None:
+        inviter = data.draw(st.sampled_from(self.users)) if invited else None
+        self._create(inviter)
+
+    @rule(data=st.data())
+    def create_account_again(self, data: st.DataObject) -> None:
+        """POST /account for an existing account: 200, unchanged, referral code ignored."""
+        user = data.draw(st.sampled_from(self.users))
+        other = data.draw(st.sampled_from(self.users))
+        response = user.user.call("POST", "/account", json={"referral_code": other.aff_code})
+        assert response.status_code == 200, response.text
+        assert response.json()["inviter_id"] == user.user.created["inviter_id"]
+
+    # ------------------------------------------------------------ top-ups
+
+    @precondition(lambda self: len(self.orders) < MAX_ORDERS)
+    @rule(method=st.sampled_from(METHODS), amount=st.integers(1, 30), data=st.data())
+    def checkout(self, method: str, amount: int, data: st.DataObject) -> None:
+        owner = data.draw(st.sampled_from(self.users))
+        order = owner.user.checkout(method, amount)
+        assert order["status"] == "pending" and order["method"] == method
+        quota = 5_000_000 if method == "creem" else amount * UNIT
+        assert order["quota"] == quota
+        self.orders.append(MOrder(order, owner, method, quota))
+
+    def _orders(self, predicate: Any) -> list[MOrder]:
+        return [order for order in self.orders if predicate(order)]
+
+    def _credit(self, order: MOrder) -> None:
+        """The credit of an order: its quota, and the referral rebate and first-order bonuses
+        of an invited owner (billing.referral), in the same transaction."""
+        owner, inviter = order.owner, order.owner.inviter
+        order.status, order.credited = "paid", True
+        owner.quota += order.quota
+        if inviter is not None:
+            if owner.paid_orders == 0:
+                owner.quota += INVITEE_BONUS
+                inviter.aff_quota += INVITER_BONUS
+                inviter.aff_history += INVITER_BONUS
+            order.rebate = int(
+                (Decimal(order.quota) * REBATE_PERCENT / 100).to_integral_value(rounding=ROUND_DOWN)
+            )
+            inviter.aff_quota += order.rebate
+            inviter.aff_history += order.rebate
+        owner.paid_orders += 1
+
+    def _apply(self, order: MOrder, kind: str) -> None:
+        """The model of billing.crediting: what one delivered event does to an order."""
+        tally(f"delivery: {kind} on {order.status} ({order.method})")
+        if kind == PAID:
+            if order.status == "pending":
+                self._credit(order)
+                order.intent_stored = True
+        elif kind in (FAILED, EXPIRED):
+            if order.status == "pending":
+                order.status = kind
+        elif kind in (REFUNDED, DISPUTED):
+            if kind == DISPUTED and not order.intent_stored:
+                return  # matched by payment intent only: an order never credited is unknown
+            if order.status == "pending":
+                order.status = kind  # closed before it was paid: nothing to take back
+            elif order.status == "paid":
+                order.status, order.reversed = kind, True
+                order.owner.quota -= order.quota
+                inviter = order.owner.inviter
+                if inviter is not None and order.rebate:  # the clawback of its rebate
+                    inviter.aff_quota -= order.rebate
+                    inviter.aff_history -= order.rebate
+
+    def _delivered(self, order: MOrder, kind: str, result: dict[str, Any]) -> None:
+        assert "error" not in result, result
+        assert result["webhook_status"] == 200, result
+        order.deliveries.append(
+            Delivery(
+                kind,
+                result.get("event_id") if order.method == "stripe" else None,
+                result.get("notification_id"),
+            )
+        )
+        drain(self.stack)
+        self._apply(order, kind)
+
+    @precondition(lambda self: any(o.sandbox == "open" for o in self.orders))
+    @rule(outcome=st.sampled_from(["paid", "paid", "failed"]), data=st.data())
+    def pay_in_sandbox(self, outcome: str, data: st.DataObject) -> None:
+        order = data.draw(st.sampled_from(self._orders(lambda o: o.sandbox == "open")))
+        result = pay(self.api, order.order_id, outcome)
+        order.sandbox = outcome
+        if outcome == "failed" and order.method in ("epay", "creem"):
+            # These providers send nothing for an unpaid checkout.
+            assert result.get("webhook_status") is None, result
+            return
+        self._delivered(order, PAID if outcome == "paid" else FAILED, result)
+
+    @precondition(lambda self: any(o.deliveries for o in self.orders))
+    @rule(data=st.data())
+    def replay_delivery(self, data: st.DataObject) -> None:
+        """A provider delivers a recorded event again (a duplicate, or stale after newer)."""
+        order = data.draw(st.sampled_from(self._orders(lambda o: bool(o.deliveries))))
+        delivery = data.draw(st.sampled_from(order.deliveries))
+        if delivery.stripe_event is not None:
+            response = self.api.sandbox("POST", f"/stripe/redeliver/{delivery.stripe_event}")
+            assert response.status_code == 200 and response.json()["webhook_status"] == 200
+        else:
+            sent = self.api.sandbox("GET", f"/{order.method}/notifications/{order.order_id}")
+            [notification] = [n for n in sent.json()["items"] if n["id"] == delivery.notification]
+            reply = replay_notification(self.api, notification)
+            assert reply.status_code == 200, reply.text
+            if order.method == "epay":
+                assert reply.text == "success"
+        drain(self.stack)
+        self._apply(order, delivery.kind)
+
+    @staticmethod
+    def _refundable(order: MOrder) -> bool:
+        return (order.method in REFUNDABLE and order.sandbox == "paid") or order.method == "waffo"
+
+    @precondition(lambda self: any(self._refundable(o) for o in self.orders))
+    @rule(data=st.data())
+    def refund(self, data: st.DataObject) -> None:
+        order = data.draw(st.sampled_from(self._orders(self._refundable)))
+        if order.method == "stripe":
+            path = f"/stripe/events/{session_id(order.api_order)}"
+            response = self.api.sandbox("POST", path, json={"type": "charge.refunded"})
+        elif order.method == "creem":
+            path = f"/creem/events/{order.order_id}"
+            response = self.api.sandbox("POST", path, json={"type": "refund.created"})
+        else:  # Waffo's sandbox refunds whatever the order's state (a refund before payment)
+            response = self.api.sandbox("POST", f"/waffo/refund/{order.order_id}", json={})
+        assert response.status_code == 200, response.text
+        self._delivered(order, REFUNDED, response.json())
+
+    @precondition(
+        lambda self: any(o.method == "stripe" and o.sandbox == "paid" for o in self.orders)
+    )
+    @rule(data=st.data())
+    def stripe_dispute(self, data: st.DataObject) -> None:
+        order = data.draw(
+            st.sampled_from(self._orders(lambda o: o.method == "stripe" and o.sandbox == "paid"))
+        )
+        path = f"/stripe/events/{session_id(order.api_order)}"
+        response = self.api.sandbox("POST", path, json={"type": "charge.dispute.created"})
+        assert response.status_code == 200, response.text
+        self._delivered(order, DISPUTED, response.json())
+
+    @precondition(
+        lambda self: any(o.method == "stripe" and o.sandbox == "open" for o in self.orders)
+    )
+    @rule(data=st.data())
+    def stripe_session_expires(self, data: st.DataObject) -> None:
+        order = data.draw(
+            st.sampled_from(self._orders(lambda o: o.method == "stripe" and o.sandbox == "open"))
+        )
+        path = f"/stripe/events/{session_id(order.api_order)}"
+        response = self.api.sandbox("POST", path, json={"type": "checkout.session.expired"})
+        assert response.status_code == 200, response.text
+        order.sandbox = "expired"
+        self._delivered(order, EXPIRED, response.json())
+
+    @precondition(
+        lambda self: any(o.method == "stripe" and o.sandbox == "open" for o in self.orders)
+    )
+    @rule(data=st.data())
+    def stripe_refund_before_payment(self, data: st.DataObject) -> None:
+        """Reordered: the refund of a payment arrives before the payment itself."""
+        order = data.draw(
+            st.sampled_from(self._orders(lambda o: o.method == "stripe" and o.sandbox == "open"))
+        )
+        response = post_stripe(self.api, stripe_refund(order.api_order))
+        assert response.status_code == 200, response.text
+        drain(self.stack)
+        self._apply(order, REFUNDED)
+
+    @rule(data=st.data())
+    def admin_completes(self, data: st.DataObject) -> None:
+        if not self.orders:
+            return
+        order = data.draw(st.sampled_from(self.orders))
+        response = self.api.call("POST", f"/admin/topups/{order.order_id}/complete", self.admin)
+        if order.status in (REFUNDED, DISPUTED):
+            assert response.status_code == 409, response.text
+            assert response.json()["error"]["code"] == "order_not_completable"
+            return
+        assert response.status_code == 200, response.text
+        if order.status != "paid":
+            self._credit(order)
+        assert response.json()["status"] == "paid"
+
+    # ------------------------------------------------------------ redemption codes
+
+    @precondition(lambda self: len(self.codes) < 4)
+    @rule(quota=st.integers(1, 3 * UNIT), max_uses=st.integers(1, 3))
+    def admin_creates_code(self, quota: int, max_uses: int) -> None:
+        body = {
+            "name": f"prop-{uuid.uuid4().hex[:6]}",
+            "quota": quota,
+            "count": 1,
+            "max_uses": max_uses,
+        }
+        response = self.api.call("POST", "/admin/redemption-codes", self.admin, json=body)
+        assert response.status_code == 201, response.text
+        [text] = response.json()["codes"]
+        self.codes.append(MCode(text, quota, max_uses))
+
+    def _redeem(self, user: MUser, code: MCode | None) -> None:
+        text = code.text if code else f"GUESS-{uuid.uuid4().hex[:12].upper()}"
+        response = user.user.call("POST", "/redeem", json={"code": text})
+        tally(f"redeem: {response.status_code}")
+        if (
+            code is not None
+            and len(code.redeemers) < code.max_uses
+            and user.user_id not in code.redeemers
+        ):
+            assert response.status_code == 200, response.text
+            code.redeemers.add(user.user_id)
+            user.quota += code.quota
+            assert response.json() == {"quota_added": code.quota, "quota": user.quota}
+        else:
+            assert response.status_code == 400, response.text
+            assert response.json()["error"]["code"] == "redeem_failed"
+            user.redeem_failures += 1
+            self.address_failures += 1
+
+    def _may_fail_redeem(self) -> list[MUser]:
+        if self.address_failures >= REDEEM_FAILURE_BUDGET:
+            return []
+        return [u for u in self.users if u.redeem_failures < REDEEM_FAILURE_BUDGET]
+
+    @precondition(lambda self: bool(self.codes) and bool(self._may_fail_redeem()))
+    @rule(data=st.data())
+    def redeem(self, data: st.DataObject) -> None:
+        user = data.draw(st.sampled_from(self._may_fail_redeem()))
+        self._redeem(user, data.draw(st.sampled_from(self.codes)))
+
+    @precondition(lambda self: bool(self._may_fail_redeem()))
+    @rule(data=st.data())
+    def redeem_a_guess(self, data: st.DataObject) -> None:
+        self._redeem(data.draw(st.sampled_from(self._may_fail_redeem())), None)
+
+    @precondition(
+        lambda self: (
+            self.address_failures < REDEEM_FAILURE_BUDGET and any(c.redeemers for c in self.codes)
+        )
+    )
+    @rule(data=st.data())
+    def redeem_again(self, data: st.DataObject) -> None:
+        """A user redeems a code it has redeemed already (once per user, whatever max_uses)."""
+        code = data.draw(st.sampled_from([c for c in self.codes if c.redeemers]))
+        users = [u for u in self.users if u.user_id in code.redeemers]
+        user = data.draw(st.sampled_from(users))
+        if user.redeem_failures < REDEEM_FAILURE_BUDGET:
+            self._redeem(user, code)
+
+    # ------------------------------------------------------------ admin adjustments
+
+    def _adjust(self, user: MUser, delta: int, key: str, applied: bool) -> None:
+        response = self.api.call(
+            "POST",
+            f"/admin/accounts/{user.user_id}/adjust",
+            self.admin,
+            json={"delta": delta, "reason": "property test"},
+            headers={"Idempotency-Key": key},
+        )
+        if applied:
+            assert response.status_code == 200, response.text  # a retry: nothing changes
+        elif delta < 0 and user.quota - user.held + delta < 0:
+            assert response.status_code == 400, response.text
+            assert response.json()["error"]["code"] == "insufficient_quota"
+        else:
+            assert response.status_code == 200, response.text
+            user.quota += delta
+            applied = True
+        tally(f"adjust: {response.status_code} ({'retry' if key in self.adjustments else 'new'})")
+        self.adjustments[key] = (user, delta, applied)
+        assert response.status_code != 200 or response.json()["quota"] == user.quota
+
+    @rule(delta=st.integers(-3 * UNIT, 3 * UNIT).filter(bool), data=st.data())
+    def admin_adjusts(self, delta: int, data: st.DataObject) -> None:
+        self._adjust(data.draw(st.sampled_from(self.users)), delta, uuid.uuid4().hex, False)
+
+    @precondition(lambda self: bool(self.adjustments))
+    @rule(data=st.data())
+    def admin_retries_an_adjustment(self, data: st.DataObject) -> None:
+        """The same request again under its Idempotency-Key (a client retry): applied once."""
+        key = data.draw(st.sampled_from(sorted(self.adjustments)))
+        user, delta, applied = self.adjustments[key]
+        self._adjust(user, delta, key, applied)
+
+    # ------------------------------------------------------------ metering
+
+    def _event(
+        self, user: MUser, action: str, request_id: str, model: str, tokens: tuple[int, int]
+    ) -> dict[str, Any]:
+        return {
+            "action": action,
+            "request_id": request_id,
+            "user_id": user.user_id,
+            "model": model,
+            "prompt_tokens": tokens[0],
+            "completion_tokens": tokens[1],
+        }
+
+    def _expect(self, user: MUser, event: dict[str, Any], result: dict[str, Any]) -> None:
+        """Check one metering result against the model, then update the model."""
+        action, rid = event["action"], event["request_id"]
+        record = self.requests.get(rid)
+        assert result["request_id"] == rid
+        tally(f"meter: {action} -> {result['status']} {result.get('error', '')}")
+        if record is not None and action in record.results:
+            first = record.results[action]
+            assert result["status"] == "duplicate", result
+            assert (result["quota"], result["balance"]) == (first["quota"], first["balance"])
+            return
+        # A request id already used by another action, or a settle/release without an open
+        # hold, is refused and changes nothing (whatever the balance).
+        if (record is not None and action in ("charge", "reserve")) or (
+            action in ("settle", "release") and (record is None or record.status != "reserved")
+        ):
+            assert (result["status"], result.get("error")) == ("rejected", "invalid_event"), result
+            return
+        price = int(result["quota"])
+        if action in ("charge", "reserve"):
+            if price > 0 and user.quota - user.held - price < 0:
+                assert (result["status"], result.get("error")) == (
+                    "rejected",
+                    "insufficient_quota",
+                ), result
+                return
+            if action == "charge":
+                user.quota -= price
+                user.used += price
+                user.requests += 1
+                record = MRequest(user, "charged")
+            else:
+                user.held += price
+                record = MRequest(user, "reserved", hold=price)
+            self.requests[rid] = record
+        else:
+            assert record is not None
+            user.held -= record.hold
+            if action == "settle":
+                user.quota -= price
+                user.used += price
+                user.requests += 1
+                user.settled.add(rid)
+            else:
+                assert price == record.hold
+            record.status = "settled" if action == "settle" else "released"
+        assert (
+            result["status"]
+            == {
+                "charge": "charged",
+                "reserve": "reserved",
+                "settle": "settled",
+                "release": "released",
+            }[action]
+        ), result
+        assert result["balance"] == user.quota, (result, user.quota)
+        record.results[action] = result
+
+    tokens = st.tuples(st.integers(0, 30_000), st.integers(0, 30_000))
+
+    @rule(
+        action=st.sampled_from(["charge", "charge", "reserve"]),
+        model=st.sampled_from(MODELS),
+        tokens=tokens,
+        data=st.data(),
+    )
+    def meter_new_request(
+        self, action: str, model: str, tokens: tuple[int, int], data: st.DataObject
+    ) -> None:
+        user = data.draw(st.sampled_from(self.users))
+        event = self._event(user, action, uuid.uuid4().hex, model, tokens)
+        self._expect(user, event, self.api.meter(event))
+
+    @precondition(lambda self: bool(self.requests))
+    @rule(
+        action=st.sampled_from(["settle", "settle", "release", "charge", "reserve"]),
+        model=st.sampled_from(MODELS),
+        tokens=tokens,
+        data=st.data(),
+    )
+    def meter_known_request(
+        self, action: str, model: str, tokens: tuple[int, int], data: st.DataObject
+    ) -> None:
+        """Settle or release a hold, or send an action again (duplicates, wrong states)."""
+        rid = data.draw(st.sampled_from(sorted(self.requests)))
+        user = self.requests[rid].owner
+        event = self._event(user, action, rid, model, tokens)
+        self._expect(user, event, self.api.meter(event))
+
+    @rule(count=st.integers(2, 5), model=st.sampled_from(MODELS), tokens=tokens, data=st.data())
+    def meter_batch(
+        self, count: int, model: str, tokens: tuple[int, int], data: st.DataObject
+    ) -> None:
+        """One invocation with several charges (aggregated per account by the domain)."""
+        owners = [data.draw(st.sampled_from(self.users)) for _ in range(count)]
+        events = [self._event(u, "charge", uuid.uuid4().hex, model, tokens) for u in owners]
+        results = self.api.meter({"events": events})["results"]
+        assert len(results) == count
+        for user, event, result in zip(owners, events, results, strict=True):
+            self._expect(user, event, result)
+
+    # ------------------------------------------------------------ referral
+
+    def _transfer(self, user: MUser, quota: int, key: str, applied: bool) -> None:
+        response = user.user.call(
+            "POST", "/referral/transfer", json={"quota": quota}, headers={"Idempotency-Key": key}
+        )
+        if applied:
+            assert response.status_code == 200, response.text  # a retry: nothing moves
+        elif quota < MIN_TRANSFER:
+            assert response.status_code == 400, response.text
+            assert response.json()["error"]["code"] == "transfer_below_minimum"
+        elif quota > user.aff_quota:
+            assert response.status_code == 400, response.text
+            assert response.json()["error"]["code"] == "insufficient_aff_quota"
+        else:
+            assert response.status_code == 200, response.text
+            user.quota += quota
+            user.aff_quota -= quota
+            applied = True
+        self.transfers[key] = (user, quota, applied)
+        tally(f"transfer: {response.status_code}")
+        if response.status_code == 200:
+            assert response.json() == {"aff_quota": user.aff_quota, "quota": user.quota}
+
+    @precondition(lambda self: TRANSFERS)
+    @rule(quota=st.one_of(st.integers(1, 3 * UNIT), st.just(MIN_TRANSFER)), data=st.data())
+    def referral_transfer(self, quota: int, data: st.DataObject) -> None:
+        """Move reward quota to the balance."""
+        self._transfer(data.draw(st.sampled_from(self.users)), quota, uuid.uuid4().hex, False)
+
+    @precondition(lambda self: TRANSFERS and bool(self.transfers))
+    @rule(data=st.data())
+    def referral_transfer_retried(self, data: st.DataObject) -> None:
+        """A transfer sent again under its Idempotency-Key: it moves the quota once."""
+        key = data.draw(st.sampled_from(sorted(self.transfers)))
+        self._transfer(*self.transfers[key][:2], key, self.transfers[key][2])
+
+    # ------------------------------------------------------------ invariants
+
+    @invariant()
+    def ledgers_balances_and_orders(self) -> None:
+        ledgers: dict[str, list[dict[str, Any]]] = {}
+        for user in self.users:
+            account = self.tables.account(user.user_id)
+            assert account is not None
+            entries = ledgers[user.user_id] = self.tables.ledger(user.user_id)
+            sums = {"quota": 0, "aff_quota": 0}
+            for entry in entries:
+                sums[entry["balance"]] += entry["delta"]
+                if entry["delta"] < 0 and entry["balance_after"] < 0:
+                    settle = entry["entry_id"].removeprefix("usage#") in user.settled
+                    assert entry["kind"] == "reversal" or (entry["kind"] == "usage" and settle), (
+                        f"{entry['entry_id']} took {entry['balance']} below zero"
+                    )
+                if entry["balance"] == "aff_quota":
+                    # Rebates (and the inviter's first-order bonus), clawbacks, transfers.
+                    assert entry["kind"] in (
+                        "referral_reward",
+                        "signup_bonus",
+                        "referral_transfer",
+                        "reversal",
+                    ), entry
+            assert sums == {"quota": account["quota"], "aff_quota": account["aff_quota"]}, (
+                user.user_id,
+                sums,
+                account,
+            )
+            assert (
+                account["quota"],
+                account["aff_quota"],
+                account["aff_history_quota"],
+                account["held_quota"],
+                account["used_quota"],
+                account["request_count"],
+                account["paid_orders"],
+            ) == (
+                user.quota,
+                user.aff_quota,
+                user.aff_history,
+                user.held,
+                user.used,
+                user.requests,
+                user.paid_orders,
+            ), (user.user_id, account)
+        for order in self.orders:
+            stored = self.tables.order(order.order_id)
+            assert stored["status"] == order.status, (order.order_id, order.method, stored)
+            assert bool(stored.get("paid_at")) == order.credited, stored
+            entries = ledgers[order.owner.user_id]
+            topups = [e for e in entries if e["kind"] == "topup" and e["ref"] == order.order_id]
+            reversals = [
+                e for e in entries if e["kind"] == "reversal" and e["ref"] == order.order_id
+            ]
+            assert [e["delta"] for e in topups] == ([order.quota] if order.credited else [])
+            assert [e["delta"] for e in reversals] == ([-order.quota] if order.reversed else [])
+
+    def teardown(self) -> None:
+        tables = stack_tables(self.stack)
+        client = self.stack.boto3_client("dynamodb")
+        for user in self.users:
+            differences = check_account(client, tables, user.user_id)
+            assert not differences, [str(d) for d in differences]
+
+
+def test_billing_state_machine(stack: LocalStack) -> None:
+    BillingMachine.stack = stack
+    run_state_machine_as_test(BillingMachine, settings=settings.get_profile(PROFILE))

@@ -1,0 +1,447 @@
+"""Reconciliation on the embedded AWS: clean data is clean; each kind of corruption (written
+behind the domain's back) is reported by its check, never repaired; a difference that is gone
+when re-read is not reported; the command exits 1 on differences.
+
+Reconciliation reads everything, so each test starts from empty tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from billing import accounts, clock, crediting, ledger, metering, money
+from billing.ledger import Change, EntryKind, TxOp
+from billing.models import Account, LedgerEntry, Order, RedemptionCode
+from billing.providers.base import EventType, PaymentEvent
+from billing.reconciliation import Difference, Report, Tables, reconcile
+from billing.settings import parse_settings
+
+from local.aws import EmbeddedAws
+from tests.support.embedded_tables import embedded_tables
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = parse_settings((ROOT / "settings" / "local.json").read_text())
+QUOTA = 5_000_000
+
+
+@pytest.fixture(scope="module")
+def embedded() -> Iterator[EmbeddedAws]:
+    with embedded_tables() as started:
+        yield started
+
+
+@pytest.fixture
+def aws(embedded: EmbeddedAws, monkeypatch: pytest.MonkeyPatch) -> EmbeddedAws:
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "QuotaTopupTest")
+    monkeypatch.setenv("SETTINGS_FILE", str(ROOT / "settings" / "local.json"))
+    dynamodb = client(embedded)
+    for table in (*vars(tables()).values(), accounts.ReferralCode.Meta.table_name):
+        schema = dynamodb.describe_table(TableName=table)["Table"]["KeySchema"]
+        names = [key["AttributeName"] for key in schema]
+        for item in dynamodb.scan(TableName=table, ConsistentRead=True).get("Items", []):
+            dynamodb.delete_item(TableName=table, Key={name: item[name] for name in names})
+    return embedded
+
+
+def tables() -> Tables:
+    return Tables(
+        accounts=Account.Meta.table_name,
+        ledger=LedgerEntry.Meta.table_name,
+        orders=Order.Meta.table_name,
+        usage=metering.UsageRecord.Meta.table_name,
+        codes=RedemptionCode.Meta.table_name,
+    )
+
+
+def client(aws: EmbeddedAws) -> Any:
+    import boto3
+
+    return boto3.client(
+        "dynamodb",
+        endpoint_url=aws.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def run(aws: EmbeddedAws) -> Report:
+    return reconcile(client(aws), tables(), pause=0)
+
+
+def checks(report: Report) -> set[tuple[str, str]]:
+    return {(d.check, d.subject.split(":", 1)[0]) for d in report.differences}
+
+
+def new_user(inviter: str | None = None) -> str:
+    user_id = f"u-{uuid.uuid4().hex[:12]}"
+    code = None
+    if inviter is not None:
+        code = Account.get(inviter, consistent_read=True).aff_code
+    accounts.create_account(user_id, code)
+    return user_id
+
+
+def new_order(user_id: str, quota: int = QUOTA) -> Order:
+    at = clock.iso()
+    order = Order(
+        order_id=f"ord_{uuid.uuid4().hex[:24]}",
+        user_id=user_id,
+        method="stripe",
+        amount=10,
+        pay_money="10.00",
+        currency="USD",
+        quota=quota,
+        status="pending",
+        created_at=at,
+        updated_at=at,
+    )
+    order.save()
+    return order
+
+
+def pay(order: Order) -> None:
+    event = PaymentEvent(
+        provider="stripe",
+        event_id=f"evt_{uuid.uuid4().hex}",
+        type=EventType.PAID,
+        order_id=order.order_id,
+        amount=money.parse(order.pay_money, order.currency),
+        currency=order.currency,
+        provider_payment_id=f"pi_{uuid.uuid4().hex[:16]}",
+    )
+    assert crediting.apply_event(event) is crediting.Outcome.CREDITED
+
+
+def refund(order: Order) -> None:
+    event = PaymentEvent(
+        provider="stripe",
+        event_id=f"evt_{uuid.uuid4().hex}",
+        type=EventType.REFUNDED,
+        order_id=order.order_id,
+    )
+    assert crediting.apply_event(event) is crediting.Outcome.REVERSED
+
+
+def charge(user_id: str, action: str = "charge", request_id: str | None = None) -> None:
+    event = metering.UsageEvent(
+        action=metering.Action(action),
+        request_id=request_id or uuid.uuid4().hex,
+        user_id=user_id,
+        model="gpt-4o",
+        prompt_tokens=1000,
+        completion_tokens=500,
+    )
+    outcome = metering.meter([event], settings=SETTINGS)
+    assert outcome.complete and outcome.results[0] is not None
+    assert outcome.results[0]["status"] != "rejected", outcome.results
+
+
+def redeem(user_id: str, code: RedemptionCode) -> None:
+    use = TxOp(label="code", op="update", model=code, actions=[RedemptionCode.uses.add(1)])
+    credit = Change(user_id, f"redeem#{code.code_id}#{user_id}", EntryKind.REDEEM, int(code.quota))
+    ledger.apply([credit], extra=[use])
+
+
+def new_code(quota: int = 1000, max_uses: int = 3) -> RedemptionCode:
+    code = RedemptionCode(
+        code_id=uuid.uuid4().hex,
+        name="test",
+        quota=quota,
+        max_uses=max_uses,
+        batch_id="b1",
+        created_by="admin",
+        created_at=clock.iso(),
+    )
+    code.save()
+    return RedemptionCode.get(code.code_id, consistent_read=True)
+
+
+def busy_world() -> dict[str, Any]:
+    """Every kind of change the domain makes, through the domain."""
+    inviter = new_user()
+    user = new_user(inviter)
+    paid, refunded, pending = new_order(user), new_order(user), new_order(user, 2 * QUOTA)
+    pay(paid)
+    pay(refunded)
+    refund(refunded)
+    ledger.apply([Change(user, "adjustment#a1", EntryKind.ADJUSTMENT, 700)])
+    charge(user)
+    hold = uuid.uuid4().hex
+    charge(user, "reserve", hold)
+    settled = uuid.uuid4().hex
+    charge(user, "reserve", settled)
+    charge(user, "settle", settled)
+    code = new_code()
+    redeem(user, code)
+    redeem(inviter, code)
+    ledger.apply(
+        [
+            Change(
+                inviter,
+                "referral_transfer#t1#aff",
+                EntryKind.REFERRAL_TRANSFER,
+                -100,
+                balance="aff_quota",
+            ),
+            Change(inviter, "referral_transfer#t1", EntryKind.REFERRAL_TRANSFER, 100),
+        ]
+    )
+    return {
+        "user": user,
+        "inviter": inviter,
+        "paid": paid,
+        "refunded": refunded,
+        "pending": pending,
+        "code": code,
+    }
+
+
+def put_raw(table: str, item: dict[str, Any], aws: EmbeddedAws) -> None:
+    client(aws).put_item(TableName=table, Item=item)
+
+
+def update_raw(
+    aws: EmbeddedAws, table: str, key: dict[str, Any], expression: str, values: dict[str, Any]
+) -> None:
+    client(aws).update_item(
+        TableName=table, Key=key, UpdateExpression=expression, ExpressionAttributeValues=values
+    )
+
+
+# ---------------------------------------------------------------- clean
+
+
+def test_everything_the_domain_does_reconciles(aws: EmbeddedAws) -> None:
+    world = busy_world()
+    report = run(aws)
+    assert report.clean, [str(d) for d in report.differences]
+    assert report.counts["accounts"] == 2 and report.counts["orders"] == 3
+    assert report.counts["codes"] == 1 and report.counts["usage_records"] == 3
+    assert world["pending"].order_id  # a pending order with no entry is consistent
+
+
+# ---------------------------------------------------------------- corruptions
+
+
+def test_a_balance_changed_behind_the_ledger_is_reported_not_fixed(aws: EmbeddedAws) -> None:
+    world = busy_world()
+    key = {"user_id": {"S": world["user"]}}
+    before = Account.get(world["user"], consistent_read=True)
+    update_raw(aws, tables().accounts, key, "ADD quota :one", {":one": {"N": "1"}})
+    report = run(aws)
+    assert checks(report) == {("ledger_sum", "account")}
+    [difference] = report.differences
+    assert difference.expected == int(before.quota) and difference.actual == before.quota + 1
+    assert Account.get(world["user"], consistent_read=True).quota == before.quota + 1
+
+
+def test_an_overwritten_entry_breaks_the_sum_and_the_running_balance(aws: EmbeddedAws) -> None:
+    world = busy_world()
+    key = {"user_id": {"S": world["user"]}, "entry_id": {"S": "adjustment#a1"}}
+    update_raw(aws, tables().ledger, key, "SET delta = :d", {":d": {"N": "701"}})
+    assert checks(run(aws)) == {("ledger_sum", "account"), ("balance_after", "account")}
+
+
+def test_a_paid_order_without_its_credit(aws: EmbeddedAws) -> None:
+    world = busy_world()
+    user, paid = world["user"], world["paid"]
+    client(aws).delete_item(
+        TableName=tables().ledger,
+        Key={"user_id": {"S": user}, "entry_id": {"S": f"topup#{paid.order_id}"}},
+    )
+    report = run(aws)
+    assert ("order_credit", "order") in checks(report)
+    assert any(d.subject == f"order:{paid.order_id}" for d in report.differences)
+
+
+def test_a_pending_order_with_a_credit_and_an_orphan_entry(aws: EmbeddedAws) -> None:
+    world = busy_world()
+    user, pending = world["user"], world["pending"]
+    ledger.apply(
+        [
+            Change(
+                user,
+                f"topup#{pending.order_id}",
+                EntryKind.TOPUP,
+                int(pending.quota),
+                counters={"paid_orders": 1},
+            )
+        ]
+    )
+    ledger.apply(
+        [Change(user, "topup#ord_nonexistent", EntryKind.TOPUP, 5, counters={"paid_orders": 1})]
+    )
+    report = run(aws)
+    subjects = {d.subject for d in report.differences}
+    assert subjects == {f"order:{pending.order_id}", "order:ord_nonexistent"}
+
+
+def test_a_refunded_order_without_its_reversal(aws: EmbeddedAws) -> None:
+    world = busy_world()
+    user, refunded = world["user"], world["refunded"]
+    client(aws).delete_item(
+        TableName=tables().ledger,
+        Key={"user_id": {"S": user}, "entry_id": {"S": f"reversal#{refunded.order_id}"}},
+    )
+    update_raw(
+        aws,
+        tables().accounts,
+        {"user_id": {"S": user}},
+        "ADD quota :q",
+        {":q": {"N": str(refunded.quota)}},
+    )
+    report = run(aws)
+    [missing] = [d for d in report.differences if d.subject == f"order:{refunded.order_id}"]
+    assert missing.message == "refunded order without its reversal entry"
+    # The later entries' balance_after no longer follow either.
+    assert checks(report) == {("order_credit", "order"), ("balance_after", "account")}
+
+
+def test_usage_counters_that_disagree_with_the_records(aws: EmbeddedAws) -> None:
+    world = busy_world()
+    update_raw(
+        aws,
+        tables().accounts,
+        {"user_id": {"S": world["user"]}},
+        "ADD used_quota :one, held_quota :one",
+        {":one": {"N": "1"}},
+    )
+    messages = {d.message for d in run(aws).differences}
+    assert "held_quota is not the sum of the open holds" in messages
+    assert "used_quota is not the sum of the usage entries" in messages
+
+
+def test_a_code_used_more_than_its_redemptions(aws: EmbeddedAws) -> None:
+    world = busy_world()
+    code = world["code"]
+    client(aws).update_item(
+        TableName=tables().codes,
+        Key={"code_id": {"S": code.code_id}},
+        UpdateExpression="SET #u = :u",
+        ExpressionAttributeNames={"#u": "uses"},
+        ExpressionAttributeValues={":u": {"N": "5"}},
+    )
+    report = run(aws)
+    assert {d.message for d in report.differences} == {
+        "uses is not the number of redemptions",
+        "used more than max_uses",
+    }
+
+
+def test_debits_below_zero_and_aff_quota_moved_by_the_wrong_kind(aws: EmbeddedAws) -> None:
+    user = new_user()
+    ledger.apply([Change(user, "adjustment#neg", EntryKind.ADJUSTMENT, -10, may_go_negative=True)])
+    ledger.apply([Change(user, "adjustment#aff", EntryKind.ADJUSTMENT, 10, balance="aff_quota")])
+    assert checks(run(aws)) == {("negative", "account"), ("aff_kind", "account")}
+
+
+def test_a_rebate_for_an_order_of_someone_not_invited(aws: EmbeddedAws) -> None:
+    world = busy_world()
+    stranger = new_user()
+    ledger.apply(
+        [
+            Change(
+                stranger,
+                f"referral_reward#{world['paid'].order_id}",
+                EntryKind.REFERRAL_REWARD,
+                10,
+                balance="aff_quota",
+                counters={"aff_history_quota": 10},
+            )
+        ]
+    )
+    report = run(aws)
+    assert [(d.check, d.subject) for d in report.differences] == [
+        ("referral_reward", f"account:{stranger}")
+    ]
+
+
+# ---------------------------------------------------------------- transients and the command
+
+
+class StaleScans:
+    """A reader whose table scans show an account one unit richer than it is (as a scan
+    racing a transaction would), while fresh reads are right."""
+
+    def __init__(self, real: Any, user_id: str) -> None:
+        self.real = real
+        self.user_id = user_id
+
+    def scan(self, **kwargs: Any) -> dict[str, Any]:
+        page: dict[str, Any] = self.real.scan(**kwargs)
+        for item in page.get("Items", []):
+            if item.get("user_id") == {"S": self.user_id} and "aff_code" in item:
+                item["quota"] = {"N": str(int(item["quota"]["N"]) + 1)}
+        return page
+
+    def query(self, **kwargs: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.real.query(**kwargs)
+        return result
+
+    def get_item(self, **kwargs: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.real.get_item(**kwargs)
+        return result
+
+
+def test_a_difference_gone_on_a_fresh_read_is_not_reported(aws: EmbeddedAws) -> None:
+    world = busy_world()
+    report = reconcile(StaleScans(client(aws), world["user"]), tables(), pause=0)
+    assert report.clean and report.rechecked == 1
+
+
+def command(aws: EmbeddedAws) -> subprocess.CompletedProcess[str]:
+    names = tables()
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT / 'layers' / 'common'}:{ROOT}",
+        "AWS_ENDPOINT_URL": aws.endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "ACCOUNTS_TABLE": names.accounts,
+        "LEDGER_TABLE": names.ledger,
+        "ORDERS_TABLE": names.orders,
+        "USAGE_TABLE": names.usage or "",
+        "REDEMPTION_CODES_TABLE": names.codes or "",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "billing.reconcile", "--json", "--rechecks", "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_command_exits_1_on_differences_and_0_when_clean(aws: EmbeddedAws) -> None:
+    world = busy_world()
+    clean = command(aws)
+    assert clean.returncode == 0, clean.stderr
+    assert json.loads(clean.stdout)["clean"] is True
+    update_raw(
+        aws,
+        tables().accounts,
+        {"user_id": {"S": world["inviter"]}},
+        "ADD aff_quota :one",
+        {":one": {"N": "1"}},
+    )
+    dirty = command(aws)
+    assert dirty.returncode == 1, dirty.stderr
+    [difference] = json.loads(dirty.stdout)["differences"]
+    assert difference["check"] == "ledger_sum" and difference["subject"].endswith(world["inviter"])
+
+
+def test_differences_read_as_one_line_each() -> None:
+    difference = Difference("ledger_sum", "account:u1", "the quota ledger does not sum", 5, 6)
+    assert str(difference) == (
+        "[ledger_sum] account:u1: the quota ledger does not sum (expected 5, found 6)"
+    )
