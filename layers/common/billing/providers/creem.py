@@ -13,12 +13,10 @@ import hmac
 import json
 import os
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from billing import money
 from billing.errors import ProviderError
 from billing.providers.base import (
     CheckoutRequest,
@@ -30,6 +28,7 @@ from billing.providers.base import (
     WebhookReply,
     WebhookRequest,
 )
+from billing.providers.payload import minor_amount, text_or_id
 
 logger = Logger(child=True)
 
@@ -68,22 +67,8 @@ def _key_mode(api_key: str) -> bool | None:
     return None
 
 
-def _str(value: Any) -> str | None:
-    if isinstance(value, str) and value:
-        return value
-    if isinstance(value, Mapping):  # an expanded object: its id
-        return _str(value.get("id"))
-    return None
-
-
-def _minor(amount: Any, currency: str | None) -> Decimal | None:
-    if currency is None or not isinstance(amount, int) or isinstance(amount, bool):
-        return None
-    return money.from_minor(amount, currency)
-
-
 def _upper(value: Any) -> str | None:
-    text = _str(value)
+    text = text_or_id(value)
     return text.upper() if text else None
 
 
@@ -143,11 +128,11 @@ class CreemProvider:
             session: Any = response.json()
         except ValueError as exc:
             raise ProviderError() from exc
-        pay_url = _str(session.get("checkout_url")) if isinstance(session, dict) else None
+        pay_url = text_or_id(session.get("checkout_url")) if isinstance(session, dict) else None
         if pay_url is None or not pay_url.startswith(("https://", "http://")):
             logger.warning("creem checkout without a url", extra={"order_id": request.order_id})
             raise ProviderError()
-        return PaymentSession(pay_url=pay_url, session_id=_str(session.get("id")))
+        return PaymentSession(pay_url=pay_url, session_id=text_or_id(session.get("id")))
 
     def parse_webhook(self, request: WebhookRequest, secrets: dict[str, str]) -> list[PaymentEvent]:
         secret = secrets.get("creem_webhook_secret", "")
@@ -174,20 +159,20 @@ class CreemProvider:
 
 def map_event(event: Mapping[str, Any]) -> PaymentEvent:
     """A verified Creem event as a PaymentEvent; UnsupportedEvent for anything we ignore."""
-    event_id = _str(event.get("id"))
-    kind = _str(event.get("eventType")) or ""
+    event_id = text_or_id(event.get("id"))
+    kind = text_or_id(event.get("eventType")) or ""
     obj = event.get("object")
     if event_id is None or not isinstance(obj, Mapping):
         raise UnsupportedEvent(kind or "malformed")
     detail = {"creem_type": kind}
-    if _str(obj.get("id")):
+    if text_or_id(obj.get("id")):
         detail["object_id"] = str(obj.get("id"))
 
     if kind == "checkout.completed":
         order = obj.get("order")
         metadata = obj.get("metadata")
-        order_id = _str(obj.get("request_id")) or (
-            _str(metadata.get("order_id")) if isinstance(metadata, Mapping) else None
+        order_id = text_or_id(obj.get("request_id")) or (
+            text_or_id(metadata.get("order_id")) if isinstance(metadata, Mapping) else None
         )
         if order_id is None or not isinstance(order, Mapping):
             raise UnsupportedEvent(kind)  # not a checkout we created
@@ -201,25 +186,25 @@ def map_event(event: Mapping[str, Any]) -> PaymentEvent:
             event_id=event_id,
             type=EventType.PAID,
             order_id=order_id,
-            amount=_minor(order.get("amount"), currency),
+            amount=minor_amount(order.get("amount"), currency),
             currency=currency,
-            provider_payment_id=_str(order.get("id")),
+            provider_payment_id=text_or_id(order.get("id")),
             detail=detail,
         )
     if kind == "refund.created":
-        status = _str(obj.get("status"))
+        status = text_or_id(obj.get("status"))
         if status is not None and status.lower() in _NOT_REFUNDED:
             raise UnsupportedEvent(f"{kind} {status[:20]}")
         order = obj.get("order")
         checkout = obj.get("checkout")
-        payment_id = _str(order)
-        order_id = _str(checkout.get("request_id")) if isinstance(checkout, Mapping) else None
+        payment_id = text_or_id(order)
+        order_id = text_or_id(checkout.get("request_id")) if isinstance(checkout, Mapping) else None
         if order_id is None and payment_id is None:
             raise UnsupportedEvent(kind)
         currency = _upper(obj.get("refund_currency"))
-        amount = _minor(obj.get("refund_amount"), currency)
+        amount = minor_amount(obj.get("refund_amount"), currency)
         if isinstance(order, Mapping):
-            paid = _minor(order.get("amount"), _upper(order.get("currency")))
+            paid = minor_amount(order.get("amount"), _upper(order.get("currency")))
             if amount is not None and paid is not None:
                 detail["fully_refunded"] = "true" if amount >= paid else "false"
         return PaymentEvent(

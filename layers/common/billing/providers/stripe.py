@@ -10,7 +10,6 @@ import json
 import os
 import threading
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
@@ -27,6 +26,7 @@ from billing.providers.base import (
     WebhookReply,
     WebhookRequest,
 )
+from billing.providers.payload import minor_amount, text_or_id
 
 if TYPE_CHECKING:
     from stripe import StripeClient
@@ -162,23 +162,9 @@ class StripeProvider:
         )
 
 
-def _str(value: Any) -> str | None:
-    if isinstance(value, str) and value:
-        return value
-    if isinstance(value, Mapping):  # an expanded object: its id
-        return _str(value.get("id"))
-    return None
-
-
-def _amount(minor: Any, currency: str | None) -> Decimal | None:
-    if currency is None or not isinstance(minor, int) or isinstance(minor, bool):
-        return None
-    return money.from_minor(minor, currency)
-
-
 def _metadata_order(obj: Mapping[str, Any]) -> str | None:
     metadata = obj.get("metadata")
-    return _str(metadata.get("order_id")) if isinstance(metadata, Mapping) else None
+    return text_or_id(metadata.get("order_id")) if isinstance(metadata, Mapping) else None
 
 
 _SESSION_EVENTS = {
@@ -191,21 +177,21 @@ _SESSION_EVENTS = {
 
 def map_event(event: Mapping[str, Any]) -> PaymentEvent:
     """A verified Stripe event as a PaymentEvent; UnsupportedEvent for anything we ignore."""
-    event_id = _str(event.get("id"))
-    kind = _str(event.get("type")) or ""
+    event_id = text_or_id(event.get("id"))
+    kind = text_or_id(event.get("type")) or ""
     data = event.get("data")
     obj = data.get("object") if isinstance(data, Mapping) else None
     if event_id is None or not isinstance(obj, Mapping):
         raise UnsupportedEvent(kind or "malformed")
-    raw_currency = _str(obj.get("currency"))
+    raw_currency = text_or_id(obj.get("currency"))
     currency = raw_currency.upper() if raw_currency else None
-    payment_intent = _str(obj.get("payment_intent"))
+    payment_intent = text_or_id(obj.get("payment_intent"))
     detail = {"stripe_type": kind}
-    if _str(obj.get("id")):
+    if text_or_id(obj.get("id")):
         detail["object_id"] = str(obj.get("id"))
 
     if kind in _SESSION_EVENTS:
-        order_id = _metadata_order(obj) or _str(obj.get("client_reference_id"))
+        order_id = _metadata_order(obj) or text_or_id(obj.get("client_reference_id"))
         if order_id is None:
             raise UnsupportedEvent(kind)  # not a session we created
         event_type = _SESSION_EVENTS[kind]
@@ -217,7 +203,7 @@ def map_event(event: Mapping[str, Any]) -> PaymentEvent:
             event_id=event_id,
             type=event_type,
             order_id=order_id,
-            amount=_amount(obj.get("amount_total"), currency)
+            amount=minor_amount(obj.get("amount_total"), currency)
             if event_type is EventType.PAID
             else None,
             currency=currency,
@@ -233,7 +219,7 @@ def map_event(event: Mapping[str, Any]) -> PaymentEvent:
             event_id=event_id,
             type=EventType.REFUNDED,
             order_id=_metadata_order(obj),
-            amount=_amount(obj.get("amount_refunded"), currency),
+            amount=minor_amount(obj.get("amount_refunded"), currency),
             currency=currency,
             provider_payment_id=payment_intent,
             detail=detail,
@@ -246,7 +232,7 @@ def map_event(event: Mapping[str, Any]) -> PaymentEvent:
             event_id=event_id,
             type=EventType.DISPUTED,
             order_id=None,  # a dispute carries no order metadata: matched by payment intent
-            amount=_amount(obj.get("amount"), currency),
+            amount=minor_amount(obj.get("amount"), currency),
             currency=currency,
             provider_payment_id=payment_intent,
             detail=detail,
