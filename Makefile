@@ -49,7 +49,7 @@ system-deps:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy layers/common/billing local
+	$(VENV)/bin/mypy layers/common/billing local bench tools
 	@for dir in functions/*/; do \
 		(cd $$dir && MYPYPATH=$(CURDIR)/layers/common $(CURDIR)/$(VENV)/bin/mypy \
 			--config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/.mypy_cache/$$(basename $$dir) .) || exit 1; \
@@ -76,7 +76,7 @@ e2e: $(STAMP) system-deps
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) bench/run.py
+	PYTHON312="$(PYTHON312)" $(PY) bench/run.py
 
 soak: $(STAMP)
 	STATEFUL_PROFILE=soak $(PY) -m pytest tests/property -o timeout=0 $(PYTEST_ARGS)

@@ -8,6 +8,7 @@ Writes bench/results/account_calls.json.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -58,7 +59,7 @@ def main() -> dict[str, Any]:
             token = stack.token(f"bench-{uuid.uuid4().hex[:10]}")
 
             def call(method: str, path: str, token: str = token) -> Any:
-                body = {} if method == "POST" else None
+                body: dict[str, Any] | None = {} if method == "POST" else None
                 return stack.request(method, path, token=token, json=body)
 
             for name, method, path in (
@@ -69,7 +70,7 @@ def main() -> dict[str, Any]:
                 ("GET /usage", "GET", "/usage"),
             ):
                 routes.setdefault(name, []).append(
-                    dynamodb_calls(stack, lambda m=method, p=path: call(m, p))
+                    dynamodb_calls(stack, functools.partial(call, method, path))
                 )
     result = {name: median_calls(samples) for name, samples in routes.items()}
     print(f"DynamoDB calls per account route (median of {SAMPLES}):")

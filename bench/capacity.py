@@ -237,7 +237,7 @@ def moto_report(client: Any, table: str) -> dict[str, Any]:
 
 
 def run() -> dict[str, Any]:
-    botocore.client.BaseClient._make_api_call = _capturing  # type: ignore[method-assign]
+    botocore.client.BaseClient._make_api_call = _capturing
     results: dict[str, Any] = {}
     with embedded_tables() as aws:
         client = aws.client("dynamodb")

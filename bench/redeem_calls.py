@@ -188,7 +188,7 @@ def main() -> dict[str, Any]:
             ]
         )
 
-    result = {
+    result: dict[str, Any] = {
         "goal": "successful redeem: at most 1 read + 1 TransactWriteItems",
         "success": {
             **summarise(success),

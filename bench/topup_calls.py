@@ -15,6 +15,7 @@ Writes bench/results/topup_calls.json.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -63,6 +64,10 @@ def order_status(stack: LocalStack, order_id: str) -> str:
         ConsistentRead=True,
     )["Item"]
     return str(item["status"]["S"])
+
+
+def is_paid(stack: LocalStack, order_id: str) -> bool:
+    return order_status(stack, order_id) == "paid"
 
 
 def signed_completion(order: dict[str, Any]) -> tuple[bytes, str]:
@@ -136,7 +141,8 @@ def run(stack: LocalStack) -> dict[str, Any]:
             headers={"Content-Type": "application/json", "Stripe-Signature": signature},
         )
         reply.raise_for_status()
-        wait_for(lambda o=order: order_status(stack, o["order_id"]) == "paid", timeout=60)
+        order_id = str(order["order_id"])
+        wait_for(functools.partial(is_paid, stack, order_id), timeout=60)
         wait_for(lambda: drained(stack), timeout=60)
         counted = calls(stack)
         webhook_samples.append(by_service(counted, ("sqs", "ssm", "secretsmanager")))

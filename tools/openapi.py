@@ -418,12 +418,12 @@ def build() -> dict[str, Any]:
         schemas.update(generated.get("components", {}).get("schemas", {}))
         for path, item in generated.get("paths", {}).items():
             for method, operation in item.items():
-                route = declared.get((method, path))
-                if route is None:
+                declared_route = declared.get((method, path))
+                if declared_route is None:
                     continue
                 try:
                     paths.setdefault(path, {})[method] = _operation(
-                        method, path, operation, route, function_id
+                        method, path, operation, declared_route, function_id
                     )
                 except KeyError as exc:
                     problems.append(str(exc))
