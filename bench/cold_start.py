@@ -9,9 +9,10 @@ configurations interleaved so that machine noise hits them alike.
   read-only; boto3/botocore come from a 3.12 directory like the runtime's own (the pinned
   versions, installed once into .aws-sam/bench-runtime), and the baseline imports boto3 from it.
   Run `make build` first (`make bench` does).
-- library floor: the imports every HTTP handler needs before a line of ours (pynamodb's
-  botocore connection, Powertools' HTTP resolver with request validation, its Logger), deployed
-  the same way: no handler can import faster than this with the libraries DESIGN.md names.
+- library floors: what a handler imports from the libraries DESIGN.md names before a line of
+  ours, deployed the same way. HTTP: pynamodb (botocore), Powertools' HTTP resolver with
+  request validation (pydantic), Logger. Queue: pynamodb, Powertools' batch processor, Logger,
+  pydantic (the settings document). No handler of that kind can import faster than its floor.
 - source tree: the checkout with the dev venv (cached bytecode), as the tests import it.
 
 Writes bench/results/cold_start.json.
@@ -38,12 +39,21 @@ LAYER = BUILD / "CommonLayer" / "python"
 RUNTIME = ROOT / ".aws-sam" / "bench-runtime"
 RUNS = int(os.environ.get("BENCH_RUNS", "7"))
 GOAL_RATIO = 1.3
-FLOOR = (
-    "import pynamodb.models, pynamodb.transactions; "
-    "from aws_lambda_powertools import Logger; "
-    "from aws_lambda_powertools.event_handler import APIGatewayHttpResolver; "
-    "APIGatewayHttpResolver(enable_validation=True)"
-)
+FLOORS = {
+    "http": (
+        "pynamodb + Powertools' HTTP resolver with validation + Logger",
+        "import pynamodb.models, pynamodb.transactions; "
+        "from aws_lambda_powertools import Logger; "
+        "from aws_lambda_powertools.event_handler import APIGatewayHttpResolver; "
+        "APIGatewayHttpResolver(enable_validation=True)",
+    ),
+    "queue": (
+        "pynamodb + Powertools' batch processor + Logger + pydantic",
+        "import pynamodb.models, pynamodb.transactions, pydantic; "
+        "from aws_lambda_powertools import Logger; "
+        "from aws_lambda_powertools.utilities.batch import BatchProcessor",
+    ),
+}
 
 TIMER = """
 import sys, time
@@ -149,7 +159,10 @@ def main() -> dict[str, Any]:
     runtime, layer = str(RUNTIME), str(LAYER)
     cases: dict[str, Case] = {
         "deployed:boto3": (py312, "import boto3", [runtime], True),
-        "deployed:floor": (py312, FLOOR, [layer, runtime], True),
+        **{
+            f"deployed:floor:{kind}": (py312, statement, [layer, runtime], True)
+            for kind, (_, statement) in FLOORS.items()
+        },
         "source:boto3": (sys.executable, "import boto3", [], False),
     }
     for name, artifact in deployed_functions().items():
@@ -165,12 +178,19 @@ def main() -> dict[str, Any]:
             )
     times = measure(cases)
     deployed_base, source_base = times["deployed:boto3"], times["source:boto3"]
-    floor = times["deployed:floor"]
+    floors = [
+        {
+            "kind": kind,
+            "imports": description,
+            "import_ms": round(times[f"deployed:floor:{kind}"], 1),
+            "ratio_to_boto3": round(times[f"deployed:floor:{kind}"] / deployed_base, 2),
+        }
+        for kind, (description, _) in FLOORS.items()
+    ]
     result: dict[str, Any] = {
         "runs": RUNS,
         "boto3_import_ms": round(deployed_base, 1),
-        "floor_import_ms": round(floor, 1),
-        "floor_ratio_to_boto3": round(floor / deployed_base, 2),
+        "library_floors": floors,
         "handlers": rows_for(times, "deployed:fn:", deployed_base),
         "source_tree": {
             "boto3_import_ms": round(source_base, 1),
@@ -179,7 +199,11 @@ def main() -> dict[str, Any]:
     }
     print(f"deployed (Python 3.12, sam build artifacts, read-only), median of {RUNS}:")
     print(f"  bare `import boto3`: {deployed_base:.1f} ms")
-    print(f"  library floor: {floor:.1f} ms = {floor / deployed_base:.2f}x boto3")
+    for floor in floors:
+        print(
+            f"  {floor['kind']} library floor ({floor['imports']}): {floor['import_ms']} ms"
+            f" = {floor['ratio_to_boto3']}x boto3"
+        )
     tables = (("deployed", result["handlers"]), ("source tree", result["source_tree"]["handlers"]))
     for label, rows in tables:
         print(f"{label}: {'function':<20} {'import ms':>10} {'x boto3':>8}  goal < {GOAL_RATIO}x")
