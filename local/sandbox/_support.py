@@ -20,8 +20,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import requests
+from werkzeug.routing import Rule
+from werkzeug.wrappers import Request, Response
 
-from local.sandbox import WebhookResult
+from local.sandbox import SandboxContext, WebhookResult, json_response
 
 RETRY_PAUSE_SECONDS = 0.2  # the real providers wait minutes; a test stack cannot
 
@@ -68,6 +70,14 @@ class Outbox:
     def get(self, port: int, notification_id: str) -> Notification | None:
         with self._lock:
             return self._by_id.get((port, notification_id))
+
+    def listing_rule(self) -> Rule:
+        """GET /notifications/<order_id>: what this stand-in sent for an order."""
+
+        def notifications(ctx: SandboxContext, request: Request, order_id: str) -> Response:
+            return json_response({"order_id": order_id, "items": self.of_order(ctx.port, order_id)})
+
+        return Rule("/notifications/<order_id>", methods=["GET"], endpoint=notifications)
 
 
 def send_once(notification: Notification, timeout: float = 30.0) -> WebhookResult:

@@ -373,10 +373,6 @@ def redeliver(ctx: SandboxContext, request: Request, notification_id: str) -> Re
     )
 
 
-def notifications(ctx: SandboxContext, request: Request, order_id: str) -> Response:
-    return json_response({"order_id": order_id, "items": _outbox.of_order(ctx.port, order_id)})
-
-
 PROVIDER = register(
     SandboxProvider(
         name=NAME,
@@ -386,7 +382,7 @@ PROVIDER = register(
             Rule("/checkout/<checkout_id>", methods=["GET", "POST"], endpoint=checkout_page),
             Rule("/events/<order_id>", methods=["POST"], endpoint=send_event),
             Rule("/redeliver/<notification_id>", methods=["POST"], endpoint=redeliver),
-            Rule("/notifications/<order_id>", methods=["GET"], endpoint=notifications),
+            _outbox.listing_rule(),
         ],
         pay=pay,
     )

@@ -254,10 +254,6 @@ def notify(ctx: SandboxContext, request: Request, order_id: str) -> Response:
     )
 
 
-def notifications(ctx: SandboxContext, request: Request, order_id: str) -> Response:
-    return json_response({"order_id": order_id, "items": _outbox.of_order(ctx.port, order_id)})
-
-
 PROVIDER = register(
     SandboxProvider(
         name=NAME,
@@ -265,7 +261,7 @@ PROVIDER = register(
             Rule("/submit.php", methods=["GET", "POST"], endpoint=submit),
             Rule("/cashier/<trade_no>", methods=["GET", "POST"], endpoint=cashier),
             Rule("/notify/<order_id>", methods=["POST"], endpoint=notify),
-            Rule("/notifications/<order_id>", methods=["GET"], endpoint=notifications),
+            _outbox.listing_rule(),
         ],
         pay=pay,
     )

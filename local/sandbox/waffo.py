@@ -355,10 +355,6 @@ def refund(ctx: SandboxContext, request: Request, order_id: str) -> Response:
     return _hook(ctx, request, order_id, "refund")
 
 
-def notifications(ctx: SandboxContext, request: Request, order_id: str) -> Response:
-    return json_response({"order_id": order_id, "items": _outbox.of_order(ctx.port, order_id)})
-
-
 PROVIDER = register(
     SandboxProvider(
         name=NAME,
@@ -367,7 +363,7 @@ PROVIDER = register(
             Rule("/cashier/<acquiring_id>", methods=["GET", "POST"], endpoint=cashier),
             Rule("/notify/<order_id>", methods=["POST"], endpoint=notify),
             Rule("/refund/<order_id>", methods=["POST"], endpoint=refund),
-            Rule("/notifications/<order_id>", methods=["GET"], endpoint=notifications),
+            _outbox.listing_rule(),
         ],
         pay=pay,
     )

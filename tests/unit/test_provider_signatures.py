@@ -400,6 +400,13 @@ def test_creem_events_we_do_not_act_on(event: dict[str, Any]) -> None:
         get_provider("creem").parse_webhook(creem_webhook(event), CREEM_SECRETS)
 
 
+@pytest.mark.parametrize("raw", [b"\xff\xfe not json", b"[]", b"42"])
+def test_creem_signed_body_that_is_not_a_json_object_is_refused(raw: bytes) -> None:
+    request = webhook(raw, {"creem-signature": creem_sign_by_hand(raw)})
+    with pytest.raises(InvalidSignature):
+        get_provider("creem").parse_webhook(request, CREEM_SECRETS)
+
+
 def test_creem_replies() -> None:
     provider = get_provider("creem")
     assert provider.reply(True, CREEM_SECRETS).status == 200
@@ -623,6 +630,18 @@ def test_waffo_flat_notification_is_read_too(
     assert event.type is EventType.PAID and event.amount == Decimal("10.00")
 
 
+@pytest.mark.parametrize("amount", ["ten", "", "NaN", None])
+def test_waffo_unreadable_amount_reaches_crediting_as_no_amount(
+    platform: KeyPair, waffo_secrets: dict[str, str], amount: str | None
+) -> None:
+    # Signed but unreadable: no amount, so crediting disputes the order instead of crediting.
+    [event] = get_provider("waffo").parse_webhook(
+        waffo_webhook(waffo_payment(orderAmount=amount, orderCurrency="usd"), platform),
+        waffo_secrets,
+    )
+    assert event.type is EventType.PAID and event.amount is None and event.currency == "USD"
+
+
 def test_waffo_tampered_amount_is_refused(platform: KeyPair, waffo_secrets: dict[str, str]) -> None:
     raw = json.dumps(waffo_payment()).encode()
     signature = platform.sign(raw)
@@ -632,6 +651,15 @@ def test_waffo_tampered_amount_is_refused(platform: KeyPair, waffo_secrets: dict
         get_provider("waffo").parse_webhook(
             webhook(tampered, {"x-signature": signature}), waffo_secrets
         )
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xfe not json", b"[]", b"null"])
+def test_waffo_signed_body_that_is_not_a_json_object_is_refused(
+    raw: bytes, platform: KeyPair, waffo_secrets: dict[str, str]
+) -> None:
+    request = webhook(raw, {"x-signature": platform.sign(raw)})
+    with pytest.raises(InvalidSignature):
+        get_provider("waffo").parse_webhook(request, waffo_secrets)
 
 
 def test_waffo_wrong_key_is_refused(merchant: KeyPair, waffo_secrets: dict[str, str]) -> None:

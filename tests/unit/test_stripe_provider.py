@@ -148,8 +148,8 @@ def test_bad_signatures_are_refused(case: str) -> None:
         PROVIDER.parse_webhook(request(body, header), secrets)
 
 
-def test_a_signed_body_that_is_not_json_is_refused() -> None:
-    body = b"\xff\xfe not json"
+@pytest.mark.parametrize("body", [b"\xff\xfe not json", b"[]", b'"event"'])
+def test_a_signed_body_that_is_not_a_json_object_is_refused(body: bytes) -> None:
     with pytest.raises(InvalidSignature):
         PROVIDER.parse_webhook(request(body, signature(body)), SECRETS)
 

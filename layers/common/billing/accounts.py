@@ -10,7 +10,7 @@ from pynamodb.transactions import TransactWrite
 from billing import clock, db, referral_codes
 from billing.errors import AccountNotFound, InvalidReferralCode
 from billing.models import Account, LedgerEntry, ReferralCode, UsageRecord
-from billing.pagination import collect_page, decode_cursor
+from billing.pagination import newest_first
 
 _CODE_ATTEMPTS = 8
 
@@ -112,13 +112,7 @@ def render_entry(entry: LedgerEntry) -> dict[str, Any]:
 
 
 def list_ledger(user_id: str, limit: int, cursor: str | None) -> dict[str, Any]:
-    results = LedgerEntry.by_seq.query(
-        user_id,
-        scan_index_forward=False,
-        limit=limit,
-        last_evaluated_key=decode_cursor(cursor, owner={"user_id": user_id}),
-    )
-    return collect_page(results, limit, render_entry)
+    return newest_first(LedgerEntry.by_seq.query, "user_id", user_id, limit, cursor, render_entry)
 
 
 def render_usage(record: UsageRecord) -> dict[str, Any]:
@@ -137,10 +131,4 @@ def render_usage(record: UsageRecord) -> dict[str, Any]:
 
 
 def list_usage(user_id: str, limit: int, cursor: str | None) -> dict[str, Any]:
-    results = UsageRecord.by_user.query(
-        user_id,
-        scan_index_forward=False,
-        limit=limit,
-        last_evaluated_key=decode_cursor(cursor, owner={"user_id": user_id}),
-    )
-    return collect_page(results, limit, render_usage)
+    return newest_first(UsageRecord.by_user.query, "user_id", user_id, limit, cursor, render_usage)

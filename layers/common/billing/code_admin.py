@@ -15,7 +15,7 @@ from pynamodb.exceptions import UpdateError
 from billing import audit, clock, codes
 from billing.errors import InvalidRequest, NotFound
 from billing.models import RedemptionCode
-from billing.pagination import collect_page, decode_cursor
+from billing.pagination import newest_first
 from billing.secrets import code_hash_key
 
 MAX_BATCH = 1000
@@ -109,13 +109,9 @@ def render_code(code: RedemptionCode) -> dict[str, Any]:
 
 def list_codes(admin_id: str, limit: int, cursor: str | None) -> dict[str, Any]:
     """A page of codes, newest first."""
-    results = RedemptionCode.by_created.query(
-        LIST_KEY,
-        scan_index_forward=False,
-        limit=limit,
-        last_evaluated_key=decode_cursor(cursor, owner={"list_key": LIST_KEY}),
+    page = newest_first(
+        RedemptionCode.by_created.query, "list_key", LIST_KEY, limit, cursor, render_code
     )
-    page = collect_page(results, limit, render_code)
     audit.record(
         admin_id, "redemption_codes.list", "", {"limit": limit, "returned": len(page["items"])}
     )

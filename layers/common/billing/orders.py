@@ -22,7 +22,7 @@ from pynamodb.expressions.update import Action
 from billing import accounts, clock, money
 from billing.errors import DomainError, InvalidAmount, InvalidRequest, NotFound, ProviderError
 from billing.models import Order
-from billing.pagination import collect_page, decode_cursor
+from billing.pagination import newest_first
 from billing.providers.base import CheckoutRequest
 from billing.secrets import provider_secrets
 from billing.settings import PaymentMethod, Settings, load_settings
@@ -248,13 +248,7 @@ def find_order(order_id: str) -> Order | None:
 
 
 def list_orders(user_id: str, limit: int, cursor: str | None) -> dict[str, Any]:
-    results = Order.by_user.query(
-        user_id,
-        scan_index_forward=False,
-        limit=limit,
-        last_evaluated_key=decode_cursor(cursor, owner={"user_id": user_id}),
-    )
-    return collect_page(results, limit, render_order)
+    return newest_first(Order.by_user.query, "user_id", user_id, limit, cursor, render_order)
 
 
 def render_order(order: Order) -> dict[str, Any]:

@@ -47,3 +47,22 @@ def collect_page(
     items = [render(item) for item in results]
     next_key = results.last_evaluated_key if len(items) >= limit else None
     return {"items": items[:limit], "next_cursor": encode_cursor(next_key)}
+
+
+def newest_first(
+    query: Callable[..., ResultIterator[T]],
+    key_name: str,
+    key: str,
+    limit: int,
+    cursor: str | None,
+    render: Callable[[T], dict[str, Any]],
+) -> dict[str, Any]:
+    """A page of one partition (`key_name` = `key`) of a table or index, newest first; the
+    cursor must belong to that partition."""
+    results = query(
+        key,
+        scan_index_forward=False,
+        limit=limit,
+        last_evaluated_key=decode_cursor(cursor, owner={key_name: key}),
+    )
+    return collect_page(results, limit, render)

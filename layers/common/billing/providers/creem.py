@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -28,7 +27,13 @@ from billing.providers.base import (
     WebhookReply,
     WebhookRequest,
 )
-from billing.providers.payload import minor_amount, text_or_id
+from billing.providers.payload import (
+    currency_code,
+    json_ack,
+    minor_amount,
+    text_or_id,
+    verified_object,
+)
 
 logger = Logger(child=True)
 
@@ -65,11 +70,6 @@ def _key_mode(api_key: str) -> bool | None:
     if api_key.startswith("creem_"):
         return False
     return None
-
-
-def _upper(value: Any) -> str | None:
-    text = text_or_id(value)
-    return text.upper() if text else None
 
 
 class CreemProvider:
@@ -138,23 +138,10 @@ class CreemProvider:
         secret = secrets.get("creem_webhook_secret", "")
         if not verify(request.raw_body, request.headers.get(SIGNATURE_HEADER), secret):
             raise InvalidSignature("bad or missing creem signature")
-        try:
-            event: Any = json.loads(request.raw_body)
-        except ValueError as exc:  # signed but unreadable: Creem never sends that
-            raise InvalidSignature("unreadable body") from exc
-        if not isinstance(event, dict):
-            raise InvalidSignature("not an event")
-        return [map_event(event)]
+        return [map_event(verified_object(request.raw_body))]
 
     def reply(self, accepted: bool, secrets: dict[str, str]) -> WebhookReply:
-        if accepted:
-            return WebhookReply(status=200, body=json.dumps({"received": True}))
-        return WebhookReply(
-            status=401,
-            body=json.dumps(
-                {"error": {"code": "invalid_signature", "message": "Invalid signature."}}
-            ),
-        )
+        return json_ack(accepted, refused_status=401)
 
 
 def map_event(event: Mapping[str, Any]) -> PaymentEvent:
@@ -180,7 +167,7 @@ def map_event(event: Mapping[str, Any]) -> PaymentEvent:
             raise UnsupportedEvent(f"{kind} unpaid")
         if order.get("type", ONE_TIME) != ONE_TIME:
             raise UnsupportedEvent(f"{kind} {str(order.get('type'))[:20]}")  # we sell one-time
-        currency = _upper(order.get("currency"))
+        currency = currency_code(order.get("currency"))
         return PaymentEvent(
             provider="creem",
             event_id=event_id,
@@ -201,10 +188,10 @@ def map_event(event: Mapping[str, Any]) -> PaymentEvent:
         order_id = text_or_id(checkout.get("request_id")) if isinstance(checkout, Mapping) else None
         if order_id is None and payment_id is None:
             raise UnsupportedEvent(kind)
-        currency = _upper(obj.get("refund_currency"))
+        currency = currency_code(obj.get("refund_currency"))
         amount = minor_amount(obj.get("refund_amount"), currency)
         if isinstance(order, Mapping):
-            paid = minor_amount(order.get("amount"), _upper(order.get("currency")))
+            paid = minor_amount(order.get("amount"), currency_code(order.get("currency")))
             if amount is not None and paid is not None:
                 detail["fully_refunded"] = "true" if amount >= paid else "false"
         return PaymentEvent(

@@ -6,7 +6,6 @@ actually talk to Stripe should pay for importing it on a cold start.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Mapping
@@ -26,7 +25,13 @@ from billing.providers.base import (
     WebhookReply,
     WebhookRequest,
 )
-from billing.providers.payload import minor_amount, text_or_id
+from billing.providers.payload import (
+    currency_code,
+    json_ack,
+    minor_amount,
+    text_or_id,
+    verified_object,
+)
 
 if TYPE_CHECKING:
     from stripe import StripeClient
@@ -138,28 +143,21 @@ class StripeProvider:
         if not secret or not header:
             raise InvalidSignature("missing signature or secret")
         try:
-            stripe.Webhook.construct_event(
+            # The SDK's check of the header against the raw body (constant-time compare,
+            # tolerance); construct_event would also build an SDK Event we do not use, and
+            # fails with AttributeError on a signed body that is not a JSON object.
+            stripe.WebhookSignature.verify_header(
                 request.raw_body, header, secret, tolerance=WEBHOOK_TOLERANCE_SECONDS
             )
-            # The verified bytes, as plain JSON (no SDK objects downstream).
-            event: Any = json.loads(request.raw_body)
         except stripe.SignatureVerificationError as exc:
             raise InvalidSignature("bad stripe signature") from exc
-        except ValueError as exc:  # not UTF-8 / not JSON: Stripe never sends that
+        except ValueError as exc:  # not UTF-8: Stripe never sends that
             raise InvalidSignature("unreadable body") from exc
-        if not isinstance(event, dict):
-            raise InvalidSignature("not an event")
-        return [map_event(event)]
+        # The verified bytes, as plain JSON (no SDK objects downstream).
+        return [map_event(verified_object(request.raw_body))]
 
     def reply(self, accepted: bool, secrets: dict[str, str]) -> WebhookReply:
-        if accepted:
-            return WebhookReply(status=200, body=json.dumps({"received": True}))
-        return WebhookReply(
-            status=400,
-            body=json.dumps(
-                {"error": {"code": "invalid_signature", "message": "Invalid signature."}}
-            ),
-        )
+        return json_ack(accepted, refused_status=400)
 
 
 def _metadata_order(obj: Mapping[str, Any]) -> str | None:
@@ -183,8 +181,7 @@ def map_event(event: Mapping[str, Any]) -> PaymentEvent:
     obj = data.get("object") if isinstance(data, Mapping) else None
     if event_id is None or not isinstance(obj, Mapping):
         raise UnsupportedEvent(kind or "malformed")
-    raw_currency = text_or_id(obj.get("currency"))
-    currency = raw_currency.upper() if raw_currency else None
+    currency = currency_code(obj.get("currency"))
     payment_intent = text_or_id(obj.get("payment_intent"))
     detail = {"stripe_type": kind}
     if text_or_id(obj.get("id")):

@@ -42,6 +42,7 @@ from billing.providers.base import (
     WebhookReply,
     WebhookRequest,
 )
+from billing.providers.payload import currency_code, decimal_amount, verified_object
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
@@ -249,13 +250,7 @@ class WaffoProvider:
         public_pem = secrets.get("waffo_platform_public_key", "")
         if not verify(request.raw_body, request.headers.get(SIGNATURE_HEADER), public_pem):
             raise InvalidSignature("bad or missing waffo signature")
-        try:
-            body: Any = json.loads(request.raw_body)
-        except ValueError as exc:
-            raise InvalidSignature("unreadable body") from exc
-        if not isinstance(body, dict):
-            raise InvalidSignature("not a notification")
-        return [map_notification(body)]
+        return [map_notification(verified_object(request.raw_body))]
 
     def reply(self, accepted: bool, secrets: dict[str, str]) -> WebhookReply:
         body = REPLY_SUCCESS if accepted else REPLY_FAILED
@@ -311,18 +306,14 @@ def map_notification(body: Mapping[str, Any]) -> PaymentEvent:
         # identifies one; a redelivery says the same, anything else differs.
         event_id = f"payment:{order_id}:{acquiring_id or ''}:{status}"
         if status == PAY_SUCCESS:
-            currency = (_str(result.get("orderCurrency")) or "").upper() or None
+            currency = currency_code(_str(result.get("orderCurrency")))
             raw_amount = _str(result.get("orderAmount"))
-            try:
-                amount = money.parse(raw_amount, currency or "") if raw_amount else None
-            except ValueError:
-                amount = None  # crediting sees no amount: the order is disputed, not credited
             return PaymentEvent(
                 provider="waffo",
                 event_id=f"{event_id}:{raw_amount}:{currency}",
                 type=EventType.PAID,
                 order_id=order_id,
-                amount=amount,
+                amount=decimal_amount(raw_amount, currency),
                 currency=currency,
                 provider_payment_id=acquiring_id,
                 detail=detail,
@@ -350,21 +341,16 @@ def map_notification(body: Mapping[str, Any]) -> PaymentEvent:
             or acquiring_id
             or order_id
         )
-        currency = (
-            _str(result.get("refundCurrency")) or _str(result.get("orderCurrency")) or ""
-        ).upper() or None
-        raw_amount = _str(result.get("refundAmount"))
-        try:
-            amount = money.parse(raw_amount, currency or "") if raw_amount else None
-        except ValueError:
-            amount = None
+        currency = currency_code(
+            _str(result.get("refundCurrency")) or _str(result.get("orderCurrency"))
+        )
         detail["fully_refunded"] = "true"
         return PaymentEvent(
             provider="waffo",
             event_id=f"refund:{order_id or ''}:{acquiring_id or ''}:{refund_id}:{status}",
             type=EventType.REFUNDED,
             order_id=order_id,
-            amount=amount,
+            amount=decimal_amount(_str(result.get("refundAmount")), currency),
             currency=currency,
             provider_payment_id=acquiring_id,
             detail=detail,
