@@ -39,11 +39,14 @@ dev: $(STAMP)
 	$(PY) -m local
 
 # Chromium for the browser tests comes from Debian (never `playwright install`).
+# Debian packages the tests drive: Chromium (browser tests), curl and jq (the README's commands).
 system-deps:
-	@if [ ! -x /usr/bin/chromium ]; then \
+	@missing=""; [ -x /usr/bin/chromium ] || missing="chromium"; \
+	for tool in curl jq; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-		else echo "Browser tests need /usr/bin/chromium: sudo apt-get install -y chromium"; exit 1; fi; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		else echo "The tests need:$$missing (sudo apt-get install -y$$missing)"; exit 1; fi; \
 	fi
 
 lint: $(STAMP)

@@ -206,7 +206,7 @@ class Gateway:
         return json_response(stack.health())
 
     def local_token(self, request: Request) -> Response:
-        body = request.get_json(silent=True)
+        body = request.get_json(silent=True, force=True)  # curl -d sends a form type
         if not isinstance(body, dict) or not isinstance(body.get("sub"), str) or not body["sub"]:
             return json_response(
                 {
@@ -260,7 +260,7 @@ class Gateway:
         if request.method == "DELETE":
             self.stack.clear_faults()
             return json_response(self.stack.faults())
-        body = request.get_json(silent=True)
+        body = request.get_json(silent=True, force=True)  # curl -d sends a form type
         if not isinstance(body, dict):
             return json_response(
                 {"error": {"code": "invalid_request", "message": "a JSON object is required"}}, 400
