@@ -88,7 +88,7 @@ openapi: $(STAMP)
 	$(PY) tools/openapi.py
 
 reconcile: $(STAMP)
-	$(PY) -m billing.reconcile --local http://127.0.0.1:$(PORT)
+	$(PY) -m tools.reconcile --local http://127.0.0.1:$(PORT)
 
 build: $(STAMP) $(SAM_STAMP)
 	@test -n "$(PYTHON312)" || { echo "make build: sam build needs Python 3.12 (the functions' runtime) as python3.12 on PATH or in ~/.pyenv/versions/3.12.*; install it (e.g. pyenv install 3.12) and retry"; exit 1; }

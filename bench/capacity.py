@@ -246,20 +246,17 @@ def run() -> dict[str, Any]:
         secrets = aws.client("secretsmanager").list_secrets()["SecretList"]
         code_key = next(s["ARN"] for s in secrets if s["Name"].endswith("CodeHashSecret"))
         os.environ["CODE_HASH_SECRET_ARN"] = code_key
-        from billing import (
-            accounts,
-            adjustments,
-            clock,
-            code_admin,
-            crediting,
-            metering,
-            money,
-            redemption,
-            referral,
-        )
+        from billing import accounts, clock, money
+        from billing.codes import admin as code_admin
+        from billing.codes import redemption
         from billing.models import Order
-        from billing.providers.base import EventType, PaymentEvent
+        from billing.ops import adjustments
+        from billing.payments import crediting
+        from billing.payments.providers.base import EventType, PaymentEvent
+        from billing.referral import rewards as referral
+        from billing.referral import signup
         from billing.settings import load_settings
+        from billing.usage import metering
 
         settings = load_settings()
         ops: dict[str, Any] = {}
@@ -267,7 +264,7 @@ def run() -> dict[str, Any]:
         def user(inviter: str | None = None) -> str:
             user_id = f"bench-{uuid.uuid4().hex[:10]}"
             code = None if inviter is None else accounts.get_account(inviter).aff_code
-            accounts.create_account(user_id, code)
+            signup.create_account(user_id, code)
             return user_id
 
         def order(user_id: str) -> Order:

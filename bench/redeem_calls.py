@@ -26,7 +26,7 @@ from requests.adapters import HTTPAdapter
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "layers" / "common")]
 
-from billing import codes  # noqa: E402
+from billing.codes import plaintext as codes  # noqa: E402
 
 from tests.support.stack import LocalStack  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Shared fixtures: the local stack on the real template, started once per session.
 
-When the session ends, the stack's tables are reconciled (billing.reconciliation): every
+When the session ends, the stack's tables are reconciled (billing.ops.reconciliation): every
 balance must equal its ledger and every order its ledger entries, after everything the whole
 suite did to them; a difference fails the run (as an error at teardown).
 """

@@ -9,6 +9,8 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import accounts
 from billing.http import RequestBody, json_response, make_router, page_params, principal
+from billing.referral import signup
+from billing.usage import history
 from pydantic import Field
 
 logger = Logger()
@@ -22,7 +24,7 @@ class CreateAccount(RequestBody):
 @router.post("/account")
 def create_account(body: CreateAccount | None = None) -> Response[str]:
     user = principal(router)
-    account, created = accounts.create_account(user.user_id, body.referral_code if body else None)
+    account, created = signup.create_account(user.user_id, body.referral_code if body else None)
     if created:
         logger.info(
             "account created", extra={"user_id": user.user_id, "invited": bool(account.inviter_id)}
@@ -47,7 +49,7 @@ def list_ledger() -> Response[str]:
 def list_usage() -> Response[str]:
     user = principal(router)
     page = page_params(router)
-    return json_response(200, accounts.list_usage(user.user_id, page.limit, page.cursor))
+    return json_response(200, history.list_usage(user.user_id, page.limit, page.cursor))
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
-from billing import accounts, adjustments
+from billing import accounts
 from billing.auth import principal_from_event
 from billing.errors import InvalidRequest
 from billing.http import RequestBody, json_response
+from billing.ops import adjustments
 from pydantic import Field
 
 router = APIGatewayHttpRouter()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
-from billing import code_admin
 from billing.auth import Principal, principal_from_event
+from billing.codes import admin as code_admin
 from billing.http import RequestBody, json_response, page_params
 from pydantic import Field
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
-from billing import crediting, orders
 from billing.auth import principal_from_event
 from billing.http import json_response
+from billing.payments import crediting, orders
 
 router = APIGatewayHttpRouter()
 

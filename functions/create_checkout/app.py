@@ -7,9 +7,9 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from billing import orders, topup_options
 from billing.errors import InvalidAmount
 from billing.http import RequestBody, json_response, make_router, page_params, principal
+from billing.payments import orders, topup_options
 from billing.secrets import provider_secrets
 from billing.settings import load_settings
 from pydantic import Field

@@ -13,8 +13,8 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from billing import crediting
-from billing.providers.base import PaymentEvent
+from billing.payments import crediting
+from billing.payments.providers.base import PaymentEvent
 
 logger = Logger()
 processor = SqsFifoPartialProcessor()

@@ -22,10 +22,10 @@ from aws_lambda_powertools.utilities.batch import (
 )
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from billing import metering
 from billing.errors import InvalidEvent
-from billing.metering import Action, Result, UsageEvent
 from billing.settings import load_settings
+from billing.usage import metering
+from billing.usage.metering import Action, Result, UsageEvent
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 logger = Logger()

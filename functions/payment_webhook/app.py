@@ -14,10 +14,10 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from billing import webhooks
 from billing.errors import InvalidRequest
 from billing.http import make_router
-from billing.providers.base import WebhookRequest
+from billing.payments import webhooks
+from billing.payments.providers.base import WebhookRequest
 
 logger = Logger()
 router = make_router()

@@ -11,7 +11,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import db
-from billing.reconciliation import Tables, reconcile
+from billing.ops.reconciliation import Tables, reconcile
 
 logger = Logger()
 metrics = Metrics()

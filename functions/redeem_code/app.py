@@ -7,7 +7,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from billing import redemption
+from billing.codes import redemption
 from billing.errors import RedeemFailed
 from billing.http import RequestBody, json_response, make_router, principal
 from pydantic import Field

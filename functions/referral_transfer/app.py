@@ -7,9 +7,9 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from billing import referral
 from billing.errors import InvalidRequest
 from billing.http import RequestBody, json_response, make_router, principal
+from billing.referral import rewards as referral
 
 logger = Logger()
 router = make_router()

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from billing.reconciliation import check_account
+from billing.ops.reconciliation import check_account
 
 from tests.support.api import (
     UNIT,

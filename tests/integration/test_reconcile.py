@@ -1,5 +1,5 @@
 """Reconciliation on the session's stack: the scheduled function (its sample event, through the
-Invoke API) and the command (`python -m billing.reconcile --local`) both find the tables clean
+Invoke API) and the command (`python -m tools.reconcile --local`) both find the tables clean
 after whatever the suite has done so far; a schedule run emits the metric. Corruptions are
 tested on tables of their own (tests/unit/test_reconciliation.py): never on the shared stack.
 """
@@ -33,7 +33,7 @@ def test_the_schedule_emits_the_metric(stack: LocalStack) -> None:
 def test_the_command_reads_the_local_stack_and_exits_0(stack: LocalStack) -> None:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'layers' / 'common'}:{ROOT}"}
     done = subprocess.run(
-        [sys.executable, "-m", "billing.reconcile", "--local", stack.base_url, "--json"],
+        [sys.executable, "-m", "tools.reconcile", "--local", stack.base_url, "--json"],
         capture_output=True,
         text=True,
         env=env,

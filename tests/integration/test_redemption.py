@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import requests
-from billing import codes
+from billing.codes import plaintext as codes
 from requests.adapters import HTTPAdapter
 
 from tests.support.stack import ROOT, LocalStack
@@ -622,7 +622,7 @@ def cli(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'layers' / 'common'}{os.pathsep}{ROOT}"}
     env.pop("ADMIN_TOKEN", None)
     return subprocess.run(
-        [sys.executable, "-m", "billing.admin", *args, "--api-url", stack.base_url, "--local"],
+        [sys.executable, "-m", "tools.admin", *args, "--api-url", stack.base_url, "--local"],
         capture_output=True,
         text=True,
         env=env,

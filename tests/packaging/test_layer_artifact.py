@@ -16,10 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 LAYER = ROOT / ".aws-sam" / "build" / "CommonLayer" / "python"
 # What the HTTP handlers import from the layer (pynamodb needs the runtime's botocore, absent here)
 IMPORTS = (
-    "billing.http, billing.settings, billing.errors, billing.auth, billing.webhooks, "
-    "billing.providers.stripe, billing.providers.epay, billing.providers.creem, "
-    "billing.providers.waffo, stripe, requests, cryptography.hazmat.primitives.serialization, "
-    "pydantic, aws_lambda_powertools.event_handler"
+    "billing.http, billing.settings, billing.errors, billing.auth, billing.payments.webhooks, "
+    "billing.payments.providers.stripe, billing.payments.providers.epay, "
+    "billing.payments.providers.creem, billing.payments.providers.waffo, stripe, requests, "
+    "cryptography.hazmat.primitives.serialization, pydantic, aws_lambda_powertools.event_handler"
 )
 POISON = "raise RuntimeError('compiled from source: ' + __name__)\n"
 

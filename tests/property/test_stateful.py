@@ -16,7 +16,7 @@ after each provider delivery, so each step ends in a known state). After EVERY s
   exactly one iff it was credited, and a reversal iff it was taken back;
 - no debit leaves a balance below zero unless it settles usage or reverses a credit;
 - aff_quota moves only by referral rebate, clawback (reversal) and transfer.
-At the end of each example, the reconciliation (billing.reconciliation) of every account of
+At the end of each example, the reconciliation (billing.ops.reconciliation) of every account of
 the example must find no difference.
 
 Sizes: the `stateful-ci` profile (default) keeps this to a few minutes; `make soak` runs the
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from typing import Any, ClassVar
 
-from billing.reconciliation import check_account
+from billing.ops.reconciliation import check_account
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import event as tally
 from hypothesis import strategies as st
@@ -94,7 +94,7 @@ MAX_ORDERS = 7
 REDEEM_FAILURE_BUDGET = 8  # below the limit (10 per user and per address)
 TRANSFERS = (ROOT / "functions" / "referral_transfer" / "app.py").exists()
 
-# What each delivery means for an order (billing.crediting): the kind of event it carries.
+# What each delivery means for an order (billing.payments.crediting): the kind of event it carries.
 PAID, FAILED, EXPIRED, REFUNDED, DISPUTED = "paid", "failed", "expired", "refunded", "disputed"
 
 
@@ -225,7 +225,7 @@ class BillingMachine(RuleBasedStateMachine):
 
     def _credit(self, order: MOrder) -> None:
         """The credit of an order: its quota, and the referral rebate and first-order bonuses
-        of an invited owner (billing.referral), in the same transaction."""
+        of an invited owner (billing.referral.rewards), in the same transaction."""
         owner, inviter = order.owner, order.owner.inviter
         order.status, order.credited = "paid", True
         owner.quota += order.quota
@@ -242,7 +242,7 @@ class BillingMachine(RuleBasedStateMachine):
         owner.paid_orders += 1
 
     def _apply(self, order: MOrder, kind: str) -> None:
-        """The model of billing.crediting: what one delivered event does to an order."""
+        """The model of billing.payments.crediting: what one delivered event does to an order."""
         tally(f"delivery: {kind} on {order.status} ({order.method})")
         if kind == PAID:
             if order.status == "pending":

@@ -1,9 +1,9 @@
-"""Reconciliation of a local stack's tables (billing.reconciliation), for the end of a session
+"""Reconciliation of a local stack's tables (billing.ops.reconciliation), for the end of a session
 and for tests that prove nothing was lost or doubled."""
 
 from __future__ import annotations
 
-from billing.reconciliation import Report, Tables, reconcile
+from billing.ops.reconciliation import Report, Tables, reconcile
 
 from tests.support.stack import LocalStack
 

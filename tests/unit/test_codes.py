@@ -7,8 +7,8 @@ import hmac
 import re
 
 import pytest
-from billing import codes
-from billing.codes import ALPHABET, MalformedCode
+from billing.codes import plaintext as codes
+from billing.codes.plaintext import ALPHABET, MalformedCode
 from hypothesis import given
 from hypothesis import strategies as st
 

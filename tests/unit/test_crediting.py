@@ -11,11 +11,13 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from billing import accounts, clock, crediting, ledger
-from billing.crediting import Outcome
+from billing import clock, ledger
 from billing.errors import NotFound
 from billing.models import Account, AuditRecord, LedgerEntry, Order
-from billing.providers.base import EventType, PaymentEvent
+from billing.payments import crediting
+from billing.payments.crediting import Outcome
+from billing.payments.providers.base import EventType, PaymentEvent
+from billing.referral import signup
 
 from local.aws import EmbeddedAws, Fault
 from tests.support.embedded_tables import embedded_tables
@@ -40,7 +42,7 @@ def new_order(
     method: str = "stripe", pay_money: str = "10.00", currency: str = "USD", quota: int = QUOTA
 ) -> Order:
     user_id = f"u-{uuid.uuid4().hex[:12]}"
-    accounts.create_account(user_id, None)
+    signup.create_account(user_id, None)
     at = clock.iso()
     order = Order(
         order_id=f"ord_{uuid.uuid4().hex[:24]}",

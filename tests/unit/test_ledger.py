@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from billing import accounts, ledger
+from billing import ledger
 from billing.errors import AccountNotFound
 from billing.ledger import Change, EntryKind
 from billing.models import Account, LedgerEntry
+from billing.referral import signup
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +26,7 @@ def tables() -> Iterator[None]:
 
 def new_user() -> str:
     user_id = f"u-{uuid.uuid4().hex[:12]}"
-    accounts.create_account(user_id, None)
+    signup.create_account(user_id, None)
     return user_id
 
 

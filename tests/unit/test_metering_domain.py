@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from billing import accounts, clock, db, ledger, metering
-from billing.metering import Action, UsageEvent
+from billing import clock, db, ledger
 from billing.models import Account, LedgerEntry, UsageRecord
+from billing.referral import signup
 from billing.settings import Settings, parse_settings
+from billing.usage import metering
+from billing.usage.metering import Action, UsageEvent
 
 from local.aws import EmbeddedAws, Fault
 from tests.support.embedded_tables import embedded_tables
@@ -57,7 +59,7 @@ def _tables(aws: EmbeddedAws) -> Iterator[None]:
 
 def new_user(quota: int = 0) -> str:
     user_id = f"u-{uuid.uuid4().hex[:12]}"
-    accounts.create_account(user_id, None)
+    signup.create_account(user_id, None)
     if quota:
         ledger.apply([ledger.Change(user_id, f"topup#{user_id}", ledger.EntryKind.TOPUP, quota)])
     return user_id

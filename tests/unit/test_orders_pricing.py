@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from billing import orders, topup_options
 from billing.errors import InvalidAmount, InvalidRequest, MethodUnavailable
+from billing.payments import orders, topup_options
 from billing.settings import Settings, parse_settings
 from hypothesis import given
 from hypothesis import strategies as st

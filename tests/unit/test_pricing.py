@@ -7,9 +7,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from billing import pricing
 from billing.errors import InvalidEvent, UnknownModel
 from billing.settings import Settings, parse_settings
+from billing.usage import pricing
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -25,8 +25,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 from billing.errors import ProviderError
-from billing.providers import get_provider
-from billing.providers.base import (
+from billing.payments.providers import get_provider
+from billing.payments.providers.base import (
     CheckoutRequest,
     EventType,
     InvalidSignature,
@@ -114,7 +114,7 @@ EPAY_SECRETS = {"epay_pid": EPAY_PID, "epay_key": EPAY_KEY}
 
 
 def test_epay_sign_matches_a_fixed_vector() -> None:
-    from billing.providers import epay
+    from billing.payments.providers import epay
 
     params = {"pid": "1001", "type": "alipay", "money": "1.00", "name": "", "sign": "x"}
     # money=1.00&pid=1001&type=alipay + key: the empty name and the sign are left out
@@ -323,7 +323,7 @@ def creem_webhook(event: dict[str, Any], signature: str | None = "auto") -> Webh
 
 
 def test_creem_signature_matches_a_fixed_vector() -> None:
-    from billing.providers import creem
+    from billing.payments.providers import creem
 
     raw = b'{"id":"evt_1"}'
     expected = hmac.new(b"whsec_test_creem", raw, hashlib.sha256).hexdigest()
@@ -762,7 +762,7 @@ def test_waffo_reply_is_signed_with_the_merchant_key(
 def test_waffo_order_amount_has_the_currency_decimals(
     currency: str, amount: Decimal, expected: str
 ) -> None:
-    from billing.providers import waffo
+    from billing.payments.providers import waffo
 
     assert waffo.format_amount(amount, currency) == expected
 
@@ -886,7 +886,9 @@ def test_provider_modules_import_requests_and_cryptography_only_when_used() -> N
     """A cold start pays for an SDK only in the call that needs it."""
     code = (
         "import sys\n"
-        "import billing.providers.epay, billing.providers.creem, billing.providers.waffo\n"
+        "import billing.payments.providers.epay\n"
+        "import billing.payments.providers.creem\n"
+        "import billing.payments.providers.waffo\n"
         "heavy = [m for m in ('requests', 'cryptography') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )

@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from billing import accounts, clock, crediting, ledger, metering, money
+from billing import clock, ledger, money
 from billing.ledger import Change, EntryKind, TxOp
-from billing.models import Account, LedgerEntry, Order, RedemptionCode
-from billing.providers.base import EventType, PaymentEvent
-from billing.reconciliation import Difference, Report, Tables, reconcile
+from billing.models import Account, LedgerEntry, Order, RedemptionCode, ReferralCode
+from billing.ops.reconciliation import Difference, Report, Tables, reconcile
+from billing.payments import crediting
+from billing.payments.providers.base import EventType, PaymentEvent
+from billing.referral import signup
 from billing.settings import parse_settings
+from billing.usage import metering
 
 from local.aws import EmbeddedAws
 from tests.support.embedded_tables import embedded_tables
@@ -43,7 +46,7 @@ def aws(embedded: EmbeddedAws, monkeypatch: pytest.MonkeyPatch) -> EmbeddedAws:
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "QuotaTopupTest")
     monkeypatch.setenv("SETTINGS_FILE", str(ROOT / "settings" / "local.json"))
     dynamodb = client(embedded)
-    for table in (*vars(tables()).values(), accounts.ReferralCode.Meta.table_name):
+    for table in (*vars(tables()).values(), ReferralCode.Meta.table_name):
         schema = dynamodb.describe_table(TableName=table)["Table"]["KeySchema"]
         names = [key["AttributeName"] for key in schema]
         for item in dynamodb.scan(TableName=table, ConsistentRead=True).get("Items", []):
@@ -86,7 +89,7 @@ def new_user(inviter: str | None = None) -> str:
     code = None
     if inviter is not None:
         code = Account.get(inviter, consistent_read=True).aff_code
-    accounts.create_account(user_id, code)
+    signup.create_account(user_id, code)
     return user_id
 
 
@@ -413,7 +416,7 @@ def command(aws: EmbeddedAws) -> subprocess.CompletedProcess[str]:
         "REDEMPTION_CODES_TABLE": names.codes or "",
     }
     return subprocess.run(
-        [sys.executable, "-m", "billing.reconcile", "--json", "--rechecks", "0"],
+        [sys.executable, "-m", "tools.reconcile", "--json", "--rechecks", "0"],
         capture_output=True,
         text=True,
         env=env,

@@ -11,9 +11,12 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from billing import accounts, clock, code_admin, redemption
+from billing import clock
+from billing.codes import admin as code_admin
+from billing.codes import redemption
 from billing.errors import InvalidRequest, NotFound, RedeemFailed, TooManyAttempts
 from billing.models import Account, RateLimit, RedemptionCode
+from billing.referral import signup
 
 from tests.support.embedded_tables import ROOT, embedded_tables
 
@@ -44,7 +47,7 @@ def frozen(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 def new_user() -> str:
     user_id = f"u-{uuid.uuid4().hex[:12]}"
-    accounts.create_account(user_id, None)
+    signup.create_account(user_id, None)
     return user_id
 
 

@@ -11,11 +11,13 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from billing import accounts, clock, crediting
-from billing.crediting import Outcome
+from billing import clock
 from billing.models import Account, LedgerEntry, Order
-from billing.providers.base import EventType, PaymentEvent
-from billing.referral import rebate_for
+from billing.payments import crediting
+from billing.payments.crediting import Outcome
+from billing.payments.providers.base import EventType, PaymentEvent
+from billing.referral import signup
+from billing.referral.rewards import rebate_for
 
 from tests.support.embedded_tables import embedded_tables
 
@@ -44,8 +46,8 @@ def bonus_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def invited_pair() -> tuple[str, str]:
     inviter = f"a-{uuid.uuid4().hex[:10]}"
     invitee = f"b-{uuid.uuid4().hex[:10]}"
-    code = accounts.create_account(inviter, None)[0].aff_code
-    accounts.create_account(invitee, code)
+    code = signup.create_account(inviter, None)[0].aff_code
+    signup.create_account(invitee, code)
     return inviter, invitee
 
 

@@ -17,8 +17,8 @@ from urllib.parse import parse_qsl
 
 import pytest
 from billing.errors import ProviderError
-from billing.providers import get_provider
-from billing.providers.base import (
+from billing.payments.providers import get_provider
+from billing.payments.providers.base import (
     CheckoutRequest,
     EventType,
     InvalidSignature,
@@ -26,7 +26,7 @@ from billing.providers.base import (
     UnsupportedEvent,
     WebhookRequest,
 )
-from billing.providers.stripe import PROVIDER
+from billing.payments.providers.stripe import PROVIDER
 
 SECRET = "whsec_unit_test_secret"
 SECRETS = {"stripe_secret_key": "sk_test_unit", "stripe_webhook_secret": SECRET}

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from billing import payment_queue, topup_options, webhooks
-from billing.providers.base import (
+from billing.payments import payment_queue, topup_options, webhooks
+from billing.payments.providers.base import (
     EventType,
     InvalidSignature,
     PaymentEvent,
@@ -107,7 +107,7 @@ def test_a_broken_provider_module_is_a_503_for_that_provider_only(
     monkeypatch: pytest.MonkeyPatch, sent: list[PaymentEvent]
 ) -> None:
     def broken(name: str) -> Any:
-        raise ImportError(f"no module billing.providers.{name}")
+        raise ImportError(f"no module billing.payments.providers.{name}")
 
     monkeypatch.setattr(webhooks, "get_provider", broken)
     with pytest.raises(webhooks.ProviderUnavailable):

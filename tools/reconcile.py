@@ -1,8 +1,8 @@
-"""`python -m billing.reconcile`: run the reconciliation (billing.reconciliation) and report.
+"""`python -m tools.reconcile`: run the reconciliation (billing.ops.reconciliation) and report.
 
-    python -m billing.reconcile --local http://127.0.0.1:3000     # the local stack
+    python -m tools.reconcile --local http://127.0.0.1:3000     # the local stack
     ACCOUNTS_TABLE=... LEDGER_TABLE=... ORDERS_TABLE=... USAGE_TABLE=... \
-        REDEMPTION_CODES_TABLE=... python -m billing.reconcile     # AWS (your credentials)
+        REDEMPTION_CODES_TABLE=... python -m tools.reconcile     # AWS (your credentials)
 
 With --local the table names and the embedded AWS endpoint come from the stack's
 /_local/health. Otherwise the names come from the options or the environment, and the
@@ -19,7 +19,7 @@ import sys
 import urllib.request
 from typing import Any
 
-from billing.reconciliation import Reader, Tables, reconcile
+from billing.ops.reconciliation import Reader, Tables, reconcile
 
 _LOCAL_TABLES = {
     "accounts": "AccountsTable",
@@ -39,7 +39,7 @@ _OPTIONS = {
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m billing.reconcile",
+        prog="python -m tools.reconcile",
         description="Recompute every balance from the ledger and every order from its ledger "
         "entries; print the differences (never fixes anything). Exit 1 on differences.",
     )

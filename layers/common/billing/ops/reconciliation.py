@@ -40,8 +40,8 @@ from billing.models import Account, LedgerEntry, Order, RedemptionCode, UsageRec
 
 Raw = dict[str, Any]
 
-# Statuses of orders (billing.orders) and usage records (billing.metering), repeated here so
-# that this module imports nothing that writes.
+# Statuses of orders (billing.payments.orders) and usage records (billing.usage.metering),
+# repeated here so that this module imports nothing that writes.
 PAID, REFUNDED, DISPUTED = "paid", "refunded", "disputed"
 CHARGED, SETTLED, RESERVED = "charged", "settled", "reserved"
 

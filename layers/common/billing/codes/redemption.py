@@ -22,7 +22,8 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from billing import clock, codes, db, ledger, ratelimit
+from billing import clock, db, ledger
+from billing.codes import plaintext, ratelimit
 from billing.errors import AccountNotFound, RedeemFailed
 from billing.ledger import Change, EntryKind, TxOp
 from billing.models import Account, RateLimit, RedemptionCode
@@ -54,8 +55,8 @@ def redeem(user_id: str, text: str, source_ip: str) -> Redeemed:
     now = ratelimit.epoch(moment.timestamp())
     limits = load_settings().limits
     try:
-        code_id: str | None = codes.code_id(text)
-    except codes.MalformedCode:
+        code_id: str | None = plaintext.code_id(text)
+    except plaintext.MalformedCode:
         code_id = None  # a typo or a guess: no lookup, but it counts as a failure
     keys = ratelimit.redeem_keys(user_id, source_ip)
     reads = _read(code_id, user_id, keys)

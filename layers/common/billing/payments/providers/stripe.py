@@ -15,7 +15,7 @@ from aws_lambda_powertools import Logger
 
 from billing import money
 from billing.errors import ProviderError
-from billing.providers.base import (
+from billing.payments.providers.base import (
     CheckoutRequest,
     EventType,
     InvalidSignature,
@@ -25,7 +25,7 @@ from billing.providers.base import (
     WebhookReply,
     WebhookRequest,
 )
-from billing.providers.payload import (
+from billing.payments.providers.payload import (
     currency_code,
     json_ack,
     minor_amount,

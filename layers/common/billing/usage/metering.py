@@ -38,10 +38,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.attributes import MapAttribute
 from pynamodb.exceptions import PynamoDBException
 
-from billing import clock, ledger, pricing
+from billing import clock, ledger
 from billing.errors import AccountNotFound, DomainError, InsufficientQuota, InvalidEvent
 from billing.models import Account, UsageRecord
 from billing.settings import Settings, load_settings
+from billing.usage import pricing
 
 Result = dict[str, Any]
 

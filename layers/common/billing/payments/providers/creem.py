@@ -17,7 +17,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from billing.errors import ProviderError
-from billing.providers.base import (
+from billing.payments.providers.base import (
     CheckoutRequest,
     EventType,
     InvalidSignature,
@@ -27,7 +27,7 @@ from billing.providers.base import (
     WebhookReply,
     WebhookRequest,
 )
-from billing.providers.payload import (
+from billing.payments.providers.payload import (
     currency_code,
     json_ack,
     minor_amount,

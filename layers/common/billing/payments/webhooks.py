@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from aws_lambda_powertools import Logger
 
-from billing import payment_queue
 from billing.errors import DomainError
-from billing.providers import METHODS, get_provider
-from billing.providers.base import InvalidSignature, UnsupportedEvent, WebhookReply, WebhookRequest
+from billing.payments import payment_queue
+from billing.payments.providers import METHODS, get_provider
+from billing.payments.providers.base import (
+    InvalidSignature,
+    UnsupportedEvent,
+    WebhookReply,
+    WebhookRequest,
+)
 from billing.secrets import provider_secrets
 
 logger = Logger(child=True)

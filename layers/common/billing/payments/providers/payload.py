@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from billing import money
-from billing.providers.base import InvalidSignature, WebhookReply
+from billing.payments.providers.base import InvalidSignature, WebhookReply
 
 
 def verified_object(raw_body: bytes) -> dict[str, Any]:

@@ -12,8 +12,8 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from billing.errors import MethodUnavailable
-from billing.providers import METHODS, get_provider
-from billing.providers.base import Provider
+from billing.payments.providers import METHODS, get_provider
+from billing.payments.providers.base import Provider
 from billing.settings import PaymentMethod, Settings
 
 logger = Logger(child=True)

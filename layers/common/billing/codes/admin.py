@@ -12,9 +12,11 @@ from typing import Any
 
 from pynamodb.exceptions import UpdateError
 
-from billing import audit, clock, codes
+from billing import clock
+from billing.codes import plaintext
 from billing.errors import InvalidRequest, NotFound
 from billing.models import RedemptionCode
+from billing.ops import record_audit
 from billing.pagination import newest_first
 from billing.secrets import code_hash_key
 
@@ -57,13 +59,13 @@ def create_batch(
     expiry = parse_expiry(expires_at)
     batch_id = f"b-{uuid.uuid4().hex}"
     at = clock.iso()
-    plaintexts = [codes.generate() for _ in range(count)]
+    plaintexts = [plaintext.generate() for _ in range(count)]
     key = code_hash_key()
     with RedemptionCode.batch_write() as batch:
-        for plaintext in plaintexts:
+        for code in plaintexts:
             batch.save(
                 RedemptionCode(
-                    code_id=codes.code_id(plaintext, key),
+                    code_id=plaintext.code_id(code, key),
                     list_key=LIST_KEY,
                     name=name,
                     quota=quota,
@@ -76,7 +78,7 @@ def create_batch(
                     created_at=at,
                 )
             )
-    audit.record(
+    record_audit(
         admin_id,
         "redemption_codes.create",
         batch_id,
@@ -88,7 +90,7 @@ def create_batch(
             "expires_at": expiry,
         },
     )
-    return CreatedBatch(batch_id=batch_id, codes=[codes.format_code(p) for p in plaintexts])
+    return CreatedBatch(batch_id=batch_id, codes=[plaintext.format_code(p) for p in plaintexts])
 
 
 def render_code(code: RedemptionCode) -> dict[str, Any]:
@@ -112,7 +114,7 @@ def list_codes(admin_id: str, limit: int, cursor: str | None) -> dict[str, Any]:
     page = newest_first(
         RedemptionCode.by_created.query, "list_key", LIST_KEY, limit, cursor, render_code
     )
-    audit.record(
+    record_audit(
         admin_id, "redemption_codes.list", "", {"limit": limit, "returned": len(page["items"])}
     )
     return page
@@ -120,7 +122,7 @@ def list_codes(admin_id: str, limit: int, cursor: str | None) -> dict[str, Any]:
 
 def disable(admin_id: str, code_id: str) -> dict[str, Any]:
     """Mark a code disabled (idempotent); an unknown code is NotFound."""
-    if not codes.is_code_id(code_id):
+    if not plaintext.is_code_id(code_id):
         raise NotFound("No such code.")
     at = clock.iso()
     code = RedemptionCode(code_id=code_id)
@@ -137,5 +139,5 @@ def disable(admin_id: str, code_id: str) -> dict[str, Any]:
         if exc.cause_response_code == "ConditionalCheckFailedException":
             raise NotFound("No such code.") from exc
         raise
-    audit.record(admin_id, "redemption_codes.disable", code_id)
+    record_audit(admin_id, "redemption_codes.disable", code_id)
     return render_code(code)

@@ -13,7 +13,7 @@ import re
 import threading
 from typing import Any
 
-from billing.providers.base import PaymentEvent
+from billing.payments.providers.base import PaymentEvent
 
 _GROUP_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # SQS: 1..128 printable ASCII characters
 

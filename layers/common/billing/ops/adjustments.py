@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from billing import audit, ledger
+from billing import ledger
 from billing.errors import InsufficientQuota
 from billing.models import Account
+from billing.ops.audit import record as record_audit
 
 
 def adjust(admin_id: str, user_id: str, delta: int, reason: str, cause: str) -> Account:
@@ -22,7 +23,7 @@ def adjust(admin_id: str, user_id: str, delta: int, reason: str, cause: str) -> 
         return ledger.read_account(user_id)
     except ledger.InsufficientBalance as exc:
         raise InsufficientQuota("The adjustment would take the balance below zero.") from exc
-    audit.record(
+    record_audit(
         admin_id, "account.adjust", user_id, {"delta": delta, "reason": reason, "cause": cause}
     )
     return applied.accounts[user_id]

@@ -23,10 +23,13 @@ from pynamodb.exceptions import UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
-from billing import audit, clock, ledger, money, orders, referral
+from billing import clock, ledger, money
 from billing.errors import DomainError, NotFound
 from billing.models import Account, Order
-from billing.providers.base import EventType, PaymentEvent
+from billing.ops import record_audit
+from billing.payments import orders
+from billing.payments.providers.base import EventType, PaymentEvent
+from billing.referral import clawback_changes, credit_changes
 
 logger = Logger(child=True)
 
@@ -58,12 +61,12 @@ class OrderNotCompletable(DomainError):
 def extra_changes_for_credit(order: Order, account: Account) -> list[ledger.Change]:
     """Changes that join the credit of `order` in its transaction: the inviter's rebate
     (`referral_reward#<order>` on aff_quota) and first-order bonuses."""
-    return referral.credit_changes(order, account)
+    return credit_changes(order, account)
 
 
 def extra_changes_for_reversal(order: Order, account: Account) -> list[ledger.Change]:
     """Changes that join the reversal of `order`: the clawback of its rebate."""
-    return referral.clawback_changes(order, account)
+    return clawback_changes(order, account)
 
 
 # ---------------------------------------------------------------- entry points
@@ -124,7 +127,7 @@ def complete_by_admin(admin_id: str, order_id: str) -> Order:
     current = orders.find_order(order_id)
     if current is None or current.status != orders.PAID:
         raise OrderNotCompletable("The order changed state and cannot be completed.")
-    audit.record(
+    record_audit(
         admin_id,
         "topup.complete",
         order_id,

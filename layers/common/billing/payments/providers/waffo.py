@@ -32,7 +32,7 @@ from aws_lambda_powertools import Logger
 
 from billing import clock, money
 from billing.errors import ProviderError
-from billing.providers.base import (
+from billing.payments.providers.base import (
     CheckoutRequest,
     EventType,
     InvalidSignature,
@@ -42,7 +42,7 @@ from billing.providers.base import (
     WebhookReply,
     WebhookRequest,
 )
-from billing.providers.payload import currency_code, decimal_amount, verified_object
+from billing.payments.providers.payload import currency_code, decimal_amount, verified_object
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey

@@ -23,10 +23,10 @@ from billing import accounts, clock, money
 from billing.errors import DomainError, InvalidAmount, InvalidRequest, NotFound, ProviderError
 from billing.models import Order
 from billing.pagination import newest_first
-from billing.providers.base import CheckoutRequest
+from billing.payments.providers.base import CheckoutRequest
+from billing.payments.topup_options import require_method
 from billing.secrets import provider_secrets
 from billing.settings import PaymentMethod, Settings, load_settings
-from billing.topup_options import require_method
 
 logger = Logger(child=True)
 

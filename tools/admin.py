@@ -1,8 +1,8 @@
-"""Admin CLI over the HTTP API: `python -m billing.admin codes create|list|disable`.
+"""Admin CLI over the HTTP API: `python -m tools.admin codes create|list|disable`.
 
-    python -m billing.admin codes create --name "Spring promo" --quota 5000000 --count 2500 \
+    python -m tools.admin codes create --name "Spring promo" --quota 5000000 --count 2500 \
         --out codes.csv --api-url https://api.example.com --token "$JWT"
-    python -m billing.admin codes create --name demo --quota 1000 --count 10 --out demo.csv --local
+    python -m tools.admin codes create --name demo --quota 1000 --count 10 --out demo.csv --local
 
 The token comes from --token or ADMIN_TOKEN; with --local (the local stack) an admin dev token
 is fetched from /_local/token. Plaintext codes are written once, to the CSV only (never printed):
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--local", action="store_true", help="the local stack: its URL and a dev admin token"
     )
     parser = argparse.ArgumentParser(
-        prog="python -m billing.admin", description=__doc__.split("\n")[0]
+        prog="python -m tools.admin", description=__doc__.split("\n")[0]
     )
     commands = parser.add_subparsers(dest="group", required=True)
     codes = commands.add_parser("codes", help="redemption codes")

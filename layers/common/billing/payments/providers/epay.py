@@ -19,7 +19,7 @@ from aws_lambda_powertools import Logger
 
 from billing import money
 from billing.errors import ProviderError
-from billing.providers.base import (
+from billing.payments.providers.base import (
     CheckoutRequest,
     EventType,
     InvalidSignature,
