@@ -41,15 +41,17 @@ def get_account() -> Response[str]:
 @router.get("/ledger")
 def list_ledger() -> Response[str]:
     user = principal(router)
-    page = page_params(router)
-    return json_response(200, accounts.list_ledger(user.user_id, page.limit, page.cursor))
+    page = page_params(router, "ledger", user.user_id)
+    return json_response(
+        200, page.seal(accounts.list_ledger(user.user_id, page.limit, page.cursor))
+    )
 
 
 @router.get("/usage")
 def list_usage() -> Response[str]:
     user = principal(router)
-    page = page_params(router)
-    return json_response(200, history.list_usage(user.user_id, page.limit, page.cursor))
+    page = page_params(router, "usage", user.user_id)
+    return json_response(200, page.seal(history.list_usage(user.user_id, page.limit, page.cursor)))
 
 
 @logger.inject_lambda_context(clear_state=True)

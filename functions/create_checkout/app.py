@@ -49,8 +49,8 @@ def create_checkout(body: Checkout) -> Response[str]:
 @router.get("/topups")
 def list_topups() -> Response[str]:
     user = principal(router)
-    page = page_params(router)
-    return json_response(200, orders.list_orders(user.user_id, page.limit, page.cursor))
+    page = page_params(router, "topups", user.user_id)
+    return json_response(200, page.seal(orders.list_orders(user.user_id, page.limit, page.cursor)))
 
 
 @router.get("/topups/<order_id>")

@@ -208,7 +208,7 @@ def test_ledger_lists_admin_adjustments_newest_first_with_pages(stack: LocalStac
 
 def test_ledger_paging_rejects_bad_limits_and_foreign_cursors(stack: LocalStack) -> None:
     token = stack.token(new_user())
-    for query in ("?limit=0", "?limit=101", "?limit=abc", "?cursor=%%%"):
+    for query in ("?limit=0", "?limit=101", "?limit=abc", "?limit=%C2%B2", "?cursor=%%%"):
         response = stack.request("GET", "/ledger" + query, token=token)
         assert response.status_code == 400, query
     import base64
