@@ -11,14 +11,15 @@ from billing import accounts
 from billing.http import RequestBody, json_response, make_router, page_params, principal
 from billing.referral import signup
 from billing.usage import history
-from pydantic import Field
 
 logger = Logger()
 router = make_router()
 
 
 class CreateAccount(RequestBody):
-    referral_code: str | None = Field(default=None, max_length=64)
+    # No length limit here: a code too long to exist is an unknown code (400
+    # invalid_referral_code for a new account, ignored for an existing one), as API.md says.
+    referral_code: str | None = None
 
 
 @router.post("/account")
