@@ -152,7 +152,10 @@ def idempotent(
     event = router.current_event
     key = parse_key((event.headers or {}).get(HEADER))
     if key is None:
-        reply = run(event.request_context.request_id)
+        request_id = event.request_context.request_id
+        if not request_id:  # API Gateway always sets it; never let all such requests share one
+            raise InvalidRequest("The request has no id; send an Idempotency-Key.")
+        reply = run(request_id)
     else:
         request_cause = cause(operation, caller, key, request)
         reply = run_once(
