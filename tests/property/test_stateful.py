@@ -174,6 +174,7 @@ class BillingMachine(RuleBasedStateMachine):
         self.requests: dict[str, MRequest] = {}
         self.adjustments: dict[str, tuple[MUser, int, bool]] = {}  # key -> (user, delta, applied)
         self.transfers: dict[str, tuple[MUser, int, bool]] = {}
+        self.replies: dict[str, Any] = {}  # Idempotency-Key -> the first 200 body it answered
         self.address_failures = 0
 
     # ------------------------------------------------------------ accounts
@@ -460,6 +461,7 @@ class BillingMachine(RuleBasedStateMachine):
         )
         if applied:
             assert response.status_code == 200, response.text  # a retry: nothing changes
+            assert response.json() == self.replies[key]  # ... and its first result again
         elif delta < 0 and user.quota - user.held + delta < 0:
             assert response.status_code == 400, response.text
             assert response.json()["error"]["code"] == "insufficient_quota"
@@ -467,9 +469,10 @@ class BillingMachine(RuleBasedStateMachine):
             assert response.status_code == 200, response.text
             user.quota += delta
             applied = True
+            self.replies[key] = response.json()
+            assert response.json()["quota"] == user.quota
         tally(f"adjust: {response.status_code} ({'retry' if key in self.adjustments else 'new'})")
         self.adjustments[key] = (user, delta, applied)
-        assert response.status_code != 200 or response.json()["quota"] == user.quota
 
     @rule(delta=st.integers(-3 * UNIT, 3 * UNIT).filter(bool), data=st.data())
     def admin_adjusts(self, delta: int, data: st.DataObject) -> None:
@@ -606,6 +609,7 @@ class BillingMachine(RuleBasedStateMachine):
         )
         if applied:
             assert response.status_code == 200, response.text  # a retry: nothing moves
+            assert response.json() == self.replies[key]  # ... and its first result again
         elif quota < MIN_TRANSFER:
             assert response.status_code == 400, response.text
             assert response.json()["error"]["code"] == "transfer_below_minimum"
@@ -617,10 +621,10 @@ class BillingMachine(RuleBasedStateMachine):
             user.quota += quota
             user.aff_quota -= quota
             applied = True
+            self.replies[key] = response.json()
+            assert response.json() == {"aff_quota": user.aff_quota, "quota": user.quota}
         self.transfers[key] = (user, quota, applied)
         tally(f"transfer: {response.status_code}")
-        if response.status_code == 200:
-            assert response.json() == {"aff_quota": user.aff_quota, "quota": user.quota}
 
     @precondition(lambda self: TRANSFERS)
     @rule(quota=st.one_of(st.integers(1, 3 * UNIT), st.just(MIN_TRANSFER)), data=st.data())
