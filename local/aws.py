@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode
@@ -250,7 +250,18 @@ def _error_response(call: CallInfo, fault: Fault) -> tuple[int, list[tuple[str, 
     return fault.http_status, [("Content-Type", "text/xml")], xml.encode()
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+# Decides whether a request may reach moto: None, or the error response to send instead
+# (local/iam: a function's request outside its policies gets the service's AccessDenied).
+ErrorResponse = tuple[int, list[tuple[str, str]], bytes]
+Authorizer = Callable[["WSGIEnvironment", CallInfo], ErrorResponse | None]
 
 
 class SerializedApp:
@@ -262,11 +273,19 @@ class SerializedApp:
         self.lock = threading.Lock()
         self._sqs_activity = threading.Condition()
         self.default_receive_wait: dict[str, int] = {}
+        self.authorizer: Authorizer | None = None
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         call = identify(environ, body)
+        # IAM first, as in AWS: a refused request is neither counted nor hit by faults.
+        refused = self.authorizer(environ, call) if self.authorizer is not None else None
+        if refused is not None:
+            status, headers, payload = refused
+            headers = [*headers, ("Content-Length", str(len(payload)))]
+            start_response(f"{status} {_REASONS.get(status, 'Error')}", headers)
+            return [payload]
         fault = self.registry.record(call)
         if fault is not None:
             if fault.after_commit:
@@ -431,7 +450,7 @@ class EmbeddedAws:
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.app: SerializedApp | None = None
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[tuple[str, str], Any] = {}
         self._clients_lock = threading.Lock()
 
     def start(self) -> str:
@@ -463,24 +482,36 @@ class EmbeddedAws:
             raise RuntimeError("embedded AWS not started")
         return f"http://127.0.0.1:{self._server.server_port}"
 
-    def client(self, service: str) -> Any:
+    def client(self, service: str, credentials: tuple[str, str, str] | None = None) -> Any:
         """A boto3 client for the stack's own use (tagged as internal); clients are
-        thread-safe and slow to make, so there is one per service."""
-        with self._clients_lock:
-            if service not in self._clients:
-                self._clients[service] = self._new_client(service)
-            return self._clients[service]
+        thread-safe and slow to make, so there is one per service and credentials.
 
-    def _new_client(self, service: str) -> Any:
+        Without credentials it is the account's admin ("testing"); with a function's
+        (access key, secret, session token) it has exactly that function's permissions, as
+        Lambda's pollers do."""
+        key = (service, credentials[0] if credentials else "")
+        with self._clients_lock:
+            if key not in self._clients:
+                self._clients[key] = self._new_client(service, credentials)
+            return self._clients[key]
+
+    def set_authorizer(self, authorizer: Authorizer | None) -> None:
+        if self.app is None:
+            raise RuntimeError("embedded AWS not started")
+        self.app.authorizer = authorizer
+
+    def _new_client(self, service: str, credentials: tuple[str, str, str] | None) -> Any:
         import boto3
         from botocore.config import Config
 
+        access_key, secret_key, token = credentials or ("testing", "testing", None)
         return boto3.session.Session().client(
             service,
             endpoint_url=self.endpoint,
             region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",  # noqa: S106 - moto's fixed dummy credentials
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            aws_session_token=token,
             config=Config(
                 user_agent_extra=INTERNAL_USER_AGENT,
                 retries={"mode": "standard", "max_attempts": 5},

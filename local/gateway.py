@@ -96,6 +96,7 @@ class Gateway:
                 Rule("/_local/stats/reset", endpoint="stats_reset", methods=["POST"]),
                 Rule("/_local/schedules/<function>/<event>", endpoint="schedule", methods=["POST"]),
                 Rule("/_local/reload", endpoint="reload", methods=["POST"]),
+                Rule("/_local/iam", endpoint="iam", methods=["GET"]),
             ]
         )
 
@@ -309,6 +310,10 @@ class Gateway:
             mimetype="application/json",
         )
 
+    def local_iam(self, request: Request) -> Response:
+        """Every IAM refusal (function, action, resource, time) and allowed calls per function."""
+        return json_response(self.stack.iam_report())
+
     def local_reload(self, request: Request) -> Response:
         assert self.stack.runtime is not None
         self.stack.runtime.recycle()
@@ -324,6 +329,11 @@ class Gateway:
         name = _function_name(unquote(parts[3]))
         runtime = self.stack.runtime
         assert runtime is not None
+        iam = self.stack.iam
+        # Authorized before anything else, as in AWS (even for a function that does not exist).
+        refused = iam.check_invoke(request.headers.get("Authorization", ""), name) if iam else None
+        if refused is not None:
+            return Response(refused[2], status=refused[0], headers=refused[1]), "lambda"
         if name not in runtime:
             return _lambda_error(
                 404, "ResourceNotFoundException", f"Function not found: {_function_arn(name)}"

@@ -6,6 +6,10 @@ invoke, then delete what succeeded (ReportBatchItemFailures honoured). Failed me
 made visible again after LOCAL_RETRY_DELAY_SECONDS (default 1) instead of the queue's full
 VisibilityTimeout: a local speed-up so that retries and the redrive to the DLQ (done by moto
 on the receive after maxReceiveCount) happen in seconds.
+
+As in AWS, a poller receives and deletes with the function's own role (its credentials), so a
+role without sqs:ReceiveMessage or sqs:DeleteMessage fails here as it would there. The retry
+speed-up (ChangeMessageVisibility) is not something Lambda does, so the stack makes it itself.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from botocore.exceptions import ClientError
 
 from local.runtime import InvokeResult
 from local.template import ACCOUNT_ID, REGION, STACK_NAME, FunctionSpec, Template
@@ -60,8 +66,9 @@ class SqsPoller:
     report_failures: bool
     enabled: bool
     invoke: Invoke
-    sqs: Any
+    sqs: Any  # signed with the function's credentials: receive and delete
     retry_delay: int
+    stack_sqs: Any = None  # the stack's own client: the local retry speed-up
     fault: PollerFault = field(default_factory=PollerFault)
     stats: PollerStats = field(default_factory=PollerStats)
     stop_event: threading.Event = field(default_factory=threading.Event)
@@ -111,6 +118,16 @@ class SqsPoller:
                 messages = self._gather()
                 if messages:
                     self._process(messages)
+            except ClientError as exc:
+                # e.g. AccessDenied: the function's role may not receive (logged by local/iam)
+                code = exc.response.get("Error", {}).get("Code", "?")
+                log.warning(
+                    "poller %s/%s: %s from SQS; retrying in 5 s",
+                    self.function_id,
+                    self.event_name,
+                    code,
+                )
+                self.stop_event.wait(5)
             except Exception:
                 log.exception("poller %s/%s failed; retrying", self.function_id, self.event_name)
                 self.stop_event.wait(1)
@@ -171,7 +188,18 @@ class SqsPoller:
             self._retry_later(list(by_id.values()))
             return
         succeeded = [m for mid, m in by_id.items() if mid not in failed]
-        self._delete(succeeded)
+        try:
+            self._delete(succeeded)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "?")
+            log.warning(
+                "%s: could not delete %d processed messages (%s); they will be delivered again",
+                self.function_id,
+                len(succeeded),
+                code,
+            )
+            failed |= {m["MessageId"] for m in succeeded}
+            succeeded = []
         self._retry_later([by_id[mid] for mid in failed])
         with self._fault_lock:
             self.stats.deleted += len(succeeded)
@@ -218,9 +246,10 @@ class SqsPoller:
             )
 
     def _retry_later(self, messages: list[dict[str, Any]]) -> None:
+        client = self.stack_sqs or self.sqs
         for start in range(0, len(messages), 10):
             chunk = messages[start : start + 10]
-            self.sqs.change_message_visibility_batch(
+            client.change_message_visibility_batch(
                 QueueUrl=self.queue_url,
                 Entries=[
                     {
@@ -370,8 +399,14 @@ class Schedule:
 
 
 def build_pollers(
-    template: Template, functions: list[FunctionSpec], invoke: Invoke, sqs: Any
+    template: Template,
+    functions: list[FunctionSpec],
+    invoke: Invoke,
+    sqs_for: Callable[[str], Any],
+    stack_sqs: Any,
 ) -> list[SqsPoller]:
+    """sqs_for: function logical id -> an SQS client signed with that function's credentials;
+    stack_sqs: the stack's own client."""
     retry_delay = int(os.environ.get("LOCAL_RETRY_DELAY_SECONDS", "1"))
     # Lambda runs several batches of a queue at once; locally one at a time unless asked.
     threads = max(1, int(os.environ.get("LOCAL_POLLER_THREADS", "1")))
@@ -397,7 +432,8 @@ def build_pollers(
                     in (props.get("FunctionResponseTypes") or []),
                     enabled=str(props.get("Enabled", True)).lower() != "false",
                     invoke=invoke,
-                    sqs=sqs,
+                    sqs=sqs_for(function.logical_id),
+                    stack_sqs=stack_sqs,
                     retry_delay=retry_delay,
                     threads=threads,
                 )

@@ -1,6 +1,7 @@
 """Creates the template's tables, queues, parameters and secrets in the embedded AWS.
 
-Other resource types (Cognito, alarms, SNS, layers, HttpApi, IAM) have no local effect.
+Other resource types (Cognito, alarms, SNS, layers, HttpApi) have no local effect; IAM is
+not provisioned but enforced (local/iam).
 Secrets are filled from the environment (``Metadata.Local.FromEnvironment``) with the dev
 defaults below; see local/README.md.
 """

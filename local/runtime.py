@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -199,8 +200,10 @@ class FunctionPool:
         output: OutputMux,
         max_instances: int,
         spawn_slots: threading.Semaphore | None = None,
+        credentials: tuple[str, str, str] = ("testing", "testing", "testing"),
     ) -> None:
         self.function = function
+        self.credentials = credentials
         self.output = output
         self.max_instances = function.reserved_concurrency or max_instances
         self.spawn_slots = spawn_slots or threading.Semaphore(2)
@@ -227,9 +230,11 @@ class FunctionPool:
             # set them), so they are applied after the template's variables.
             "AWS_REGION": REGION,
             "AWS_DEFAULT_REGION": REGION,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_SESSION_TOKEN": "testing",
+            # The function's own credentials: the embedded AWS authorizes them against
+            # exactly its policies (local/iam).
+            "AWS_ACCESS_KEY_ID": self.credentials[0],
+            "AWS_SECRET_ACCESS_KEY": self.credentials[1],
+            "AWS_SESSION_TOKEN": self.credentials[2],
             "AWS_EXECUTION_ENV": f"AWS_Lambda_{fn.runtime}",
             "AWS_LAMBDA_FUNCTION_NAME": fn.logical_id,
             "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
@@ -454,13 +459,23 @@ class Runtime:
         aws_endpoint: str,
         output: OutputMux | None = None,
         max_instances: int | None = None,
+        credentials: Callable[[str], tuple[str, str, str]] | None = None,
     ) -> None:
+        """credentials: function logical id -> (access key, secret key, session token)."""
         self.output = output or OutputMux()
         limit = max_instances or int(os.environ.get("LOCAL_MAX_INSTANCES", "6"))
         base = {"AWS_ENDPOINT_URL": aws_endpoint}
         slots = threading.Semaphore(max(2, os.cpu_count() or 2))
         self.pools = {
-            f.logical_id: FunctionPool(f, base, self.output, limit, slots) for f in functions
+            f.logical_id: FunctionPool(
+                f,
+                base,
+                self.output,
+                limit,
+                slots,
+                credentials(f.logical_id) if credentials else ("testing", "testing", "testing"),
+            )
+            for f in functions
         }
 
     def __contains__(self, function: str) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 from local.auth import DEV_AUDIENCE, DevIssuer
 from local.aws import EmbeddedAws
 from local.gateway import Gateway
+from local.iam.enforcer import Enforcer
 from local.pollers import Schedule, SqsPoller, build_pollers, build_schedules
 from local.provision import Provisioned, Provisioner, local_environment, waffo_keys
 from local.routes import HttpApi, Route, read_apis, read_routes
@@ -89,6 +90,7 @@ class Stack:
         self.pollers: list[SqsPoller] = []
         self.schedules: list[Schedule] = []
         self.provisioned = Provisioned()
+        self.iam: Enforcer | None = None
         self.console_dir = options.root / "console"
 
     def say(self, message: str) -> None:
@@ -156,6 +158,11 @@ class Stack:
             f"parameters, {len(self.provisioned.secrets)} secrets"
         )
 
+        # IAM from here on: each function's calls are checked against its own role.
+        iam = self.iam = Enforcer.from_template(template, self.provisioned.secrets)
+        self.aws.set_authorizer(iam.check_aws_request)
+        self.say(f"IAM enforced for {len(iam.roles)} functions (each with its own credentials)")
+
         functions = [template.function(fid) for fid in template.function_ids()]
         for function in functions:
             for event in function.events:
@@ -166,7 +173,7 @@ class Stack:
                         event.name,
                         event.type,
                     )
-        self.runtime = Runtime(functions, endpoint, self.output)
+        self.runtime = Runtime(functions, endpoint, self.output, credentials=self._credentials)
         apis = read_apis(template)
         self.routes = read_routes(template, apis)
         used = {route.api for route in self.routes}
@@ -198,8 +205,13 @@ class Stack:
             log.warning("sandbox modules that failed to load: %s", ", ".join(failed))
 
         self.runtime.prewarm()
-        sqs = self.aws.client("sqs")
-        self.pollers = build_pollers(template, functions, self.runtime.invoke, sqs)
+        self.pollers = build_pollers(
+            template,
+            functions,
+            self.runtime.invoke,
+            lambda function_id: self.aws.client("sqs", self._credentials(function_id)),
+            self.aws.client("sqs"),
+        )
         for poller in self.pollers:
             if poller.enabled:
                 poller.start()
@@ -216,7 +228,15 @@ class Stack:
                     )
         self.ready.set()
 
+    def _credentials(self, function_id: str) -> tuple[str, str, str]:
+        assert self.iam is not None
+        own = self.iam.credentials(function_id)
+        return own.access_key_id, own.secret_access_key, own.session_token
+
     # ------------------------------------------------------------ control
+
+    def iam_report(self) -> dict[str, Any]:
+        return self.iam.report() if self.iam is not None else {"enforced": False}
 
     def health(self) -> dict[str, Any]:
         template = self.template

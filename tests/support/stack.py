@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import boto3
 import requests
+import yaml
 from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -285,6 +286,13 @@ class LocalStack:
     def reset_stats(self) -> None:
         self.http.post(f"{self.base_url}/_local/stats/reset", timeout=10).raise_for_status()
 
+    def iam(self) -> dict[str, Any]:
+        """GET /_local/iam: every IAM refusal and the allowed calls per function."""
+        response = self.http.get(f"{self.base_url}/_local/iam", timeout=10)
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
     def run_schedule(self, function: str, event: str) -> requests.Response:
         return self.http.post(f"{self.base_url}/_local/schedules/{function}/{event}", timeout=120)
 
@@ -292,6 +300,27 @@ class LocalStack:
         return self.http.post(
             f"{self.base_url}/_local/sandbox/pay/{order_id}", json={"outcome": outcome}, timeout=60
         )
+
+
+def template_copy(
+    name: str, edit: Callable[[dict[str, Any]], None], template: Path = DEFAULT_TEMPLATE
+) -> Path:
+    """A copy of a template changed by ``edit`` (which gets the parsed document, intrinsics in
+    their long form), under tests/artifacts/, with its code paths made absolute so that it
+    runs like the original."""
+    from local.template import load_yaml
+
+    document = load_yaml(template)
+    edit(document)
+    for body in [*document["Resources"].values(), *(document.get("Globals") or {}).values()]:
+        properties = body.get("Properties", body) if isinstance(body, dict) else {}
+        for key in ("CodeUri", "ContentUri"):
+            if isinstance(properties.get(key), str):
+                properties[key] = str((template.parent / properties[key]).resolve())
+    target = ARTIFACTS / f"{name}-{os.getpid()}" / "template.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    return target
 
 
 def _remove_stale_logs(name: str) -> None:
