@@ -10,11 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from local.async_invoke import AsyncInvoker, async_configs
 from local.auth import DEV_AUDIENCE, DevIssuer
 from local.aws import EmbeddedAws
+from local.deploy_checks import check as check_deploy_rules
 from local.gateway import Gateway
 from local.pollers import Schedule, SqsPoller, build_pollers, build_schedules
 from local.provision import Provisioned, Provisioner, local_environment, waffo_keys
+from local.python_runtime import PreparedRuntime, RuntimeUnavailable, prepare
 from local.routes import HttpApi, Route, read_apis, read_routes
 from local.runtime import OutputMux, Runtime
 from local.sandbox import (
@@ -24,7 +27,14 @@ from local.sandbox import (
     WaffoSandboxKeys,
     load_providers,
 )
-from local.template import EMULATED_EVENT_TYPES, PARAMETER_TYPE, Template, TemplateError
+from local.strictness import Strictness, StrictnessError
+from local.template import (
+    EMULATED_EVENT_TYPES,
+    PARAMETER_TYPE,
+    FunctionSpec,
+    Template,
+    TemplateError,
+)
 
 log = logging.getLogger("local")
 
@@ -88,6 +98,7 @@ class Stack:
         self.api: HttpApi | None = None
         self.pollers: list[SqsPoller] = []
         self.schedules: list[Schedule] = []
+        self.async_invoker: AsyncInvoker | None = None
         self.provisioned = Provisioned()
         self.console_dir = options.root / "console"
 
@@ -142,9 +153,15 @@ class Stack:
     def start(self) -> None:
         template = self.template or self.load_template()
         settings = self._settings_overrides(template)
+        try:
+            strictness = Strictness.from_environ(self.environ)
+        except StrictnessError as exc:
+            raise TemplateError(str(exc)) from exc
+        self.aws.strictness = strictness
         endpoint = self.aws.start()
         template.aws_endpoint = endpoint
         self.say(f"embedded AWS (moto) on {endpoint}")
+        self.say(f"as strict as AWS: {strictness.describe()}")
 
         keys = waffo_keys(self.environ)
         credentials = local_environment(self.environ, keys)
@@ -157,6 +174,7 @@ class Stack:
         )
 
         functions = [template.function(fid) for fid in template.function_ids()]
+        check_deploy_rules(template, functions)
         for function in functions:
             for event in function.events:
                 if event.type not in EMULATED_EVENT_TYPES:
@@ -166,7 +184,19 @@ class Stack:
                         event.name,
                         event.type,
                     )
-        self.runtime = Runtime(functions, endpoint, self.output)
+        self.runtime = Runtime(
+            functions,
+            endpoint,
+            self.output,
+            python=self._lambda_runtimes(functions),
+            memory_limit=strictness.memory_limit,
+        )
+        self.async_invoker = AsyncInvoker(
+            self.runtime.invoke,
+            async_configs(template),
+            retries=strictness.async_retries,
+            time_scale=strictness.time_scale,
+        )
         apis = read_apis(template)
         self.routes = read_routes(template, apis)
         used = {route.api for route in self.routes}
@@ -199,14 +229,16 @@ class Stack:
 
         self.runtime.prewarm()
         sqs = self.aws.client("sqs")
-        self.pollers = build_pollers(template, functions, self.runtime.invoke, sqs)
+        self.pollers = build_pollers(template, functions, self.runtime.invoke, sqs, strictness)
         for poller in self.pollers:
             if poller.enabled:
                 poller.start()
         for poller in self.pollers:
             if poller.enabled and not poller.ready.wait(10):
                 raise RuntimeError(f"poller {poller.function_id}/{poller.event_name} did not start")
-        self.schedules = build_schedules(functions, self.runtime.invoke)
+        self.schedules = build_schedules(
+            functions, self.runtime.invoke, strictness, self.async_invoker.submit
+        )
         if self.environ.get("LOCAL_SCHEDULES", "1") != "0":
             for schedule in self.schedules:
                 if schedule.start():
@@ -215,6 +247,19 @@ class Stack:
                         f"{schedule.expression}"
                     )
         self.ready.set()
+
+    def _lambda_runtimes(self, functions: list[FunctionSpec]) -> dict[str, PreparedRuntime]:
+        """Each runtime the functions use, with their layers' dependencies built for it."""
+        layers: dict[str, list[Path]] = {}
+        for function in functions:
+            layers.setdefault(function.runtime, []).extend(function.layer_dirs)
+        try:
+            return {
+                runtime: prepare(self.options.root, runtime, dirs, self.environ, self.say)
+                for runtime, dirs in layers.items()
+            }
+        except RuntimeUnavailable as exc:
+            raise TemplateError(str(exc)) from exc
 
     # ------------------------------------------------------------ control
 
@@ -246,6 +291,14 @@ class Stack:
         stats["pollers"] = {
             f"{p.function_id}/{p.event_name}": vars(p.stats).copy() for p in self.pollers
         }
+        stats["strict"] = {
+            "dynamodb": self.aws.strict_stats(),
+            "async_retries": self.async_invoker.retried if self.async_invoker else 0,
+            "async_discarded": self.async_invoker.discarded if self.async_invoker else 0,
+            "schedule_duplicates": {
+                f"{s.function_id}/{s.event_name}": s.duplicates for s in self.schedules
+            },
+        }
         return stats
 
     def reset_stats(self) -> None:
@@ -257,6 +310,8 @@ class Stack:
         for poller in self.pollers:
             poller.stats.batches = poller.stats.messages = 0
             poller.stats.deleted = poller.stats.failed = 0
+            poller.stats.duplicates = poller.stats.held_back = 0
+            poller.arranger.duplicates = poller.arranger.held_back = 0
 
     def faults(self) -> dict[str, Any]:
         return {
@@ -297,6 +352,8 @@ class Stack:
         self.ready.clear()
         for schedule in self.schedules:
             schedule.stop()
+        if self.async_invoker is not None:
+            self.async_invoker.stop()
         for poller in self.pollers:
             poller.stop()
         for poller in self.pollers:
