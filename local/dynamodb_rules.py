@@ -143,9 +143,12 @@ class DynamoRules:
                 return self.forward(environ, body)
 
     def stats(self) -> dict[str, Any]:
+        with self._in_flight_lock:
+            in_flight = len(self._in_flight)
         return {
             "throttled": dict(sorted(self.throttled.items())),
             "transaction_conflicts": dict(sorted(self.conflicts.items())),
+            "items_in_transactions": in_flight,
         }
 
     # ------------------------------------------------------------ moto's view
