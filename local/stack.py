@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +283,7 @@ class Stack:
             "sandbox": sorted(self.sandbox.providers) if self.sandbox else [],
             "outputs": template.outputs(),
             "skipped_resources": sorted(template.skipped),
+            "strict": asdict(self.aws.strictness) if self.aws.strictness else {},
         }
 
     def stats(self) -> dict[str, Any]:

@@ -187,6 +187,11 @@ class LocalStack:
         self._health = response.json()
         return self._health
 
+    @property
+    def index_lag(self) -> float:
+        """Seconds a write stays invisible to indexes and eventually consistent reads."""
+        return float(self._health.get("strict", {}).get("index_lag_ms", 0)) / 1000
+
     def table_name(self, logical_id: str) -> str:
         return str(self._health["tables"][logical_id])
 
