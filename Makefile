@@ -21,7 +21,7 @@ PYTHON312 = $(firstword $(foreach p,$(shell command -v python3.12 2>/dev/null) \
 	$(wildcard $(HOME)/.pyenv/versions/3.12.*/bin/python3.12 /root/.pyenv/versions/3.12.*/bin/python3.12),\
 	$(if $(shell $(p) -c 'import sys; print(sys.version_info[:2] == (3, 12))' 2>/dev/null | grep -x True),$(p))))
 
-.PHONY: dev test lint format template-lint unit integration e2e bench soak reconcile build openapi clean system-deps
+.PHONY: dev test lint format template-lint unit integration e2e bench soak reconcile build openapi clean system-deps lambda-runtime
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,13 @@ $(SAM_STAMP): infra/requirements-sam.txt
 	env -u PYTHONPATH $(SAM_VENV)/bin/pip install -q -r infra/requirements-sam.txt
 	touch $(SAM_STAMP)
 
-dev: $(STAMP)
+# The functions' runtime for the local stack: the template's Python (3.12) with the layer's
+# dependencies built for it and the runtime's boto3/botocore, cached in .lambda-runtime/.
+lambda-runtime: $(STAMP)
+	@test -n "$(PYTHON312)" || { echo "the local stack runs the functions on Python 3.12 (their runtime): install it as python3.12 on PATH or in ~/.pyenv/versions/3.12.* (e.g. pyenv install 3.12) and retry"; exit 1; }
+	PYTHON312="$(PYTHON312)" $(PY) -m local.python_runtime
+
+dev: $(STAMP) lambda-runtime
 	$(PY) -m local
 
 # Chromium for the browser tests comes from Debian (never `playwright install`).
@@ -66,22 +72,22 @@ template-lint: $(SAM_STAMP)
 	env -u PYTHONPATH $(SAM_VENV)/bin/cfn-lint infra/template.yaml
 	env -u PYTHONPATH $(SAM_VENV)/bin/sam validate --lint --template infra/template.yaml --region us-east-1
 
-test: $(STAMP) system-deps lint template-lint build
+test: $(STAMP) system-deps lint template-lint build lambda-runtime
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: $(STAMP)
+integration: $(STAMP) lambda-runtime
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-e2e: $(STAMP) system-deps
+e2e: $(STAMP) system-deps lambda-runtime
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) lambda-runtime
 	PYTHON312="$(PYTHON312)" $(PY) bench/run.py
 
-soak: $(STAMP)
+soak: $(STAMP) lambda-runtime
 	STATEFUL_PROFILE=soak $(PY) -m pytest tests/property -o timeout=0 $(PYTEST_ARGS)
 
 openapi: $(STAMP)
@@ -97,4 +103,4 @@ build: $(STAMP) $(SAM_STAMP)
 	$(PY) tools/check_layer.py
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/artifacts
+	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/artifacts .lambda-runtime

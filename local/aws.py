@@ -14,6 +14,7 @@ import copy
 import io
 import json
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -21,6 +22,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode
+
+from local.dynamodb_rules import DynamoRules
+from local.strictness import Strictness
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -274,6 +278,7 @@ class SerializedApp:
         self._sqs_activity = threading.Condition()
         self.default_receive_wait: dict[str, int] = {}
         self.authorizer: Authorizer | None = None
+        self.dynamodb: DynamoRules | None = None  # AWS's strictness (local/dynamodb_rules.py)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -289,7 +294,7 @@ class SerializedApp:
         fault = self.registry.record(call)
         if fault is not None:
             if fault.after_commit:
-                self._forward(environ, body)  # done, but the answer is lost (e.g. a timeout)
+                self._execute(call, environ, body)  # done, but the answer is lost
             status, headers, payload = _error_response(call, fault)
             headers.append(("Content-Length", str(len(payload))))
             start_response(f"{status} {_REASONS.get(status, 'Error')}", headers)
@@ -298,16 +303,31 @@ class SerializedApp:
             wait = self._receive_wait(call)
             if wait > 0:
                 return self._long_poll(environ, start_response, call, wait)
-        status_line, headers, payload = self._forward(environ, body)
+        status_line, headers, payload = self._execute(call, environ, body)
         if call.service == "sqs" and call.operation in _SQS_WRITES:
             with self._sqs_activity:
                 self._sqs_activity.notify_all()
         start_response(status_line, headers)
         return [payload]
 
+    def _execute(
+        self, call: CallInfo, environ: WSGIEnvironment, body: bytes
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
+        rules = self.dynamodb
+        if rules is not None and call.service == "dynamodb" and rules.handles(call.operation):
+            return rules(call.operation, environ, body, call.internal)
+        return self._forward(environ, body)
+
     def _forward(
         self, environ: WSGIEnvironment, body: bytes
     ) -> tuple[str, list[tuple[str, str]], bytes]:
+        with self.lock:
+            return self.forward_unlocked(environ, body)
+
+    def forward_unlocked(
+        self, environ: WSGIEnvironment, body: bytes
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
+        """Into moto; the caller holds the lock."""
         captured: dict[str, Any] = {}
 
         def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -318,15 +338,14 @@ class SerializedApp:
         environ = dict(environ)
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
-        with self.lock:
-            result = self.app(environ, capture)
-            try:
-                # Consume the whole response under the lock: it may be generated lazily.
-                payload = b"".join(result)
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
+        result = self.app(environ, capture)
+        try:
+            # Consume the whole response under the lock: it may be generated lazily.
+            payload = b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
         return captured["status"], captured["headers"], payload
 
     def _receive_wait(self, call: CallInfo) -> int:
@@ -445,7 +464,8 @@ def _copy_tables_once_per_transaction() -> None:
 class EmbeddedAws:
     """moto's server on 127.0.0.1 and a free port, in a daemon thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, strictness: Strictness | None = None) -> None:
+        self.strictness = strictness  # None: read from os.environ at start
         self.registry = Registry()
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -467,6 +487,9 @@ class EmbeddedAws:
 
         _copy_tables_once_per_transaction()
         self.app = SerializedApp(DomainDispatcherApplication(create_backend_app), self.registry)
+        if self.strictness is None:
+            self.strictness = Strictness.from_environ(os.environ)
+        self.app.dynamodb = DynamoRules(self.strictness, self.app.forward_unlocked, self.app.lock)
         self._server = make_server(
             "127.0.0.1", 0, self.app, threaded=True, request_handler=QuietHandler
         )
@@ -518,6 +541,9 @@ class EmbeddedAws:
                 max_pool_connections=32,
             ),
         )
+
+    def strict_stats(self) -> dict[str, Any]:
+        return self.app.dynamodb.stats() if self.app and self.app.dynamodb else {}
 
     def set_default_receive_wait(self, queue_name: str, seconds: int) -> None:
         if self.app is not None:

@@ -366,12 +366,8 @@ class Gateway:
         if invocation_type == "DryRun":
             return Response(status=204, headers=base_headers), name
         if invocation_type == "Event":
-            threading.Thread(
-                target=runtime.invoke,
-                args=(name, payload, request_id),
-                name=f"event-{name}",
-                daemon=True,
-            ).start()
+            assert self.stack.async_invoker is not None
+            self.stack.async_invoker.submit(name, payload, request_id)  # retried as Lambda does
             return Response(status=202, headers=base_headers), name
         result = runtime.invoke(name, payload, request_id)
         headers = dict(base_headers)

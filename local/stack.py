@@ -6,16 +6,19 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from local.async_invoke import AsyncInvoker, async_configs
 from local.auth import DEV_AUDIENCE, DevIssuer
 from local.aws import EmbeddedAws
+from local.deploy_checks import check as check_deploy_rules
 from local.gateway import Gateway
 from local.iam.enforcer import Enforcer
 from local.pollers import Schedule, SqsPoller, build_pollers, build_schedules
 from local.provision import Provisioned, Provisioner, local_environment, waffo_keys
+from local.python_runtime import PreparedRuntime, RuntimeUnavailable, prepare
 from local.routes import HttpApi, Route, read_apis, read_routes
 from local.runtime import OutputMux, Runtime
 from local.sandbox import (
@@ -25,7 +28,14 @@ from local.sandbox import (
     WaffoSandboxKeys,
     load_providers,
 )
-from local.template import EMULATED_EVENT_TYPES, PARAMETER_TYPE, Template, TemplateError
+from local.strictness import Strictness, StrictnessError
+from local.template import (
+    EMULATED_EVENT_TYPES,
+    PARAMETER_TYPE,
+    FunctionSpec,
+    Template,
+    TemplateError,
+)
 
 log = logging.getLogger("local")
 
@@ -89,6 +99,7 @@ class Stack:
         self.api: HttpApi | None = None
         self.pollers: list[SqsPoller] = []
         self.schedules: list[Schedule] = []
+        self.async_invoker: AsyncInvoker | None = None
         self.provisioned = Provisioned()
         self.iam: Enforcer | None = None
         self.console_dir = options.root / "console"
@@ -144,9 +155,15 @@ class Stack:
     def start(self) -> None:
         template = self.template or self.load_template()
         settings = self._settings_overrides(template)
+        try:
+            strictness = Strictness.from_environ(self.environ)
+        except StrictnessError as exc:
+            raise TemplateError(str(exc)) from exc
+        self.aws.strictness = strictness
         endpoint = self.aws.start()
         template.aws_endpoint = endpoint
         self.say(f"embedded AWS (moto) on {endpoint}")
+        self.say(f"as strict as AWS: {strictness.describe()}")
 
         keys = waffo_keys(self.environ)
         credentials = local_environment(self.environ, keys)
@@ -164,6 +181,7 @@ class Stack:
         self.say(f"IAM enforced for {len(iam.roles)} functions (each with its own credentials)")
 
         functions = [template.function(fid) for fid in template.function_ids()]
+        check_deploy_rules(template, functions)
         for function in functions:
             for event in function.events:
                 if event.type not in EMULATED_EVENT_TYPES:
@@ -173,7 +191,20 @@ class Stack:
                         event.name,
                         event.type,
                     )
-        self.runtime = Runtime(functions, endpoint, self.output, credentials=self._credentials)
+        self.runtime = Runtime(
+            functions,
+            endpoint,
+            self.output,
+            credentials=self._credentials,
+            python=self._lambda_runtimes(functions),
+            memory_limit=strictness.memory_limit,
+        )
+        self.async_invoker = AsyncInvoker(
+            self.runtime.invoke,
+            async_configs(template),
+            retries=strictness.async_retries,
+            time_scale=strictness.time_scale,
+        )
         apis = read_apis(template)
         self.routes = read_routes(template, apis)
         used = {route.api for route in self.routes}
@@ -211,6 +242,7 @@ class Stack:
             self.runtime.invoke,
             lambda function_id: self.aws.client("sqs", self._credentials(function_id)),
             self.aws.client("sqs"),
+            strictness,
         )
         for poller in self.pollers:
             if poller.enabled:
@@ -218,7 +250,9 @@ class Stack:
         for poller in self.pollers:
             if poller.enabled and not poller.ready.wait(10):
                 raise RuntimeError(f"poller {poller.function_id}/{poller.event_name} did not start")
-        self.schedules = build_schedules(functions, self.runtime.invoke)
+        self.schedules = build_schedules(
+            functions, self.runtime.invoke, strictness, self.async_invoker.submit
+        )
         if self.environ.get("LOCAL_SCHEDULES", "1") != "0":
             for schedule in self.schedules:
                 if schedule.start():
@@ -232,6 +266,19 @@ class Stack:
         assert self.iam is not None
         own = self.iam.credentials(function_id)
         return own.access_key_id, own.secret_access_key, own.session_token
+
+    def _lambda_runtimes(self, functions: list[FunctionSpec]) -> dict[str, PreparedRuntime]:
+        """Each runtime the functions use, with their layers' dependencies built for it."""
+        layers: dict[str, list[Path]] = {}
+        for function in functions:
+            layers.setdefault(function.runtime, []).extend(function.layer_dirs)
+        try:
+            return {
+                runtime: prepare(self.options.root, runtime, dirs, self.environ, self.say)
+                for runtime, dirs in layers.items()
+            }
+        except RuntimeUnavailable as exc:
+            raise TemplateError(str(exc)) from exc
 
     # ------------------------------------------------------------ control
 
@@ -258,6 +305,7 @@ class Stack:
             "sandbox": sorted(self.sandbox.providers) if self.sandbox else [],
             "outputs": template.outputs(),
             "skipped_resources": sorted(template.skipped),
+            "strict": asdict(self.aws.strictness) if self.aws.strictness else {},
         }
 
     def stats(self) -> dict[str, Any]:
@@ -265,6 +313,14 @@ class Stack:
         stats["invocations"] = self.runtime.invocation_counts() if self.runtime else {}
         stats["pollers"] = {
             f"{p.function_id}/{p.event_name}": vars(p.stats).copy() for p in self.pollers
+        }
+        stats["strict"] = {
+            "dynamodb": self.aws.strict_stats(),
+            "async_retries": self.async_invoker.retried if self.async_invoker else 0,
+            "async_discarded": self.async_invoker.discarded if self.async_invoker else 0,
+            "schedule_duplicates": {
+                f"{s.function_id}/{s.event_name}": s.duplicates for s in self.schedules
+            },
         }
         return stats
 
@@ -277,6 +333,8 @@ class Stack:
         for poller in self.pollers:
             poller.stats.batches = poller.stats.messages = 0
             poller.stats.deleted = poller.stats.failed = 0
+            poller.stats.duplicates = poller.stats.held_back = 0
+            poller.arranger.duplicates = poller.arranger.held_back = 0
 
     def faults(self) -> dict[str, Any]:
         return {
@@ -317,6 +375,8 @@ class Stack:
         self.ready.clear()
         for schedule in self.schedules:
             schedule.stop()
+        if self.async_invoker is not None:
+            self.async_invoker.stop()
         for poller in self.pollers:
             poller.stop()
         for poller in self.pollers:

@@ -37,6 +37,8 @@ def fx() -> Iterator[LocalStack]:
             "LOCAL_SANDBOX_PLUGINS": "tests.fixtures.local_stack.sandbox_fake",
             "LOCAL_MAX_INSTANCES": "3",
             "LOCAL_SCHEDULES": "0",
+            # These tests count deliveries; duplicates are test_local_stack_strict.py's.
+            "LOCAL_SQS_DUPLICATE_PROBABILITY": "0",
         },
     )
     try:

@@ -97,6 +97,9 @@ def entry_ids(stack: LocalStack, user: str) -> list[str]:
 
 
 def orders_of(stack: LocalStack, user: str) -> list[dict[str, Any]]:
+    """The user's orders in the by_user index once it has caught up with every write so far
+    (an index read at once would miss the newest, and "nothing written" would pass vacuously)."""
+    time.sleep(stack.index_lag)
     client = stack.boto3_client("dynamodb")
     return list(
         client.query(
