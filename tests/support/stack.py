@@ -306,6 +306,19 @@ class LocalStack:
     def run_schedule(self, function: str, event: str) -> requests.Response:
         return self.http.post(f"{self.base_url}/_local/schedules/{function}/{event}", timeout=120)
 
+    def advance_clock(self, seconds: int) -> dict[str, Any]:
+        """Move the stack's billing clock forward (POST /_local/clock); the schedules that
+        came due have run when this returns."""
+        response = self.http.post(
+            f"{self.base_url}/_local/clock", json={"advance_seconds": seconds}, timeout=300
+        )
+        response.raise_for_status()
+        moved: dict[str, Any] = response.json()
+        return moved
+
+    def clock_now(self) -> str:
+        return str(self.http.get(f"{self.base_url}/_local/clock", timeout=30).json()["now"])
+
     def pay(self, order_id: str, outcome: str = "paid") -> requests.Response:
         return self.http.post(
             f"{self.base_url}/_local/sandbox/pay/{order_id}", json={"outcome": outcome}, timeout=60
