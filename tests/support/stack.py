@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -318,6 +319,11 @@ class LocalStack:
 
     def clock_now(self) -> str:
         return str(self.http.get(f"{self.base_url}/_local/clock", timeout=30).json()["now"])
+
+    def billing_now(self) -> datetime:
+        """The stack's billing clock (it may be ahead of real time: POST /_local/clock). Tests
+        that send future times (expiries) compute them from this, not from the real clock."""
+        return datetime.fromisoformat(self.clock_now().replace("Z", "+00:00"))
 
     def pay(self, order_id: str, outcome: str = "paid") -> requests.Response:
         return self.http.post(
