@@ -24,6 +24,7 @@ from werkzeug.wrappers import Request, Response
 
 from local.auth import Unauthorized, authorize
 from local.aws import Fault
+from local.clock import ClockError
 from local.routes import Route, find_route
 from local.template import ACCOUNT_ID, HTTP_API_ID, STACK_NAME
 
@@ -96,6 +97,7 @@ class Gateway:
                 Rule("/_local/stats/reset", endpoint="stats_reset", methods=["POST"]),
                 Rule("/_local/schedules/<function>/<event>", endpoint="schedule", methods=["POST"]),
                 Rule("/_local/reload", endpoint="reload", methods=["POST"]),
+                Rule("/_local/clock", endpoint="clock", methods=["GET", "POST"]),
                 Rule("/_local/iam", endpoint="iam", methods=["GET"]),
             ]
         )
@@ -313,6 +315,22 @@ class Gateway:
     def local_iam(self, request: Request) -> Response:
         """Every IAM refusal (function, action, resource, time) and allowed calls per function."""
         return json_response(self.stack.iam_report())
+
+    def local_clock(self, request: Request) -> Response:
+        """GET: the billing clock; POST {"advance_seconds"}: move it forward (never back) for
+        every function, then run the schedules that came due (local/clock.py)."""
+        if request.method == "GET":
+            return json_response(self.stack.clock.describe())
+        body = request.get_json(silent=True, force=True)
+        extra = sorted(set(body) - {"advance_seconds"}) if isinstance(body, dict) else []
+        if not isinstance(body, dict) or "advance_seconds" not in body or extra:
+            message = 'the body is {"advance_seconds": <whole seconds>}'
+            return json_response({"error": {"code": "invalid_request", "message": message}}, 400)
+        try:
+            moved = self.stack.advance_clock(body["advance_seconds"])
+        except ClockError as exc:
+            return json_response({"error": {"code": "invalid_request", "message": str(exc)}}, 400)
+        return json_response(moved)
 
     def local_reload(self, request: Request) -> Response:
         assert self.stack.runtime is not None

@@ -27,11 +27,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from local.clock import BillingClock
 from local.queue_delivery import Arranger, Releases, is_copy
 from local.runtime import InvokeResult
 from local.strictness import Strictness
@@ -371,8 +371,27 @@ class Schedule:
     duplicate_probability: float = 0.0
     rng: random.Random = field(default_factory=random.Random)
     duplicates: int = 0
+    clock: BillingClock = field(default_factory=BillingClock)
+    last_run: float | None = None  # billing time (local/clock.py) of the last delivery
+    started: float = field(default=0.0, init=False)
     stop_event: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+
+    @property
+    def period(self) -> int | None:
+        return rate_seconds(self.expression)
+
+    def due(self) -> bool:
+        """True when a rate(...) schedule's period has passed in billing time since its last
+        delivery (or since the stack started): POST /_local/clock then runs it."""
+        period = self.period
+        if period is None or not self.enabled:
+            return False
+        since = self.last_run if self.last_run is not None else self.started
+        return self.clock.timestamp() - since >= period
+
+    def __post_init__(self) -> None:
+        self.started = self.clock.timestamp()
 
     def payload(self) -> str:
         if self.input is not None:
@@ -385,7 +404,7 @@ class Schedule:
                 "detail-type": "Scheduled Event",
                 "source": "aws.events",
                 "account": ACCOUNT_ID,
-                "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "time": self.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "region": REGION,
                 "resources": [f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/{rule}"],
                 "detail": {},
@@ -403,6 +422,7 @@ class Schedule:
         """Run now (POST /_local/schedules/...): the first delivery's result, after any
         duplicate delivery (run at the same time) has finished too."""
         payload = self.payload()
+        self.last_run = self.clock.timestamp()
         duplicate: threading.Thread | None = None
         if self._twice():
             duplicate = threading.Thread(
@@ -416,6 +436,7 @@ class Schedule:
 
     def fire(self) -> None:
         payload = self.payload()
+        self.last_run = self.clock.timestamp()
         for _ in range(2 if self._twice() else 1):
             if self.submit is not None:
                 self.submit(self.function_id, payload, str(uuid.uuid4()))
@@ -518,7 +539,9 @@ def build_schedules(
     invoke: Invoke,
     strictness: Strictness,
     submit: Callable[[str, str, str], None] | None = None,
+    clock: BillingClock | None = None,
 ) -> list[Schedule]:
+    clock = clock or BillingClock()
     schedules = []
     for function in functions:
         for event in function.events:
@@ -539,6 +562,7 @@ def build_schedules(
                     submit=submit,
                     duplicate_probability=strictness.schedule_duplicate_probability,
                     rng=strictness.random(f"schedule:{function.logical_id}/{event.name}"),
+                    clock=clock,
                 )
             )
     return schedules

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from local import worker as worker_module
+from local.clock import BillingClock
 from local.memory_limit import MemoryWatch
 from local.python_runtime import PreparedRuntime
 from local.template import REGION, FunctionSpec
@@ -194,13 +195,16 @@ class Worker:
     def alive(self) -> bool:
         return self.process is not None and self.process.is_alive()
 
-    def invoke(self, request_id: str, payload: str, timeout: float) -> tuple[str, str] | None:
-        """Send one invocation; None if it timed out (the worker is then killed)."""
+    def invoke(
+        self, request_id: str, payload: str, timeout: float, clock_offset: float = 0.0
+    ) -> tuple[str, str] | None:
+        """Send one invocation; None if it timed out (the worker is then killed).
+        clock_offset: the billing clock's offset (local/clock.py) the handler runs under."""
         assert self.conn is not None
         deadline = time.time() + timeout
         self.invocations += 1
         try:
-            self.conn.send(("invoke", request_id, payload, deadline))
+            self.conn.send(("invoke", request_id, payload, deadline, clock_offset))
             if not self.conn.poll(timeout):
                 self.kill()
                 return None
@@ -274,8 +278,10 @@ class FunctionPool:
         *,
         python: PreparedRuntime,
         memory: MemoryWatch | None = None,
+        clock: BillingClock | None = None,
     ) -> None:
         self.function = function
+        self.clock = clock or BillingClock()
         self.credentials = credentials
         self.output = output
         self.python = python
@@ -470,7 +476,7 @@ class FunctionPool:
         timeout = float(self.function.timeout)
         began = time.monotonic()
         try:
-            reply = worker.invoke(request_id, payload, timeout)
+            reply = worker.invoke(request_id, payload, timeout, self.clock.offset)
         except WorkerDied:
             exit_code = worker.process.exitcode if worker.process is not None else None
             out_of_memory = worker.out_of_memory
@@ -561,9 +567,11 @@ class Runtime:
         *,
         python: dict[str, PreparedRuntime],
         memory_limit: bool = True,
+        clock: BillingClock | None = None,
     ) -> None:
         """credentials: function logical id -> (access key, secret key, session token)."""
         self.output = output or OutputMux()
+        self.clock = clock or BillingClock()
         limit = max_instances or int(os.environ.get("LOCAL_MAX_INSTANCES", "6"))
         base = {"AWS_ENDPOINT_URL": aws_endpoint}
         slots = threading.Semaphore(max(2, os.cpu_count() or 2))
@@ -578,6 +586,7 @@ class Runtime:
                 credentials(f.logical_id) if credentials else ("testing", "testing", "testing"),
                 python=python[f.runtime],
                 memory=self.memory,
+                clock=self.clock,
             )
             for f in functions
         }

@@ -13,6 +13,7 @@ from typing import Any
 from local.async_invoke import AsyncInvoker, async_configs
 from local.auth import DEV_AUDIENCE, DevIssuer
 from local.aws import EmbeddedAws
+from local.clock import BillingClock
 from local.deploy_checks import check as check_deploy_rules
 from local.gateway import Gateway
 from local.iam.enforcer import Enforcer
@@ -102,6 +103,7 @@ class Stack:
         self.async_invoker: AsyncInvoker | None = None
         self.provisioned = Provisioned()
         self.iam: Enforcer | None = None
+        self.clock = BillingClock()
         self.console_dir = options.root / "console"
 
     def say(self, message: str) -> None:
@@ -198,6 +200,7 @@ class Stack:
             credentials=self._credentials,
             python=self._lambda_runtimes(functions),
             memory_limit=strictness.memory_limit,
+            clock=self.clock,
         )
         self.async_invoker = AsyncInvoker(
             self.runtime.invoke,
@@ -251,7 +254,7 @@ class Stack:
             if poller.enabled and not poller.ready.wait(10):
                 raise RuntimeError(f"poller {poller.function_id}/{poller.event_name} did not start")
         self.schedules = build_schedules(
-            functions, self.runtime.invoke, strictness, self.async_invoker.submit
+            functions, self.runtime.invoke, strictness, self.async_invoker.submit, self.clock
         )
         if self.environ.get("LOCAL_SCHEDULES", "1") != "0":
             for schedule in self.schedules:
@@ -261,6 +264,22 @@ class Stack:
                         f"{schedule.expression}"
                     )
         self.ready.set()
+
+    def advance_clock(self, seconds: object) -> dict[str, Any]:
+        """Move the billing clock forward (ClockError if the amount is not allowed), then run
+        every schedule that came due, each once, before answering."""
+        self.clock.advance(seconds)
+        ran = []
+        for schedule in self.schedules:
+            if schedule.due():
+                result = schedule.run_once()
+                ran.append(
+                    {
+                        "schedule": f"{schedule.function_id}/{schedule.event_name}",
+                        "function_error": result.function_error,
+                    }
+                )
+        return {**self.clock.describe(), "ran": ran}
 
     def _credentials(self, function_id: str) -> tuple[str, str, str]:
         assert self.iam is not None
@@ -305,6 +324,7 @@ class Stack:
             "sandbox": sorted(self.sandbox.providers) if self.sandbox else [],
             "outputs": template.outputs(),
             "skipped_resources": sorted(template.skipped),
+            "clock": self.clock.describe(),
             "strict": asdict(self.aws.strictness) if self.aws.strictness else {},
         }
 

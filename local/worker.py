@@ -116,6 +116,9 @@ class _InitError(Exception):
         self.error = error
 
 
+CLOCK_OFFSET_VARIABLE = "BILLING_CLOCK_OFFSET_SECONDS"  # as local/clock.py (stdlib only here)
+
+
 def serve(conn: Connection, spec: dict[str, Any]) -> None:
     """Set up the environment, import the handler, serve invocations."""
     # Ctrl-C reaches the whole process group; the stack decides when workers stop.
@@ -148,7 +151,12 @@ def serve(conn: Connection, spec: dict[str, Any]) -> None:
             return
         if message[0] == "stop":
             return
-        _, request_id, payload, deadline = message
+        _, request_id, payload, deadline, clock_offset = message
+        # The billing clock (local/clock.py): billing.clock reads it; unset in AWS.
+        if clock_offset:
+            os.environ[CLOCK_OFFSET_VARIABLE] = repr(float(clock_offset))
+        else:
+            os.environ.pop(CLOCK_OFFSET_VARIABLE, None)
         conn.send(_invoke(handler, spec, request_id, payload, deadline))
 
 

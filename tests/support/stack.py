@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -305,6 +306,24 @@ class LocalStack:
 
     def run_schedule(self, function: str, event: str) -> requests.Response:
         return self.http.post(f"{self.base_url}/_local/schedules/{function}/{event}", timeout=120)
+
+    def advance_clock(self, seconds: int) -> dict[str, Any]:
+        """Move the stack's billing clock forward (POST /_local/clock); the schedules that
+        came due have run when this returns."""
+        response = self.http.post(
+            f"{self.base_url}/_local/clock", json={"advance_seconds": seconds}, timeout=300
+        )
+        response.raise_for_status()
+        moved: dict[str, Any] = response.json()
+        return moved
+
+    def clock_now(self) -> str:
+        return str(self.http.get(f"{self.base_url}/_local/clock", timeout=30).json()["now"])
+
+    def billing_now(self) -> datetime:
+        """The stack's billing clock (it may be ahead of real time: POST /_local/clock). Tests
+        that send future times (expiries) compute them from this, not from the real clock."""
+        return datetime.fromisoformat(self.clock_now().replace("Z", "+00:00"))
 
     def pay(self, order_id: str, outcome: str = "paid") -> requests.Response:
         return self.http.post(
