@@ -5,7 +5,9 @@ same mock model: one plain, one with quota_meter.litellm.callback. Sends complet
 time with the official openai client, alternating between the two proxies so that both see
 the same machine load, and reports p50/p95 of each and the difference. The settle runs after
 the response (LiteLLM's success callback), so what the client waits for is mostly the
-reserve: one Invoke of the metering function on the local stack.
+reserve: one Invoke of the metering function on the local stack, also timed on its own
+(`reserve_alone`, the quota_meter client from this process) to tell the backend's share
+from the callback's.
 
     .venv/bin/python bench/litellm_latency.py      (BENCH_REQUESTS=100, BENCH_WARMUP=10)
 Writes bench/results/litellm_latency.json.
@@ -22,9 +24,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "layers" / "common")]
+sys.path[:0] = [
+    str(ROOT),
+    str(ROOT / "layers" / "common"),
+    str(ROOT / "clients" / "python" / "src"),
+]
 
 import openai  # noqa: E402
+from quota_meter import Meter  # noqa: E402
 
 from tests.client.helpers import account, funded_user  # noqa: E402
 from tests.client.litellm_proxy import MASTER_KEY, LiteLLMProxy, mock_model  # noqa: E402
@@ -57,6 +64,15 @@ def timed(client: openai.OpenAI, user: str) -> float:
     return time.perf_counter() - started
 
 
+def timed_reserve(meter: Meter, user: str) -> float:
+    """What the callback waits for before the call: one reserve through the Invoke API."""
+    started = time.perf_counter()
+    result = meter.reserve(user_id=user, model="gpt-4o", prompt_tokens=20, completion_tokens=32)
+    elapsed = time.perf_counter() - started
+    meter.release(request_id=result.request_id, user_id=user, model="gpt-4o")
+    return elapsed
+
+
 def main() -> int:
     with LocalStack("bench-litellm") as stack:
         stack.start(env={"LOCAL_SCHEDULES": "0"})
@@ -72,10 +88,17 @@ def main() -> int:
             for _ in range(WARMUP):
                 for client in clients.values():
                     timed(client, user)
-            samples: dict[str, list[float]] = {"plain": [], "metered": []}
+            meter = Meter(
+                endpoint_url=stack.base_url,
+                region_name="us-east-1",
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+            )
+            samples: dict[str, list[float]] = {"plain": [], "metered": [], "reserve": []}
             for _ in range(REQUESTS):
                 for name, client in clients.items():
                     samples[name].append(timed(client, user))
+                samples["reserve"].append(timed_reserve(meter, user))
             time.sleep(2)  # the last settles land after their responses
             charged = account(stack, user)["request_count"]
     without, with_callback = figures(samples["plain"]), figures(samples["metered"])
@@ -84,6 +107,7 @@ def main() -> int:
         "warmup": WARMUP,
         "without_callback": without,
         "with_callback": with_callback,
+        "reserve_alone": figures(samples["reserve"]),
         "added_ms": {
             "p50": round(with_callback["p50_ms"] - without["p50_ms"], 1),
             "p95": round(with_callback["p95_ms"] - without["p95_ms"], 1),

@@ -298,6 +298,12 @@ def litellm_latency_section(data: dict[str, Any]) -> Iterator[str]:
         f"{metered.get('p95_ms')} | {metered.get('mean_ms')} |"
     )
     yield f"| added by the callback | {added.get('p50')} | {added.get('p95')} | |"
+    alone = data.get("reserve_alone")
+    if alone:
+        yield (
+            f"| of which the reserve's Invoke (local stack), timed alone | {alone.get('p50_ms')} "
+            f"| {alone.get('p95_ms')} | {alone.get('mean_ms')} |"
+        )
     yield ""
     yield (
         f"{data.get('requests')} requests each after {data.get('warmup')} warm-up ones; "

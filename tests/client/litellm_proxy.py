@@ -43,6 +43,7 @@ class LiteLLMProxy:
         metered: bool = True,
         model_map: Mapping[str, str] | None = None,
         env: Mapping[str, str] | None = None,
+        endpoint_url: str | None = None,
     ) -> None:
         if not LITELLM.exists():
             raise RuntimeError(f"{LITELLM} is missing: run `make litellm-venv` first")
@@ -52,6 +53,7 @@ class LiteLLMProxy:
         self.metered = metered
         self.model_map = dict(model_map or {})
         self.extra_env = dict(env or {})
+        self.endpoint_url = endpoint_url or stack.base_url  # the Invoke API the callback uses
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = ARTIFACTS / f"litellm-{name}-{os.getpid()}.log"
@@ -75,7 +77,7 @@ class LiteLLMProxy:
                 "LITELLM_MASTER_KEY": MASTER_KEY,
                 "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # offline: no cost map download
                 "QUOTA_METER_FUNCTION": "MeterUsageFunction",
-                "QUOTA_METER_ENDPOINT_URL": self.stack.base_url,
+                "QUOTA_METER_ENDPOINT_URL": self.endpoint_url,
                 "QUOTA_METER_MODEL_MAP": json.dumps(self.model_map),
                 "AWS_ACCESS_KEY_ID": "testing",
                 "AWS_SECRET_ACCESS_KEY": "testing",

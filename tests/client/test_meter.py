@@ -260,6 +260,7 @@ BAD_CALLS: list[tuple[str, dict[str, Any]]] = [
         },
     ),  # no action
     ("batch", {"events": ["charge"]}),
+    ("charge", {"action": "release", "user_id": "u", **USAGE}),
 ]
 
 

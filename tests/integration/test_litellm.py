@@ -22,6 +22,7 @@ import openai
 import pytest
 
 from tests.client.helpers import (
+    LossyInvokeApi,
     account,
     funded_user,
     listing,
@@ -52,7 +53,16 @@ def upstream() -> Iterator[SlowUpstream]:
 
 
 @pytest.fixture(scope="module")
-def proxy(stack: LocalStack, upstream: SlowUpstream) -> Iterator[LiteLLMProxy]:
+def relay(stack: LocalStack) -> Iterator[LossyInvokeApi]:
+    """The callback reaches the Invoke API through this relay, which can throttle it."""
+    with LossyInvokeApi(stack.base_url) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def proxy(
+    stack: LocalStack, upstream: SlowUpstream, relay: LossyInvokeApi
+) -> Iterator[LiteLLMProxy]:
     # `slow` streams from a local upstream, one chunk every 0.1 s (for a client that leaves).
     slow = {
         "model_name": "slow",
@@ -62,7 +72,9 @@ def proxy(stack: LocalStack, upstream: SlowUpstream) -> Iterator[LiteLLMProxy]:
             "api_base": upstream.base_url,
         },
     }
-    with LiteLLMProxy("metered", stack, [*MODELS, slow], model_map=MODEL_MAP) as running:
+    with LiteLLMProxy(
+        "metered", stack, [*MODELS, slow], model_map=MODEL_MAP, endpoint_url=relay.url
+    ) as running:
         yield running
 
 
@@ -182,6 +194,26 @@ def test_a_user_without_quota_gets_402_and_no_usage_record(
         assert usage_records(stack, user) == []
         assert account(stack, user)["quota"] == 0
         assert usage_entries(stack, user) == []
+
+
+def test_the_proxy_fails_closed_when_metering_is_unavailable(
+    stack: LocalStack, client: openai.OpenAI, relay: LossyInvokeApi
+) -> None:
+    user = funded_user(stack, 100_000, prefix="litellm")
+    relay.throttle(1000)  # every Invoke of the callback is throttled, retries included
+    try:
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.chat.completions.create(model="gpt-4o", messages=MESSAGES, user=user)
+    finally:
+        relay.throttle(0)
+    assert refused.value.status_code == 503
+    assert refused.value.response.json()["error"]["code"] == "metering_unavailable"
+    assert usage_records(stack, user) == []
+    assert account(stack, user)["quota"] == 100_000
+    # Metering back: the same user is served and billed again.
+    client.chat.completions.create(model="gpt-4o", messages=MESSAGES, user=user)
+    [record] = settled_records(stack, user, 1)
+    assert record["status"] == "settled"
 
 
 def test_a_call_whose_upstream_fails_releases_its_hold(

@@ -30,7 +30,9 @@ def build_event(action: str, fields: Mapping[str, Any]) -> dict[str, Any]:
     """A checked event payload for `action`; ValueError names the first bad argument."""
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
-    unknown = sorted(set(fields) - _FIELDS - {"action"})
+    if fields.get("action", action) != action:
+        raise ValueError(f"action {fields['action']!r} given to {action}")
+    unknown = sorted(set(fields) - _FIELDS)
     if unknown:
         raise ValueError(f"unknown usage event field {unknown[0]!r}")
     event: dict[str, Any] = {"action": action}

@@ -5,7 +5,8 @@ In the proxy's config.yaml:
     litellm_settings:
       callbacks: quota_meter.litellm.callback
 
-Configured by the environment (read when the first call comes):
+Configured by the environment (read when the proxy loads the callback; see
+quota_meter.gateway_settings):
     QUOTA_METER_FUNCTION            the metering function (default MeterUsageFunction)
     QUOTA_METER_ENDPOINT_URL        the Invoke API endpoint (default: AWS, as boto3 finds it;
                                     region and credentials as boto3 reads them too)
@@ -36,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -50,13 +50,13 @@ from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import ProxyException
 
 from quota_meter.events import MAX_NAME
-from quota_meter.meter import DEFAULT_FUNCTION, Meter
+from quota_meter.gateway_settings import Settings
+from quota_meter.meter import Meter
 from quota_meter.results import MeterError
 
 logger = logging.getLogger("quota_meter.litellm")
 
 METADATA_KEY = "quota_meter_request_id"
-DEFAULT_MAX_TOKENS = 4096
 # Proxy call types that carry token usage; others pass unmetered (logged once each).
 METERED_CALL_TYPES = frozenset(
     {
@@ -89,42 +89,6 @@ class QuotaRefusal(ProxyException):
 
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.error_code, "message": self.message, "type": self.type, "param": None}
-
-
-@dataclass(frozen=True)
-class Settings:
-    function_name: str = DEFAULT_FUNCTION
-    endpoint_url: str | None = None
-    model_map: Mapping[str, str] = field(default_factory=dict)
-    default_max_tokens: int = DEFAULT_MAX_TOKENS
-    send_key_id: bool = False
-    queue_url: str | None = None
-    queue_endpoint_url: str | None = None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-        raw_map = env.get("QUOTA_METER_MODEL_MAP") or "{}"
-        try:
-            model_map = json.loads(raw_map)
-        except ValueError as exc:
-            raise ValueError(f"QUOTA_METER_MODEL_MAP is not JSON: {exc}") from None
-        if not isinstance(model_map, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) and v for k, v in model_map.items()
-        ):
-            raise ValueError("QUOTA_METER_MODEL_MAP must be a JSON object of model names")
-        raw_max = env.get("QUOTA_METER_DEFAULT_MAX_TOKENS") or str(DEFAULT_MAX_TOKENS)
-        if not raw_max.isdecimal():
-            raise ValueError("QUOTA_METER_DEFAULT_MAX_TOKENS must be a whole number")
-        return cls(
-            function_name=env.get("QUOTA_METER_FUNCTION") or DEFAULT_FUNCTION,
-            endpoint_url=env.get("QUOTA_METER_ENDPOINT_URL") or None,
-            model_map=model_map,
-            default_max_tokens=int(raw_max),
-            send_key_id=(env.get("QUOTA_METER_SEND_KEY_ID") or "").lower() in ("1", "true", "yes"),
-            queue_url=env.get("QUOTA_METER_QUEUE_URL") or None,
-            queue_endpoint_url=env.get("QUOTA_METER_QUEUE_ENDPOINT_URL") or None,
-        )
 
 
 @dataclass
@@ -232,6 +196,8 @@ class QuotaMeterCallback(CustomLogger):
         if not isinstance(metadata, dict):
             metadata = data["metadata"] = {}
         metadata[METADATA_KEY] = request_id
+        if isinstance(data.get("litellm_metadata"), dict):  # the routes that log this one
+            data["litellm_metadata"][METADATA_KEY] = request_id
         return data
 
     # ------------------------------------------------------------ after the call
@@ -372,9 +338,10 @@ def _metadata(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
     """The call's metadata: in the request data, or in the logged call's litellm_params."""
     for holder in (kwargs.get("litellm_params"), kwargs):
         if isinstance(holder, Mapping):
-            metadata = holder.get("metadata")
-            if isinstance(metadata, Mapping) and METADATA_KEY in metadata:
-                return metadata
+            for name in ("metadata", "litellm_metadata"):
+                metadata = holder.get(name)
+                if isinstance(metadata, Mapping) and METADATA_KEY in metadata:
+                    return metadata
     return {}
 
 
@@ -430,4 +397,5 @@ def _as_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-callback = QuotaMeterCallback()
+# Settings are read (and checked) when the proxy imports the callback: bad ones stop it.
+callback = QuotaMeterCallback(Settings.from_env())
