@@ -301,7 +301,7 @@ def litellm_latency_section(data: dict[str, Any]) -> Iterator[str]:
     alone = data.get("reserve_alone")
     if alone:
         yield (
-            f"| of which the reserve's Invoke (local stack), timed alone | {alone.get('p50_ms')} "
+            f"| for scale: one reserve Invoke from the bench process (local stack) | {alone.get('p50_ms')} "
             f"| {alone.get('p95_ms')} | {alone.get('mean_ms')} |"
         )
     yield ""
