@@ -301,8 +301,8 @@ def litellm_latency_section(data: dict[str, Any]) -> Iterator[str]:
     alone = data.get("reserve_alone")
     if alone:
         yield (
-            f"| for scale: one reserve Invoke from the bench process (local stack) | {alone.get('p50_ms')} "
-            f"| {alone.get('p95_ms')} | {alone.get('mean_ms')} |"
+            "| for scale: one reserve Invoke from the bench process (local stack) | "
+            f"{alone.get('p50_ms')} | {alone.get('p95_ms')} | {alone.get('mean_ms')} |"
         )
     yield ""
     yield (
