@@ -53,6 +53,9 @@ def checkout(stack: LocalStack, token: str, idem: str | None, amount: int = 3) -
 
 
 def orders_of(stack: LocalStack, token: str) -> list[dict[str, Any]]:
+    """The user's orders: GET /topups reads a global index, which lags; wait it out first,
+    so that "no second order" means none was written."""
+    time.sleep(stack.index_lag + 0.2)
     response = stack.request("GET", "/topups?limit=100", token=token)
     assert response.status_code == 200, response.text
     items: list[dict[str, Any]] = response.json()["items"]
@@ -332,7 +335,10 @@ def test_cors_lets_the_console_send_the_key_and_read_the_replay_mark(stack: Loca
 def _records(stack: LocalStack) -> dict[str, dict[str, Any]]:
     client = stack.boto3_client("dynamodb")
     items: dict[str, dict[str, Any]] = {}
-    kwargs: dict[str, Any] = {"TableName": stack.table_name("IdempotencyTable")}
+    kwargs: dict[str, Any] = {
+        "TableName": stack.table_name("IdempotencyTable"),
+        "ConsistentRead": True,
+    }
     while True:
         page = client.scan(**kwargs)
         items.update({item["id"]["S"]: item for item in page["Items"]})

@@ -92,13 +92,17 @@ def newest_first(
     limit: int,
     cursor: str | None,
     render: Callable[[T], dict[str, Any]],
+    *,
+    consistent_read: bool = False,
 ) -> dict[str, Any]:
     """A page of one partition (`key_name` = `key`) of a table or index, newest first; the
-    cursor must belong to that partition."""
+    cursor must belong to that partition. `consistent_read` only for a table or a local index
+    (DynamoDB never reads a global index strongly)."""
     results = query(
         key,
         scan_index_forward=False,
         limit=limit,
         last_evaluated_key=decode_cursor(cursor, owner={key_name: key}),
+        consistent_read=consistent_read,
     )
     return collect_page(results, limit, render)

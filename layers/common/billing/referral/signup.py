@@ -26,7 +26,7 @@ def find_inviter(referral_code: str) -> str:
     if not codes.is_well_formed(code):
         raise InvalidReferralCode()
     try:
-        return ReferralCode.get(code).user_id
+        return ReferralCode.get(code, consistent_read=True).user_id
     except DoesNotExist as exc:
         raise InvalidReferralCode() from exc
 
