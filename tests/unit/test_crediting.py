@@ -424,6 +424,11 @@ def test_a_dispute_of_an_order_completed_by_hand_has_no_payment_to_match() -> No
     with pytest.raises(crediting.NotApplicableYet):
         crediting.apply_event(dispute)
     assert balance(order.user_id) == QUOTA
+    # Once the provider's own paid event comes (a duplicate), its payment id is known.
+    paid_later = event(order, provider_payment_id="pi_by_hand")
+    assert crediting.apply_event(paid_later) is Outcome.DUPLICATE
+    assert crediting.apply_event(dispute) is Outcome.REVERSED
+    assert balance(order.user_id) == 0
 
 
 def test_queued_refunds_of_the_old_format_still_apply() -> None:

@@ -353,6 +353,7 @@ def _try_credit(order: Order, event: PaymentEvent, condition: Condition) -> Outc
 
 def _already_closed(order: Order, event: PaymentEvent) -> Outcome:
     if order.paid_at:
+        _remember_payment(order, event)
         return Outcome.DUPLICATE
     # Money was taken for an order we had closed (failed, disputed, refunded before it was
     # paid): never credit it automatically, but make it loud so an operator can look.
@@ -362,6 +363,20 @@ def _already_closed(order: Order, event: PaymentEvent) -> Outcome:
         extra={"order_id": order.order_id, "status": order.status, "provider": event.provider},
     )
     return Outcome.IGNORED
+
+
+def _remember_payment(order: Order, event: PaymentEvent) -> None:
+    """An order credited by hand learns its payment id from the provider's own paid event,
+    so that the payment's refund or chargeback, matched by it, finds the order."""
+    if order.provider_payment_id or not event.provider_payment_id:
+        return
+    if event.provider != order.method:
+        return
+    _update_if(
+        order,
+        [Order.provider_payment_id.set(event.provider_payment_id)],
+        Order.provider_payment_id.does_not_exist() & Order.paid_at.exists(),
+    )
 
 
 def _dispute(order: Order, event: PaymentEvent, reason: str, condition: Condition) -> Outcome:
