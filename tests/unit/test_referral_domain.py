@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from billing import clock, ledger
+from billing.errors import InsufficientAffQuota
 from billing.models import Account, LedgerEntry, Order
 from billing.payments import crediting
 from billing.payments.crediting import Outcome
@@ -238,3 +239,16 @@ def test_a_clawback_takes_aff_quota_first_and_the_rest_from_quota() -> None:
     assert found[f"referral_clawback#{order.order_id}#1000#quota"] == -(rebate - 1000)
     assert found[f"signup_bonus_reversal#invitee#{invitee}#quota"] == -INVITER_BONUS
     assert balances(inviter) == (0, 0, 0) and sums(inviter) == (0, 0)
+
+
+def test_a_transfer_retried_after_its_reward_was_clawed_back_moves_nothing() -> None:
+    inviter, invitee = invited_pair()
+    order = pending_order(invitee)
+    crediting.apply_event(paid(order))
+    moved = transfer(inviter, rebate_for(QUOTA, Decimal(10)), "once")
+    crediting.apply_event(refund(order))  # takes it all back, from quota
+    again = transfer(inviter, rebate_for(QUOTA, Decimal(10)), "once")  # the client's retry
+    assert (int(again.quota), int(again.aff_quota)) == (0, 0) != (int(moved.quota), 0)
+    with pytest.raises(InsufficientAffQuota):
+        transfer(inviter, rebate_for(QUOTA, Decimal(10)), "another")
+    assert sums(inviter) == (0, 0)

@@ -20,9 +20,10 @@ from decimal import ROUND_DOWN, Decimal
 from fractions import Fraction
 
 from aws_lambda_powertools import Logger
-from pynamodb.exceptions import DoesNotExist
+from pynamodb.exceptions import DoesNotExist, TransactWriteError
+from pynamodb.transactions import TransactWrite
 
-from billing import ledger
+from billing import db, ledger
 from billing.errors import InsufficientAffQuota, TransferBelowMinimum
 from billing.models import Account, LedgerEntry, Order
 from billing.settings import Settings, load_settings
@@ -229,4 +230,24 @@ def transfer(user_id: str, quota: int, cause: str) -> Account:
     except ledger.DuplicateEntry:
         return ledger.read_account(user_id)
     except ledger.InsufficientBalance as exc:
+        # A retry of a transfer that was applied, after aff_quota dropped (a later transfer
+        # or a clawback): the same request again, not a new one; nothing moves.
+        if _applied(user_id, f"referral_transfer#{cause}"):
+            return ledger.read_account(user_id)
         raise InsufficientAffQuota() from exc
+
+
+def _applied(user_id: str, entry_id: str) -> bool:
+    """Whether the ledger holds that entry, by a condition check (the transfer function may
+    check ledger items, not read them)."""
+    try:
+        with TransactWrite(connection=db.connection()) as transaction:
+            transaction.condition_check(
+                LedgerEntry, user_id, entry_id, condition=LedgerEntry.entry_id.exists()
+            )
+    except TransactWriteError as exc:
+        codes = [reason.code for reason in exc.cancellation_reasons or [] if reason is not None]
+        if "ConditionalCheckFailed" in codes:
+            return False
+        raise
+    return True
