@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode
 
 from local.dynamodb_rules import DynamoRules
+from local.dynamodb_streams import DynamoStreams
 from local.strictness import Strictness
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ _ERROR_NAMESPACES = {
     "sqs": "com.amazonaws.sqs#",
     "ssm": "",
     "secretsmanager": "",
+    "dynamodbstreams": "com.amazonaws.dynamodb.v20120810#",
+    "events": "",
 }
 
 _TARGET_SERVICES = {
@@ -62,6 +65,7 @@ _TARGET_SERVICES = {
     "amazonsqs": "sqs",
     "amazonssm": "ssm",
     "secretsmanager": "secretsmanager",
+    "awsevents": "events",
 }
 
 _SQS_WRITES = {
@@ -266,6 +270,8 @@ _REASONS = {
 # (local/iam: a function's request outside its policies gets the service's AccessDenied).
 ErrorResponse = tuple[int, list[tuple[str, str]], bytes]
 Authorizer = Callable[["WSGIEnvironment", CallInfo], ErrorResponse | None]
+# Sees each answered request (status line, body), e.g. EventBridge's PutEvents.
+Observer = Callable[[CallInfo, str, bytes], None]
 
 
 class SerializedApp:
@@ -279,6 +285,8 @@ class SerializedApp:
         self.default_receive_wait: dict[str, int] = {}
         self.authorizer: Authorizer | None = None
         self.dynamodb: DynamoRules | None = None  # AWS's strictness (local/dynamodb_rules.py)
+        self.streams: DynamoStreams | None = None  # DynamoDB Streams (local/dynamodb_streams.py)
+        self.observers: list[Observer] = []
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -307,6 +315,11 @@ class SerializedApp:
         if call.service == "sqs" and call.operation in _SQS_WRITES:
             with self._sqs_activity:
                 self._sqs_activity.notify_all()
+        for observer in self.observers:
+            try:
+                observer(call, status_line, payload)
+            except Exception:  # an observer must never break the request it watches
+                log.exception("observer of %s.%s failed", call.service, call.operation)
         start_response(status_line, headers)
         return [payload]
 
@@ -316,6 +329,9 @@ class SerializedApp:
         rules = self.dynamodb
         if rules is not None and call.service == "dynamodb" and rules.handles(call.operation):
             return rules(call.operation, environ, body, call.internal)
+        streams = self.streams
+        if streams is not None and call.service == "dynamodbstreams":
+            return streams(call.operation, body)  # never moto's own streams (see there)
         return self._forward(environ, body)
 
     def _forward(
@@ -458,6 +474,11 @@ def _copy_tables_once_per_transaction() -> None:
 
     models.copy = shim  # type: ignore[assignment]
     models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+    # The stack records stream changes itself (local/dynamodb_streams.py); moto's own
+    # records would only cost a JSON dump per write and grow without bound.
+    from moto.dynamodb.models.table import StreamShard
+
+    StreamShard.add = lambda self, old, new: None  # type: ignore[method-assign]
     _moto_patched = True
 
 
@@ -489,7 +510,10 @@ class EmbeddedAws:
         self.app = SerializedApp(DomainDispatcherApplication(create_backend_app), self.registry)
         if self.strictness is None:
             self.strictness = Strictness.from_environ(os.environ)
-        self.app.dynamodb = DynamoRules(self.strictness, self.app.forward_unlocked, self.app.lock)
+        self.app.streams = DynamoStreams(self.strictness.stream_shards, self.app.lock)
+        self.app.dynamodb = DynamoRules(
+            self.strictness, self.app.forward_unlocked, self.app.lock, self.app.streams
+        )
         self._server = make_server(
             "127.0.0.1", 0, self.app, threaded=True, request_handler=QuietHandler
         )
@@ -541,6 +565,17 @@ class EmbeddedAws:
                 max_pool_connections=32,
             ),
         )
+
+    @property
+    def streams(self) -> DynamoStreams:
+        if self.app is None or self.app.streams is None:
+            raise RuntimeError("embedded AWS not started")
+        return self.app.streams
+
+    def observe(self, observer: Observer) -> None:
+        if self.app is None:
+            raise RuntimeError("embedded AWS not started")
+        self.app.observers.append(observer)
 
     def strict_stats(self) -> dict[str, Any]:
         return self.app.dynamodb.stats() if self.app and self.app.dynamodb else {}

@@ -42,6 +42,7 @@ from local.dynamodb_capacity import (
     write_units,
 )
 from local.dynamodb_history import ItemKey, RecentWrites, shown_as, stored
+from local.dynamodb_streams import DynamoStreams
 from local.strictness import Strictness
 
 if TYPE_CHECKING:
@@ -106,8 +107,15 @@ def _dynamo_type(value: dict[str, Any]) -> Any:
 class DynamoRules:
     """Stands between the embedded AWS's wrapper and moto for DynamoDB's item operations."""
 
-    def __init__(self, strictness: Strictness, forward: Forward, lock: threading.Lock) -> None:
+    def __init__(
+        self,
+        strictness: Strictness,
+        forward: Forward,
+        lock: threading.Lock,
+        streams: DynamoStreams | None = None,
+    ) -> None:
         self.strictness = strictness
+        self.streams = streams  # every committed change of a stream-enabled table goes there
         self.forward = forward  # moto itself, without the lock
         self.lock = lock  # the embedded AWS's lock (moto's backends are not thread-safe)
         self.history = RecentWrites(strictness.index_lag_ms / 1000)
@@ -160,7 +168,12 @@ class DynamoRules:
         return dynamodb_backends[DEFAULT_ACCOUNT_ID][_region(environ)]
 
     def _table(self, environ: WSGIEnvironment, name: Any) -> Any:
-        table = self._backend(environ).tables.get(str(name)) if isinstance(name, str) else None
+        if not isinstance(name, str):
+            raise _Unanalysable
+        tables = self._backend(environ).tables
+        table = tables.get(name)
+        if table is None and name.startswith("arn:"):  # DynamoDB takes a table's ARN too
+            table = next((t for t in list(tables.values()) if t.table_arn == name), None)
         if table is None:
             raise _Unanalysable
         return table
@@ -577,7 +590,11 @@ class DynamoRules:
         """Forward a write to moto (the caller holds the lock); record what it changed in
         the history and return what it consumed."""
         backend = self._backend(environ)
-        track = self.history.enabled or self._throttling
+        streams = self.streams
+        streamed = streams is not None and any(
+            streams.enabled(backend.get_table(name)) for name, _ in items
+        )
+        track = self.history.enabled or self._throttling or streamed
         before: dict[TableItem, Any] = {}
         if track:
             for name, key in items:
@@ -591,7 +608,9 @@ class DynamoRules:
             old = before[(name, key)]
             new = stored(table, key)
             if _differs(old, new):
-                self.history.record(name, key, old, now)
+                self.history.record(table.name, key, old, now)
+                if streamed and streams is not None:
+                    streams.record(table, old, new)  # under the lock: in commit order
             for bucket, units in _write_usage(table, key, old, new, transactional).items():
                 usage[bucket] = usage.get(bucket, 0) + units
         return answer, usage

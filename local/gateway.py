@@ -99,6 +99,7 @@ class Gateway:
                 Rule("/_local/reload", endpoint="reload", methods=["POST"]),
                 Rule("/_local/clock", endpoint="clock", methods=["GET", "POST"]),
                 Rule("/_local/iam", endpoint="iam", methods=["GET"]),
+                Rule("/_local/events", endpoint="events", methods=["GET", "DELETE"]),
             ]
         )
 
@@ -315,6 +316,32 @@ class Gateway:
     def local_iam(self, request: Request) -> Response:
         """Every IAM refusal (function, action, resource, time) and allowed calls per function."""
         return json_response(self.stack.iam_report())
+
+    def local_events(self, request: Request) -> Response:
+        """GET: the events put on the buses, newest first (?limit=1..1000, default 100;
+        ?type= a detail-type, ?source=, ?bus=); DELETE: forget them."""
+        bridge = self.stack.event_bridge
+        assert bridge is not None
+        if request.method == "DELETE":
+            bridge.clear()
+            return json_response({"events": [], "total": 0})
+        unknown = sorted(set(request.args) - {"limit", "type", "source", "bus"})
+        limit_text = request.args.get("limit", "100")
+        if unknown or not (limit_text.isascii() and limit_text.isdigit()):
+            message = f"unknown parameters {unknown}" if unknown else "limit is 1..1000"
+            return json_response({"error": {"code": "invalid_request", "message": message}}, 400)
+        limit = int(limit_text)
+        if not 1 <= limit <= 1000:
+            message = "limit is 1..1000"
+            return json_response({"error": {"code": "invalid_request", "message": message}}, 400)
+        return json_response(
+            bridge.events(
+                limit=limit,
+                detail_type=request.args.get("type"),
+                source=request.args.get("source"),
+                bus=request.args.get("bus"),
+            )
+        )
 
     def local_clock(self, request: Request) -> Response:
         """GET: the billing clock; POST {"advance_seconds"}: move it forward (never back) for

@@ -15,6 +15,7 @@ from local.auth import DEV_AUDIENCE, DevIssuer
 from local.aws import EmbeddedAws
 from local.clock import BillingClock
 from local.deploy_checks import check as check_deploy_rules
+from local.eventbridge import EventBridge, build_event_bridge
 from local.gateway import Gateway
 from local.iam.enforcer import Enforcer
 from local.pollers import Schedule, SqsPoller, build_pollers, build_schedules
@@ -29,6 +30,7 @@ from local.sandbox import (
     WaffoSandboxKeys,
     load_providers,
 )
+from local.stream_pollers import StreamPoller, build_stream_pollers
 from local.strictness import Strictness, StrictnessError
 from local.template import (
     EMULATED_EVENT_TYPES,
@@ -99,6 +101,8 @@ class Stack:
         self.routes: list[Route] = []
         self.api: HttpApi | None = None
         self.pollers: list[SqsPoller] = []
+        self.stream_pollers: list[StreamPoller] = []
+        self.event_bridge: EventBridge | None = None
         self.schedules: list[Schedule] = []
         self.async_invoker: AsyncInvoker | None = None
         self.provisioned = Provisioned()
@@ -171,10 +175,12 @@ class Stack:
         credentials = local_environment(self.environ, keys)
         provider_env = {**self.environ, **credentials}
         self.provisioned = Provisioner(template, self.aws, provider_env, settings).run()
+        provisioned = self.provisioned
         self.say(
-            f"provisioned {len(self.provisioned.tables)} tables, "
-            f"{len(self.provisioned.queues)} queues, {len(self.provisioned.parameters)} "
-            f"parameters, {len(self.provisioned.secrets)} secrets"
+            f"provisioned {len(provisioned.tables)} tables ({len(provisioned.streams)} with "
+            f"streams), {len(provisioned.queues)} queues, {len(provisioned.topics)} topics, "
+            f"{len(provisioned.event_buses)} event buses, {len(provisioned.parameters)} "
+            f"parameters, {len(provisioned.secrets)} secrets"
         )
 
         # IAM from here on: each function's calls are checked against its own role.
@@ -208,6 +214,13 @@ class Stack:
             retries=strictness.async_retries,
             time_scale=strictness.time_scale,
         )
+        # Every PutEvents the embedded AWS accepts is recorded and routed to its rules.
+        self.event_bridge = build_event_bridge(
+            template, functions, self.async_invoker.submit, self.aws.client("sqs")
+        )
+        self.aws.observe(self.event_bridge.observe)
+        if self.event_bridge.rules:
+            self.say(f"EventBridge: {len(self.event_bridge.rules)} rules with an event pattern")
         apis = read_apis(template)
         self.routes = read_routes(template, apis)
         used = {route.api for route in self.routes}
@@ -253,6 +266,22 @@ class Stack:
         for poller in self.pollers:
             if poller.enabled and not poller.ready.wait(10):
                 raise RuntimeError(f"poller {poller.function_id}/{poller.event_name} did not start")
+        self.stream_pollers = build_stream_pollers(
+            template,
+            functions,
+            self.runtime.invoke,
+            lambda function_id, service: self.aws.client(service, self._credentials(function_id)),
+            lambda arn: template.queue_url(template.queue_by_arn(arn)),
+            self.aws.streams.wait_for_records,
+            strictness,
+        )
+        for stream_poller in self.stream_pollers:
+            if stream_poller.enabled:
+                stream_poller.start()
+        for stream_poller in self.stream_pollers:
+            # LATEST means from here: the shard iterators exist before the stack is ready.
+            if stream_poller.enabled and not stream_poller.ready.wait(10):
+                raise RuntimeError(f"stream poller {stream_poller.source.name} did not start")
         self.schedules = build_schedules(
             functions, self.runtime.invoke, strictness, self.async_invoker.submit, self.clock
         )
@@ -319,6 +348,15 @@ class Stack:
             "parameters": dict(self.provisioned.parameters),
             "secrets": dict(self.provisioned.secrets),
             "pollers": [f"{p.function_id}/{p.event_name}" for p in self.pollers if p.enabled],
+            "streams": dict(self.provisioned.streams),
+            "stream_pollers": {
+                p.source.name: p.describe() for p in self.stream_pollers if p.enabled
+            },
+            "topics": dict(self.provisioned.topics),
+            "event_buses": dict(self.provisioned.event_buses),
+            "event_rules": [rule.describe() for rule in self.event_bridge.rules]
+            if self.event_bridge
+            else [],
             "schedules": [f"{s.function_id}/{s.event_name}" for s in self.schedules],
             "routes": [f"{r.route_key} -> {r.function}" for r in self.routes],
             "sandbox": sorted(self.sandbox.providers) if self.sandbox else [],
@@ -334,6 +372,9 @@ class Stack:
         stats["pollers"] = {
             f"{p.function_id}/{p.event_name}": vars(p.stats).copy() for p in self.pollers
         }
+        stats["streams"] = {p.source.name: vars(p.stats).copy() for p in self.stream_pollers}
+        stats["stream_records"] = self.aws.streams.stats() if self.aws.app else {}
+        stats["events"] = vars(self.event_bridge.stats).copy() if self.event_bridge else {}
         stats["strict"] = {
             "dynamodb": self.aws.strict_stats(),
             "async_retries": self.async_invoker.retried if self.async_invoker else 0,
@@ -355,6 +396,10 @@ class Stack:
             poller.stats.deleted = poller.stats.failed = 0
             poller.stats.duplicates = poller.stats.held_back = 0
             poller.arranger.duplicates = poller.arranger.held_back = 0
+        for stream_poller in self.stream_pollers:
+            stream_poller.reset_stats()
+        if self.event_bridge is not None:
+            self.event_bridge.reset_stats()
 
     def faults(self) -> dict[str, Any]:
         return {
@@ -399,8 +444,12 @@ class Stack:
             self.async_invoker.stop()
         for poller in self.pollers:
             poller.stop()
+        for stream_poller in self.stream_pollers:
+            stream_poller.stop()
         for poller in self.pollers:
             poller.join(timeout=5)
+        for stream_poller in self.stream_pollers:
+            stream_poller.join(timeout=5)
         self.gateway.shutdown()
         if self.runtime is not None:
             self.runtime.close()

@@ -2,7 +2,8 @@
 
 Everything is on by default, as in AWS: index reads lag, partitions throttle, transactions
 conflict, standard queues reorder and redeliver, schedules fire twice now and then, workers
-are held to their MemorySize, async invocations retry. A variable may turn one off (for a
+are held to their MemorySize, async invocations retry, DynamoDB streams spread keys over
+shards. A variable may turn one off (for a
 benchmark), ``LOCAL_STRICT=0`` turns every one off at once (a variable set explicitly still
 wins), and ``LOCAL_TIME_SCALE`` shortens the waits AWS makes (visibility timeouts, async
 retry delays) without changing what happens, only when. See local/README.md.
@@ -66,6 +67,8 @@ class Strictness:
     sqs_duplicate_probability: float = 0.05
     # EventBridge schedules: at-least-once delivery.
     schedule_duplicate_probability: float = 0.1
+    # DynamoDB Streams: shards per stream (a key's records stay in one; keys spread over them).
+    stream_shards: int = 4
     # Lambda: MemorySize is a hard limit; async invocations retry on a function error.
     memory_limit: bool = True
     async_retries: bool = True
@@ -107,6 +110,9 @@ class Strictness:
                 "LOCAL_SCHEDULE_DUPLICATE_PROBABILITY",
                 cls.schedule_duplicate_probability if on else 0,
             ),
+            stream_shards=int(
+                _number(environ, "LOCAL_STREAM_SHARDS", cls.stream_shards if on else 1, 1)
+            ),
             memory_limit=_flag(environ, "LOCAL_MEMORY_LIMIT", on),
             async_retries=_flag(environ, "LOCAL_ASYNC_RETRIES", on),
             time_scale=_number(environ, "LOCAL_TIME_SCALE", 1.0),
@@ -128,7 +134,8 @@ class Strictness:
             f"{self.poller_threads} batches per SQS source, shuffle "
             f"{'on' if self.sqs_shuffle else 'off'}, duplicates SQS "
             f"{self.sqs_duplicate_probability:g} / schedules "
-            f"{self.schedule_duplicate_probability:g}, memory limit "
+            f"{self.schedule_duplicate_probability:g}, {self.stream_shards} shards per "
+            f"DynamoDB stream, memory limit "
             f"{'on' if self.memory_limit else 'off'}, async retries "
             f"{'on' if self.async_retries else 'off'}, time scale {self.time_scale:g}, "
             f"seed {self.seed} (LOCAL_SEED)"

@@ -1,9 +1,10 @@
 """AccessDenied as each service returns it, so that SDKs raise what they raise in AWS.
 
-DynamoDB, SSM and Secrets Manager answer 400 with an ``AccessDeniedException`` JSON body;
-SQS answers 403 with the code ``AccessDenied`` (in the JSON protocol through its
-query-compatible header, with the action in lower case as SQS writes it); Lambda's Invoke
-answers 403 ``AccessDeniedException``.
+DynamoDB (and DynamoDB Streams), SSM, Secrets Manager and EventBridge answer 400 with an
+``AccessDeniedException`` JSON body; SQS answers 403 with the code ``AccessDenied`` (in the
+JSON protocol through its query-compatible header, with the action in lower case as SQS
+writes it); SNS answers 403 ``AuthorizationError`` (its actions spelled ``SNS:Publish``);
+Lambda's Invoke answers 403 ``AccessDeniedException``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ _JSON_TYPES = {
     ),
     "ssm": ("AccessDeniedException", "application/x-amz-json-1.1"),
     "secretsmanager": ("AccessDeniedException", "application/x-amz-json-1.1"),
+    "events": ("AccessDeniedException", "application/x-amz-json-1.1"),
 }
 
 
@@ -52,6 +54,8 @@ def access_denied(service: str, json_protocol: bool, refusal: Refusal, endpoint:
     request_id = str(uuid.uuid4())
     if service == "sqs":
         return _sqs(json_protocol, refusal, endpoint, request_id)
+    if service == "sns" and not json_protocol:
+        return _sns(refusal, request_id)
     if json_protocol:
         error_type, content_type = _JSON_TYPES.get(
             service, ("AccessDeniedException", "application/x-amz-json-1.1")
@@ -84,6 +88,16 @@ def _sqs(json_protocol: bool, refusal: Refusal, endpoint: str, request_id: str) 
         "<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code>"
         f"<Message>Access to the resource {escape(endpoint.rstrip('/'))}/ is denied.</Message>"
         f"<Detail/></Error><RequestId>{request_id}</RequestId></ErrorResponse>"
+    )
+    return 403, [("Content-Type", "text/xml")], xml.encode()
+
+
+def _sns(refusal: Refusal, request_id: str) -> Response:
+    action = "SNS:" + refusal.action.split(":", 1)[-1]
+    xml = (
+        '<ErrorResponse xmlns="http://sns.amazonaws.com/doc/2010-03-31/"><Error><Type>Sender'
+        f"</Type><Code>AuthorizationError</Code><Message>{escape(refusal.message(action))}"
+        f"</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>"
     )
     return 403, [("Content-Type", "text/xml")], xml.encode()
 

@@ -4,8 +4,11 @@ it (not the way moto's own IAM mode does: one action per operation on ``*``).
 DynamoDB checks every item of a transaction for its own action on its own table
 (TransactWriteItems: PutItem, UpdateItem, DeleteItem, ConditionCheckItem; TransactGetItems:
 GetItem), a batch for the batch action on each table it names, and a Query or Scan with an
-IndexName on the index's ARN. SQS authorizes batch operations as their single forms, on the
-queue's ARN. SSM works on parameter ARNs, Secrets Manager on the secret's ARN.
+IndexName on the index's ARN. DynamoDB Streams' reads are dynamodb: actions on the stream's
+ARN (GetRecords on the stream its shard iterator belongs to). SQS authorizes batch
+operations as their single forms, on the queue's ARN. SSM works on parameter ARNs, Secrets
+Manager on the secret's ARN, EventBridge's PutEvents on each entry's event bus, SNS's Publish
+(and PublishBatch) on the topic.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from local.dynamodb_streams import iterator_stream_arn
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,11 @@ class ArnBuilder:
         prefix = f"arn:{self.partition}:secretsmanager:{self.region}:{self.account}"
         return f"{prefix}:secret:{secret_id}"
 
+    def event_bus(self, name: str) -> str:
+        if name.startswith("arn:"):
+            return name
+        return f"arn:{self.partition}:events:{self.region}:{self.account}:event-bus/{name}"
+
     def function(self, name: str) -> str:
         if name.startswith("arn:"):
             return name
@@ -98,7 +108,11 @@ def required(
     if service == "dynamodb":
         return _dynamodb(operation, params, arns)
     if service == "dynamodbstreams":
-        return [Need(f"dynamodb:{operation}", str(params.get("StreamArn") or "*"))]
+        return _dynamodb_streams(operation, params, arns)
+    if service == "events":
+        return _events(operation, params, arns)
+    if service == "sns":
+        return _sns(operation, params)
     if service == "sqs":
         return _sqs(operation, params, path, arns)
     if service == "ssm":
@@ -144,6 +158,43 @@ def _dynamodb(operation: str, params: Mapping[str, Any], arns: ArnBuilder) -> li
         if isinstance(params.get(key), str):
             return [Need(f"dynamodb:{operation}", str(params[key]))]
     return [Need(f"dynamodb:{operation}", "*")]
+
+
+def _dynamodb_streams(operation: str, params: Mapping[str, Any], arns: ArnBuilder) -> list[Need]:
+    action = f"dynamodb:{operation}"
+    if operation == "GetRecords":
+        return [Need(action, iterator_stream_arn(params.get("ShardIterator")) or "*")]
+    if operation == "ListStreams":
+        table = params.get("TableName")
+        if isinstance(table, str) and table:
+            return [Need(action, f"{arns.table(table)}/stream/*")]
+        return [Need(action, "*")]
+    return [Need(action, str(params.get("StreamArn") or "*"))]
+
+
+def _events(operation: str, params: Mapping[str, Any], arns: ArnBuilder) -> list[Need]:
+    action = f"events:{operation}"
+    if operation == "PutEvents":
+        buses: list[str] = []
+        for entry in _items(params.get("Entries")):
+            named = entry.get("EventBusName")
+            bus = arns.event_bus(named if isinstance(named, str) and named else "default")
+            if bus not in buses:
+                buses.append(bus)
+        return [Need(action, bus) for bus in buses] or [Need(action, arns.event_bus("default"))]
+    named = params.get("EventBusName")
+    if isinstance(named, str) and named:
+        return [Need(action, arns.event_bus(named))]
+    return [Need(action, "*")]
+
+
+def _sns(operation: str, params: Mapping[str, Any]) -> list[Need]:
+    action = "sns:Publish" if operation == "PublishBatch" else f"sns:{operation}"
+    for key in ("TopicArn", "TargetArn", "ResourceArn"):
+        value = params.get(key)
+        if isinstance(value, str) and value:
+            return [Need(action, value)]
+    return [Need(action, "*")]
 
 
 def _sqs(operation: str, params: Mapping[str, Any], path: str, arns: ArnBuilder) -> list[Need]:

@@ -304,6 +304,28 @@ class LocalStack:
         result: dict[str, Any] = response.json()
         return result
 
+    def events(
+        self,
+        type: str | None = None,
+        source: str | None = None,
+        bus: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """GET /_local/events: what was put on the event buses, newest first; each item is
+        {"bus", "event" (as a rule's target gets it), "rules" (those it matched), "recorded"}."""
+        query = {"type": type, "source": source, "bus": bus, "limit": limit}
+        response = self.http.get(
+            f"{self.base_url}/_local/events",
+            params={k: v for k, v in query.items() if v is not None},
+            timeout=10,
+        )
+        response.raise_for_status()
+        events: list[dict[str, Any]] = response.json()["events"]
+        return events
+
+    def clear_events(self) -> None:
+        self.http.delete(f"{self.base_url}/_local/events", timeout=10).raise_for_status()
+
     def run_schedule(self, function: str, event: str) -> requests.Response:
         return self.http.post(f"{self.base_url}/_local/schedules/{function}/{event}", timeout=120)
 

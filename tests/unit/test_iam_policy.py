@@ -155,6 +155,10 @@ def t(name: str) -> str:
     return f"arn:aws:dynamodb:us-east-1:123456789012:table/{name}"
 
 
+STREAM = "arn:aws:dynamodb:us-east-1:123456789012:table/Orders/stream/2024-01-01T00:00:00.000"
+BUS = "arn:aws:events:us-east-1:123456789012:event-bus/billing"
+TOPIC = "arn:aws:sns:us-east-1:123456789012:alerts"
+
 REQUESTS: list[tuple[str, str, str, dict[str, Any], list[Need]]] = [
     ("get item", "dynamodb", "GetItem", {"TableName": "Orders"}, [Need("dynamodb:GetItem", t("Orders"))]),
     ("table given as an ARN", "dynamodb", "PutItem", {"TableName": t("Orders")}, [Need("dynamodb:PutItem", t("Orders"))]),
@@ -191,6 +195,18 @@ REQUESTS: list[tuple[str, str, str, dict[str, Any], list[Need]]] = [
      [Need("secretsmanager:GetSecretValue", SECRET)]),
     ("lambda invoke", "lambda", "Invoke", {"FunctionName": "Meter"},
      [Need("lambda:InvokeFunction", "arn:aws:lambda:us-east-1:123456789012:function:Meter")]),
+    ("stream described on its ARN", "dynamodbstreams", "DescribeStream", {"StreamArn": STREAM},
+     [Need("dynamodb:DescribeStream", STREAM)]),
+    ("stream records on the iterator's stream", "dynamodbstreams", "GetRecords", {"ShardIterator": f"{STREAM}|1|e30="},
+     [Need("dynamodb:GetRecords", STREAM)]),
+    ("stream records, foreign iterator", "dynamodbstreams", "GetRecords", {"ShardIterator": "opaque"},
+     [Need("dynamodb:GetRecords", "*")]),
+    ("streams of a table", "dynamodbstreams", "ListStreams", {"TableName": "Orders"},
+     [Need("dynamodb:ListStreams", t("Orders") + "/stream/*")]),
+    ("put events: each entry's bus once", "events", "PutEvents", {"Entries": [
+        {"EventBusName": "billing"}, {"EventBusName": BUS}, {}]},
+     [Need("events:PutEvents", BUS), Need("events:PutEvents", "arn:aws:events:us-east-1:123456789012:event-bus/default")]),
+    ("sns publish batch as publish", "sns", "PublishBatch", {"TopicArn": TOPIC}, [Need("sns:Publish", TOPIC)]),
     ("caller identity needs nothing", "sts", "GetCallerIdentity", {}, []),
     ("other services: the operation on *", "xray", "PutTraceSegments", {}, [Need("xray:PutTraceSegments", "*")]),
 ]  # fmt: skip
