@@ -8,6 +8,7 @@ tables by their template names, exactly as the functions' environment would.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,13 @@ _AWS_VARIABLES = (
     "AWS_SECRET_ACCESS_KEY",
     "AWS_DEFAULT_REGION",
 )
+
+
+def wait_for_indexes(aws: EmbeddedAws) -> None:
+    """Wait until the indexes have caught up with every write so far: the embedded DynamoDB
+    shows a write to an index (and to eventually consistent reads) only after its lag, as AWS."""
+    lag_ms = aws.strictness.index_lag_ms if aws.strictness else 0.0
+    time.sleep(lag_ms / 1000 + 0.05)
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from billing.payments.providers.base import EventType, PaymentEvent
 from billing.referral import signup
 
 from local.aws import EmbeddedAws, Fault
-from tests.support.embedded_tables import embedded_tables
+from tests.support.embedded_tables import embedded_tables, wait_for_indexes
 
 QUOTA = 5_000_000
 
@@ -107,7 +107,7 @@ def test_a_payment_credits_once() -> None:
     found = entries(order.user_id)
     assert list(found) == [f"topup#{order.order_id}"]
     assert found[f"topup#{order.order_id}"].kind == "topup"
-    assert int(Account.get(order.user_id).paid_orders) == 1
+    assert int(Account.get(order.user_id, consistent_read=True).paid_orders) == 1
 
 
 def test_parallel_duplicates_credit_exactly_once() -> None:
@@ -202,7 +202,7 @@ def reversed_total(order: Order) -> int:
     )
 
 
-def test_a_refund_reverses_the_credit_once_even_below_zero() -> None:
+def test_a_refund_reverses_the_credit_once_even_below_zero(aws: EmbeddedAws) -> None:
     order = new_order()
     crediting.apply_event(event(order))
     ledger.apply([ledger.Change(order.user_id, "usage#r1", ledger.EntryKind.USAGE, -1_000_000)])
@@ -210,6 +210,7 @@ def test_a_refund_reverses_the_credit_once_even_below_zero() -> None:
     assert crediting.apply_event(full) is Outcome.REVERSED
     assert crediting.apply_event(full) is Outcome.DUPLICATE
     dispute = event(order, EventType.DISPUTED, order_id=None)
+    wait_for_indexes(aws)  # a dispute finds its order through the by_payment index
     assert crediting.apply_event(dispute) is Outcome.DUPLICATE
     current = reload(order)
     assert current.status == "refunded" and current.refunded_money == "10.00"
@@ -294,13 +295,14 @@ def test_a_refund_above_the_rest_is_capped_at_what_was_paid() -> None:
     assert balance(order.user_id) == 0
 
 
-def test_a_dispute_after_a_partial_refund_takes_back_the_rest() -> None:
+def test_a_dispute_after_a_partial_refund_takes_back_the_rest(aws: EmbeddedAws) -> None:
     order = new_order()
     crediting.apply_event(event(order, provider_payment_id="pi_partial_then_dispute"))
     crediting.apply_event(refund(order, "4.00"))
     dispute = event(
         order, EventType.DISPUTED, order_id=None, provider_payment_id="pi_partial_then_dispute"
     )
+    wait_for_indexes(aws)
     assert crediting.apply_event(dispute) is Outcome.REVERSED
     assert crediting.apply_event(dispute) is Outcome.DUPLICATE
     assert crediting.apply_event(refund(order, "10.00")) is Outcome.DUPLICATE
@@ -339,9 +341,10 @@ def test_parallel_distinct_refunds_each_apply_once_and_sum_exactly() -> None:
     assert balance(order.user_id) == 0 and reversed_total(order) == QUOTA
 
 
-def test_a_dispute_finds_its_order_by_payment_intent() -> None:
+def test_a_dispute_finds_its_order_by_payment_intent(aws: EmbeddedAws) -> None:
     order = new_order()
     crediting.apply_event(event(order, provider_payment_id="pi_dispute_me"))
+    wait_for_indexes(aws)
     dispute = event(order, EventType.DISPUTED, order_id=None, provider_payment_id="pi_dispute_me")
     assert crediting.apply_event(dispute) is Outcome.REVERSED
     assert reload(order).status == "disputed"
@@ -417,9 +420,12 @@ def test_a_failure_of_an_unknown_order_is_acknowledged() -> None:
     assert crediting.apply_event(ghost) is Outcome.UNKNOWN_ORDER
 
 
-def test_a_dispute_of_an_order_completed_by_hand_has_no_payment_to_match() -> None:
+def test_a_dispute_of_an_order_completed_by_hand_has_no_payment_to_match(
+    aws: EmbeddedAws,
+) -> None:
     order = new_order()
     crediting.complete_by_admin("admin-1", order.order_id)
+    wait_for_indexes(aws)  # the index has caught up and still has no payment id to match
     dispute = event(order, EventType.DISPUTED, order_id=None, provider_payment_id="pi_by_hand")
     with pytest.raises(crediting.NotApplicableYet):
         crediting.apply_event(dispute)
@@ -427,6 +433,7 @@ def test_a_dispute_of_an_order_completed_by_hand_has_no_payment_to_match() -> No
     # Once the provider's own paid event comes (a duplicate), its payment id is known.
     paid_later = event(order, provider_payment_id="pi_by_hand")
     assert crediting.apply_event(paid_later) is Outcome.DUPLICATE
+    wait_for_indexes(aws)
     assert crediting.apply_event(dispute) is Outcome.REVERSED
     assert balance(order.user_id) == 0
 
@@ -472,11 +479,14 @@ def test_a_payment_after_the_lifetime_disputes_the_order_and_an_admin_completes_
     assert list(entries(order.user_id)) == [f"topup#{order.order_id}"]
 
 
-def test_a_payment_received_in_time_credits_even_if_the_sweep_came_first() -> None:
+def test_a_payment_received_in_time_credits_even_if_the_sweep_came_first(
+    aws: EmbeddedAws,
+) -> None:
     order = new_order()
     on_time = event(order, received_at=clock.iso(clock.now() - timedelta(seconds=2)))
     past = clock.iso(clock.now() - timedelta(seconds=1))
     order.update(actions=[Order.expires_at.set(past), Order.pending_shard.set("p#1")])
+    wait_for_indexes(aws)  # the sweep reads the open_orders index
     assert orders.expire_overdue()["expired"] >= 1
     assert (reload(order).status, reload(order).failure_reason) == ("expired", "ttl")
     assert crediting.apply_event(on_time) is Outcome.CREDITED
@@ -491,7 +501,7 @@ def test_a_payment_after_the_provider_expired_the_session_is_not_credited() -> N
     assert balance(order.user_id) == 0
 
 
-def test_the_sweep_expires_only_overdue_pending_orders_once() -> None:
+def test_the_sweep_expires_only_overdue_pending_orders_once(aws: EmbeddedAws) -> None:
     overdue, fresh, paid = overdue_order(), new_order(), overdue_order()
     fresh.update(
         actions=[
@@ -501,10 +511,12 @@ def test_the_sweep_expires_only_overdue_pending_orders_once() -> None:
     )
     # credited before the sweep: the credit clears its pending shard
     crediting.apply_event(event(paid, received_at=clock.iso(clock.now() - timedelta(minutes=1))))
+    wait_for_indexes(aws)
     orders.expire_overdue()
     assert (reload(overdue).status, reload(overdue).failure_reason) == ("expired", "ttl")
     assert reload(overdue).pending_shard is None
     assert reload(fresh).status == "pending" and reload(paid).status == "paid"
+    wait_for_indexes(aws)
     assert orders.expire_overdue() == {"expired": 0, "cleared": 0}
 
 
@@ -533,7 +545,7 @@ def test_admin_completion_credits_once_through_the_same_entry() -> None:
     assert crediting.apply_event(event(order)) is Outcome.DUPLICATE  # the provider's, later
     assert balance(order.user_id) == QUOTA
     assert list(entries(order.user_id)) == [f"topup#{order.order_id}"]
-    audits = [a for a in AuditRecord.scan() if a.target == order.order_id]
+    audits = [a for a in AuditRecord.scan(consistent_read=True) if a.target == order.order_id]
     assert {a.action for a in audits} == {"topup.complete"}
     assert sorted(a.detail["outcome"] for a in audits) == ["credited", "duplicate"]
 

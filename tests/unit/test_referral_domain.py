@@ -123,7 +123,7 @@ def test_two_orders_credited_at_once_pay_each_rebate_and_each_bonus_once() -> No
 
 def test_an_inactive_inviter_earns_no_rebate_but_the_order_is_credited() -> None:
     inviter, invitee = invited_pair()
-    suspended = Account.get(inviter)
+    suspended = Account.get(inviter, consistent_read=True)
     suspended.update(actions=[Account.status.set("suspended"), Account.version.add(1)])
     order = pending_order(invitee)
     assert crediting.apply_event(paid(order)) is Outcome.CREDITED
