@@ -90,7 +90,8 @@ export function setupAdmin(ctx) {
     const restore = busy(button, "Disabling…");
     try {
       await ctx.api.disableCode(code.code_id);
-      await table.reload();
+      await table.reloadUntil((items) =>
+        items.some((item) => item.code_id === code.code_id && item.status !== "active"));
       showStatus(listStatus, "success", `Code "${code.name}" disabled.`);
     } catch (error) {
       restore();
@@ -152,7 +153,7 @@ export function setupAdmin(ctx) {
                   quota: payload.quota, maxUses: payload.max_uses,
                   expiresAt: payload.expires_at ?? null });
       showStatus(status, "success", `Generated ${created.codes.length} code(s).`);
-      await table.reload();
+      await table.reloadUntil((items) => items.some((item) => item.batch_id === created.batch_id));
     } catch (error) {
       showStatus(status, "error", error.message);
     } finally {
