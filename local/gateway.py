@@ -100,6 +100,7 @@ class Gateway:
                 Rule("/_local/clock", endpoint="clock", methods=["GET", "POST"]),
                 Rule("/_local/iam", endpoint="iam", methods=["GET"]),
                 Rule("/_local/events", endpoint="events", methods=["GET", "DELETE"]),
+                Rule("/_local/metrics", endpoint="metrics", methods=["GET", "DELETE"]),
             ]
         )
 
@@ -316,6 +317,21 @@ class Gateway:
     def local_iam(self, request: Request) -> Response:
         """Every IAM refusal (function, action, resource, time) and allowed calls per function."""
         return json_response(self.stack.iam_report())
+
+    def local_metrics(self, request: Request) -> Response:
+        """GET: the metrics the functions emitted (EMF lines in their logs), summed per
+        namespace, name and dimensions (?name=, ?namespace=); DELETE: forget them."""
+        collector = self.stack.metrics
+        if request.method == "DELETE":
+            collector.clear()
+            return json_response({"metrics": [], "lines": 0})
+        unknown = sorted(set(request.args) - {"name", "namespace"})
+        if unknown:
+            message = f"unknown parameters {unknown}"
+            return json_response({"error": {"code": "invalid_request", "message": message}}, 400)
+        return json_response(
+            collector.report(name=request.args.get("name"), namespace=request.args.get("namespace"))
+        )
 
     def local_events(self, request: Request) -> Response:
         """GET: the events put on the buses, newest first (?limit=1..1000, default 100;

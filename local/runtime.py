@@ -73,11 +73,15 @@ class OutputMux:
     def __init__(self, stream: Any = None) -> None:
         self.stream = stream or sys.stdout
         self.lock = threading.Lock()
+        # Readers of every line (as CloudWatch Logs reads a function's log: metrics).
+        self.observers: list[Callable[[str, str], None]] = []
 
     def write_line(self, prefix: str, line: str) -> None:
         with self.lock:
             self.stream.write(f"[{prefix}] {line.rstrip()}\n")
             self.stream.flush()
+        for observer in self.observers:
+            observer(prefix, line)
 
     def follow(self, prefix: str, reader: IO[bytes]) -> None:
         def pump() -> None:

@@ -18,6 +18,7 @@ from local.deploy_checks import check as check_deploy_rules
 from local.eventbridge import EventBridge, build_event_bridge
 from local.gateway import Gateway
 from local.iam.enforcer import Enforcer
+from local.metrics import MetricsCollector
 from local.pollers import Schedule, SqsPoller, build_pollers, build_schedules
 from local.provision import Provisioned, Provisioner, local_environment, waffo_keys
 from local.python_runtime import PreparedRuntime, RuntimeUnavailable, prepare
@@ -89,6 +90,8 @@ class Stack:
         self.options = options
         self.environ = dict(os.environ if environ is None else environ)
         self.output = OutputMux()
+        self.metrics = MetricsCollector()
+        self.output.observers.append(self.metrics.observe)
         self.ready = threading.Event()
         self.startup_error: str | None = None
         self.port = options.port

@@ -323,6 +323,23 @@ class LocalStack:
         events: list[dict[str, Any]] = response.json()["events"]
         return events
 
+    def metrics(self, name: str | None = None) -> list[dict[str, Any]]:
+        """GET /_local/metrics: the functions' EMF metrics summed per name and dimensions;
+        each item is {"namespace", "name", "dimensions", "unit", "sum", "count"}."""
+        params = {"name": name} if name else {}
+        response = self.http.get(f"{self.base_url}/_local/metrics", params=params, timeout=10)
+        response.raise_for_status()
+        rows: list[dict[str, Any]] = response.json()["metrics"]
+        return rows
+
+    def metric_sum(self, name: str, **dimensions: str) -> float:
+        """The sum of a metric over the series whose dimensions include these."""
+        return sum(
+            row["sum"]
+            for row in self.metrics(name)
+            if all(row["dimensions"].get(k) == v for k, v in dimensions.items())
+        )
+
     def clear_events(self) -> None:
         self.http.delete(f"{self.base_url}/_local/events", timeout=10).raise_for_status()
 

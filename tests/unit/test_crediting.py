@@ -140,7 +140,7 @@ def test_a_mismatch_disputes_the_order_and_credits_nothing(
     current = reload(order)
     assert current.status == "disputed" and current.failure_reason == f"mismatch:{reason}"
     assert balance(order.user_id) == 0 and entries(order.user_id) == {}
-    assert '"PaymentMismatch"' in capsys.readouterr().out  # the EMF metric
+    assert '"OrdersDisputed"' in capsys.readouterr().out  # the EMF metric
     # A correct payment arriving later does not credit a disputed order either.
     assert crediting.apply_event(event(order)) is Outcome.IGNORED
     assert balance(order.user_id) == 0

@@ -34,13 +34,13 @@ from decimal import Decimal
 from enum import StrEnum
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from pynamodb.exceptions import UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
-from billing import clock, ledger, money
+from billing import clock, ledger, metrics, money
 from billing.errors import DomainError, NotFound
+from billing.metrics import Metric
 from billing.models import Account, Order
 from billing.ops import record_audit
 from billing.payments import orders, refunds
@@ -214,7 +214,7 @@ def _unmatched(event: PaymentEvent) -> Outcome:
             extra={"provider": event.provider, "event_id": event.event_id},
         )
         return Outcome.UNKNOWN_ORDER
-    _metric("PaymentEventUnmatched", event.provider)
+    metrics.count(Metric.PAYMENT_EVENTS_UNMATCHED, provider=event.provider)
     logger.warning(
         "payment event matches no order yet: retried, then kept in the DLQ",
         extra={
@@ -347,7 +347,8 @@ def _try_credit(order: Order, event: PaymentEvent, condition: Condition) -> Outc
         if current is not None and current.paid_at:
             return Outcome.DUPLICATE  # credited by a concurrent delivery
         return Outcome.IGNORED
-    _metric("PaymentCredited", event.provider)
+    metrics.count(Metric.TOPUPS_CREDITED, provider=event.provider)
+    metrics.count(Metric.TOPUP_QUOTA_CREDITED, int(order.quota), provider=event.provider)
     return Outcome.CREDITED
 
 
@@ -357,7 +358,7 @@ def _already_closed(order: Order, event: PaymentEvent) -> Outcome:
         return Outcome.DUPLICATE
     # Money was taken for an order we had closed (failed, disputed, refunded before it was
     # paid): never credit it automatically, but make it loud so an operator can look.
-    _metric("PaymentOnClosedOrder", event.provider)
+    metrics.count(Metric.PAYMENTS_ON_CLOSED_ORDERS, provider=event.provider)
     logger.error(
         "payment for an order that is not pending",
         extra={"order_id": order.order_id, "status": order.status, "provider": event.provider},
@@ -383,7 +384,11 @@ def _dispute(order: Order, event: PaymentEvent, reason: str, condition: Conditio
     """Money was taken but must not credit by itself: the order becomes `disputed` with the
     reason, for an admin to complete (or refund)."""
     late = reason == PAID_AFTER_EXPIRY
-    _metric("PaymentPaidAfterExpiry" if late else "PaymentMismatch", event.provider)
+    metrics.count(
+        Metric.ORDERS_DISPUTED,
+        provider=event.provider,
+        reason=PAID_AFTER_EXPIRY if late else "mismatch",
+    )
     logger.error(
         "payment not credited: the order is disputed",
         extra={
@@ -561,7 +566,9 @@ def _reverse_credited(order: Order, event: PaymentEvent) -> Outcome | None:
         )
     except (ledger.DuplicateEntry, ledger.ConditionFailed, ledger.LedgerContention):
         return None  # another step (or this one) won: re-read the order and look again
-    _metric("PaymentReversed", event.provider)
+    metrics.count(Metric.REFUNDS_REVERSED, provider=event.provider)
+    if event.type is EventType.DISPUTED:
+        metrics.count(Metric.ORDERS_DISPUTED, provider=event.provider, reason=CHARGEBACK)
     logger.info(
         "credit reversed in proportion",
         extra={
@@ -636,11 +643,3 @@ def _update_if(order: Order, actions: list[Action], condition: Condition) -> boo
             return False
         raise
     return True
-
-
-def _metric(name: str, provider: str) -> None:
-    try:
-        with single_metric(name=name, unit=MetricUnit.Count, value=1) as metric:
-            metric.add_dimension(name="provider", value=provider)
-    except Exception:  # a metric must never decide whether money is credited
-        logger.warning("metric not emitted", extra={"metric": name})

@@ -11,8 +11,9 @@ from dataclasses import replace
 
 from aws_lambda_powertools import Logger
 
-from billing import clock
+from billing import clock, metrics
 from billing.errors import DomainError
+from billing.metrics import Metric
 from billing.payments import payment_queue
 from billing.payments.providers import METHODS, get_provider
 from billing.payments.providers.base import (
@@ -58,6 +59,7 @@ def receive(provider_name: str, request: WebhookRequest) -> WebhookReply:
         logger.warning(
             "webhook refused", extra={"provider": provider_name, "reason": str(exc)[:100]}
         )
+        metrics.count(Metric.WEBHOOKS_REFUSED, provider=provider_name, reason=_refusal_reason(exc))
         return provider.reply(False, creds)
     except UnsupportedEvent as exc:
         logger.info(
@@ -86,3 +88,9 @@ def receive(provider_name: str, request: WebhookRequest) -> WebhookReply:
             },
         )
     return provider.reply(True, creds)
+
+
+def _refusal_reason(exc: InvalidSignature) -> str:
+    """A low-cardinality reason for the metric: a signature that does not verify, or a body
+    that is not a notification at all."""
+    return "signature" if "sign" in str(exc) or "secret" in str(exc) else "malformed"
