@@ -6,6 +6,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import accounts
 from billing.http import RequestBody, json_response, make_router, page_params, principal
@@ -27,9 +28,7 @@ def create_account(body: CreateAccount | None = None) -> Response[str]:
     user = principal(router)
     account, created = signup.create_account(user.user_id, body.referral_code if body else None)
     if created:
-        logger.info(
-            "account created", extra={"user_id": user.user_id, "invited": bool(account.inviter_id)}
-        )
+        logger.info("account created", extra={"invited": bool(account.inviter_id)})
     return json_response(201 if created else 200, accounts.render_account(account))
 
 
@@ -55,6 +54,8 @@ def list_usage() -> Response[str]:
     return json_response(200, page.seal(history.list_usage(user.user_id, page.limit, page.cursor)))
 
 
-@logger.inject_lambda_context(clear_state=True)
+@logger.inject_lambda_context(
+    clear_state=True, correlation_id_path=correlation_paths.API_GATEWAY_HTTP
+)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return router.resolve(event, context)

@@ -9,6 +9,7 @@ import routes_accounts
 import routes_codes
 import routes_topups
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing.http import admin_refusal, make_router
 
@@ -19,7 +20,9 @@ router.include_router(routes_codes.router)
 router.include_router(routes_topups.router)
 
 
-@logger.inject_lambda_context(clear_state=True)
+@logger.inject_lambda_context(
+    clear_state=True, correlation_id_path=correlation_paths.API_GATEWAY_HTTP
+)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     refusal = admin_refusal(event)
     if refusal is not None:

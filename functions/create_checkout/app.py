@@ -6,6 +6,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing.errors import InvalidAmount
 from billing.http import RequestBody, json_response, make_router, page_params, principal
@@ -65,6 +66,8 @@ def get_topup(order_id: str) -> Response[str]:
     return json_response(200, orders.render_order(orders.get_order(user.user_id, order_id)))
 
 
-@logger.inject_lambda_context(clear_state=True)
+@logger.inject_lambda_context(
+    clear_state=True, correlation_id_path=correlation_paths.API_GATEWAY_HTTP
+)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return router.resolve(event, context)

@@ -25,7 +25,12 @@ processor = SqsFifoPartialProcessor(skip_group_on_error=True)
 
 
 def record_handler(record: SQSRecord) -> None:
-    crediting.apply_event(PaymentEvent.from_message(record.body))
+    event = PaymentEvent.from_message(record.body)
+    # The record's lines carry its order and event (the batch's records share one invocation).
+    logger.append_keys(
+        order_id=event.order_id, event_id=event.event_id, message_id=record.message_id
+    )
+    crediting.apply_event(event)
 
 
 def _is_schedule(event: Any) -> bool:

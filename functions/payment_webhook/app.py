@@ -13,6 +13,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing.errors import InvalidRequest
 from billing.http import make_router
@@ -72,6 +73,8 @@ for _provider, _methods in ROUTES.items():
     _register(_provider, _methods)
 
 
-@logger.inject_lambda_context(clear_state=True)
+@logger.inject_lambda_context(
+    clear_state=True, correlation_id_path=correlation_paths.API_GATEWAY_HTTP
+)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return router.resolve(event, context)

@@ -6,6 +6,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing.codes import redemption
 from billing.errors import RedeemFailed
@@ -29,6 +30,8 @@ def redeem(body: Redeem) -> Response[str]:
     return json_response(200, {"quota_added": result.quota_added, "quota": result.quota})
 
 
-@logger.inject_lambda_context(clear_state=True)
+@logger.inject_lambda_context(
+    clear_state=True, correlation_id_path=correlation_paths.API_GATEWAY_HTTP
+)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return router.resolve(event, context)

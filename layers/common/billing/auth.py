@@ -7,10 +7,15 @@ passing array claims) or, from other issuers and in tests, as a list or comma-se
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from aws_lambda_powertools import Logger
+
 from billing.errors import DomainError, Forbidden
+
+logger = Logger(child=True)
 
 ADMIN_GROUP = "admin"
 
@@ -47,9 +52,16 @@ def principal_from_claims(claims: dict[str, Any] | None) -> Principal:
     user_id = str(claims.get("sub") or "").strip()
     if not user_id or len(user_id) > 128:
         raise Unauthorized()
+    # Every later log line of the request names its caller, by a hash: logs are not for PII.
+    logger.append_keys(user=user_ref(user_id))
     return Principal(
         user_id=user_id, is_admin=ADMIN_GROUP in parse_groups(claims.get("cognito:groups"))
     )
+
+
+def user_ref(user_id: str) -> str:
+    """The user id as logs carry it: a short hash that correlates lines without naming anyone."""
+    return "u:" + hashlib.sha256(user_id.encode()).hexdigest()[:16]
 
 
 def principal_from_event(event: dict[str, Any]) -> Principal:

@@ -75,7 +75,7 @@ def redeem(user_id: str, text: str, source_ip: str) -> Redeemed:
             reason = "unusable"  # used up, disabled or expired since the read
     ratelimit.record_failure(windows, limits, now)
     # The reason is for operators; the caller gets one answer for all of them.
-    logger.info("redeem failed", extra={"user_id": user_id, "reason": reason, "code_id": code_id})
+    logger.info("redeem failed", extra={"reason": reason, "code_id": code_id})
     raise RedeemFailed()
 
 
@@ -118,7 +118,7 @@ def _apply(
     )
     applied = ledger.apply([credit], extra=[use], accounts={user_id: account})
     balance = int(applied.accounts[user_id].quota)
-    logger.info("code redeemed", extra={"user_id": user_id, "code_id": code_id, "quota": quota})
+    logger.info("code redeemed", extra={"code_id": code_id, "quota": quota})
     return Redeemed(code_id=code_id, quota_added=quota, quota=balance)
 
 
