@@ -118,7 +118,7 @@ class MetricsCollector:
 
     def report(self, name: str | None = None, namespace: str | None = None) -> dict[str, Any]:
         with self._lock:
-            rows = [
+            rows: list[dict[str, Any]] = [
                 {
                     "namespace": series.namespace,
                     "name": series.name,
@@ -131,11 +131,10 @@ class MetricsCollector:
                 if (name is None or series.name == name)
                 and (namespace is None or series.namespace == namespace)
             ]
-        rows.sort(
-            key=lambda row: (row["namespace"], row["name"], sorted(row["dimensions"].items()))
-        )
+        rows.sort(key=_row_order)
         return {"metrics": rows, "lines": self.lines}
 
 
 def _row_order(row: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]]]:
-    return (row["namespace"], row["name"], sorted(row["dimensions"].items()))
+    dimensions: dict[str, str] = row["dimensions"]
+    return (row["namespace"], row["name"], sorted(dimensions.items()))
