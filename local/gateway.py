@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, unquote
 
 from werkzeug.exceptions import NotFound
@@ -29,9 +29,76 @@ from local.routes import Route, find_route
 from local.template import ACCOUNT_ID, HTTP_API_ID, STACK_NAME
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-    from local.stack import Stack
+    from local.async_invoke import AsyncInvoker
+    from local.auth import DevIssuer
+    from local.aws import EmbeddedAws
+    from local.clock import BillingClock
+    from local.eventbridge import EventBridge
+    from local.iam.enforcer import Enforcer
+    from local.metrics import MetricsCollector
+    from local.pollers import Schedule
+    from local.routes import HttpApi
+    from local.runtime import Runtime
+    from local.sandbox import Sandbox
+
+
+class HasRoot(Protocol):
+    @property
+    def root(self) -> Path: ...
+
+
+class StackView(Protocol):
+    """What the gateway needs of the stack that serves it (local/stack.py's Stack): the
+    gateway depends on this, not on the stack module, which builds the gateway."""
+
+    @property
+    def options(self) -> HasRoot: ...
+    @property
+    def ready(self) -> threading.Event: ...
+    @property
+    def aws(self) -> EmbeddedAws: ...
+    @property
+    def sandbox(self) -> Sandbox | None: ...
+    @property
+    def issuer(self) -> DevIssuer | None: ...
+    @property
+    def runtime(self) -> Runtime | None: ...
+    @property
+    def async_invoker(self) -> AsyncInvoker | None: ...
+    @property
+    def iam(self) -> Enforcer | None: ...
+    @property
+    def api(self) -> HttpApi | None: ...
+    @property
+    def routes(self) -> list[Route]: ...
+    @property
+    def clock(self) -> BillingClock: ...
+    @property
+    def event_bridge(self) -> EventBridge | None: ...
+    @property
+    def metrics(self) -> MetricsCollector: ...
+    @property
+    def console_dir(self) -> Path: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def startup_error(self) -> str | None: ...
+
+    def say(self, message: str) -> None: ...
+    def health(self) -> dict[str, Any]: ...
+    def stats(self) -> dict[str, Any]: ...
+    def reset_stats(self) -> None: ...
+    def faults(self) -> dict[str, Any]: ...
+    def clear_faults(self) -> None: ...
+    def add_poller_fault(self, function_id: str, count: int, event: str | None = None) -> None: ...
+    def schedule(self, function_id: str, event_name: str) -> Schedule | None: ...
+    def iam_report(self) -> dict[str, Any]: ...
+    def advance_clock(self, seconds: object) -> dict[str, Any]: ...
+
 
 log = logging.getLogger("local.gateway")
 
@@ -79,7 +146,7 @@ class QuietHandler(WSGIRequestHandler):
 
 
 class Gateway:
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: StackView) -> None:
         self.stack = stack
         self.server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None

@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     """Build the runtime of a template's functions ahead of time (make dev / make test)."""
     import argparse
 
-    from local.stack import parameter_overrides
+    from local.parameters import parameter_overrides
     from local.template import Template, find_project_root
 
     parser = argparse.ArgumentParser(prog="python -m local.python_runtime")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from local.async_invoke import AsyncInvoker, async_configs
-from local.auth import DEV_AUDIENCE, DevIssuer
+from local.auth import DevIssuer
 from local.aws import EmbeddedAws
 from local.clock import BillingClock
 from local.deploy_checks import check as check_deploy_rules
@@ -19,6 +19,7 @@ from local.eventbridge import EventBridge, build_event_bridge
 from local.gateway import Gateway
 from local.iam.enforcer import Enforcer
 from local.metrics import MetricsCollector
+from local.parameters import parameter_overrides
 from local.pollers import Schedule, SqsPoller, build_pollers, build_schedules
 from local.provision import Provisioned, Provisioner, local_environment, waffo_keys
 from local.python_runtime import PreparedRuntime, RuntimeUnavailable, prepare
@@ -43,8 +44,6 @@ from local.template import (
 
 log = logging.getLogger("local")
 
-PROVIDERS = ("stripe", "epay", "creem", "waffo")
-
 
 @dataclass
 class Options:
@@ -53,22 +52,6 @@ class Options:
     root: Path
     settings: list[str] = field(default_factory=list)
     parameters: dict[str, str] = field(default_factory=dict)
-
-
-def parameter_overrides(port: int, environ: Mapping[str, str]) -> dict[str, str]:
-    """The local values of the template's deployment parameters."""
-    base = f"http://127.0.0.1:{port}"
-    overrides = {
-        "ApiBaseUrl": base,
-        "ConsoleUrl": base,
-        "JwtIssuer": f"{base}/_local",
-        "JwtAudience": DEV_AUDIENCE,
-    }
-    for provider in PROVIDERS:
-        variable = f"{provider.upper()}_API_BASE"
-        parameter = f"{provider.capitalize()}ApiBase"
-        overrides[parameter] = environ.get(variable, f"{base}/_local/sandbox/{provider}")
-    return overrides
 
 
 class LogToMux(logging.Handler):

@@ -37,8 +37,8 @@ TITLE = "Quota & Top-up API"
 
 sys.path[:0] = [str(ROOT), str(ROOT / "layers" / "common")]
 
+from local.parameters import parameter_overrides  # noqa: E402
 from local.routes import Route, read_apis, read_routes  # noqa: E402
-from local.stack import parameter_overrides  # noqa: E402
 from local.template import Template  # noqa: E402
 
 # ---------------------------------------------------------------- the contract's bodies (API.md)
