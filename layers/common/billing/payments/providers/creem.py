@@ -17,6 +17,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from billing.errors import ProviderError
+from billing.payments.providers import http_client
 from billing.payments.providers.base import (
     CheckoutRequest,
     EventType,
@@ -41,7 +42,6 @@ API_BASE_ENV = "CREEM_API_BASE"
 SIGNATURE_HEADER = "creem-signature"
 # Connect 3 s, read 8 s: inside the checkout function's 20 s timeout. No retry: a checkout
 # create is cheap to redo by the user, and Creem takes request_id only as a reference.
-_TIMEOUT = (3.05, 8.0)
 ONE_TIME = "onetime"
 # Refund states that mean no money went back (anything else is treated as refunded).
 _NOT_REFUNDED = frozenset({"failed", "canceled", "cancelled", "pending"})
@@ -93,8 +93,6 @@ class CreemProvider:
         }
 
     def create_payment(self, request: CheckoutRequest, secrets: dict[str, str]) -> PaymentSession:
-        import requests
-
         base = _api_base()
         api_key = secrets.get("creem_api_key", "")
         if not base or not api_key:
@@ -105,19 +103,13 @@ class CreemProvider:
             # Test and live never mix: a live key must not serve a test-mode method.
             logger.error("creem key mode does not match the method's test_mode")
             raise ProviderError("The payment method is misconfigured.")
-        try:
-            response = requests.post(
-                f"{base}/v1/checkouts",
-                json=self.checkout_body(request),
-                headers={"x-api-key": api_key, "accept": "application/json"},
-                timeout=_TIMEOUT,
-            )
-        except requests.RequestException as exc:
-            logger.warning(
-                "creem unreachable",
-                extra={"order_id": request.order_id, "error_type": type(exc).__name__},
-            )
-            raise ProviderError() from exc
+        response = http_client.post(
+            "creem",
+            f"{base}/v1/checkouts",
+            order_id=request.order_id,
+            json=self.checkout_body(request),
+            headers={"x-api-key": api_key, "accept": "application/json"},
+        )
         if response.status_code // 100 != 2:
             logger.warning(
                 "creem refused the checkout",

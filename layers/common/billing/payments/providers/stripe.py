@@ -15,6 +15,7 @@ from aws_lambda_powertools import Logger
 
 from billing import money
 from billing.errors import ProviderError
+from billing.payments.providers import http_client
 from billing.payments.providers.base import (
     CheckoutRequest,
     EventType,
@@ -41,9 +42,8 @@ logger = Logger(child=True)
 DEFAULT_API_BASE = "https://api.stripe.com"
 WEBHOOK_TOLERANCE_SECONDS = 300  # Stripe's default: older signatures are replays
 SIGNATURE_HEADER = "stripe-signature"
-# Connect 3 s, read 8 s, one retry (safe: every create carries an idempotency key); stays
-# well inside the checkout function's 20 s timeout.
-_TIMEOUT = (3.05, 8.0)
+# One retry (safe: every create carries an idempotency key); the timeouts and the HTTP
+# session are the providers' shared ones (http_client).
 _RETRIES = 1
 
 _clients: dict[tuple[str, str], StripeClient] = {}
@@ -62,7 +62,9 @@ def _client(api_key: str) -> StripeClient:
             client = stripe.StripeClient(
                 api_key,
                 base_addresses={"api": api_base},
-                http_client=stripe.RequestsClient(timeout=_TIMEOUT),
+                http_client=stripe.RequestsClient(
+                    timeout=http_client.TIMEOUT, session=http_client.session()
+                ),
                 max_network_retries=_RETRIES,
             )
             _clients[key] = client

@@ -34,6 +34,7 @@ from aws_lambda_powertools import Logger
 
 from billing import clock, money
 from billing.errors import ProviderError
+from billing.payments.providers import http_client
 from billing.payments.providers.base import (
     CheckoutRequest,
     EventType,
@@ -65,7 +66,6 @@ REPLY_SUCCESS = '{"message":"success"}'
 REPLY_FAILED = '{"message":"failed"}'
 _PAYMENT_REQUEST_ID_MAX = 32  # Waffo's idempotency key length
 # Connect 3 s, read 8 s: inside the checkout function's 20 s timeout.
-_TIMEOUT = (3.05, 8.0)
 
 
 class _BadKey(Exception):
@@ -174,7 +174,8 @@ class WaffoProvider:
             "orderCurrency": request.currency.upper(),
             "orderAmount": format_amount(request.pay_money, request.currency),
             "orderDescription": request.description or "Top-up",
-            "orderRequestedAt": clock.now()
+            # Real time: Waffo compares it with its own clock (the billing clock may be moved).
+            "orderRequestedAt": clock.real_now()
             .isoformat(timespec="milliseconds")
             .replace("+00:00", "Z"),
             "notifyUrl": request.notify_url,
@@ -186,8 +187,6 @@ class WaffoProvider:
         }
 
     def create_payment(self, request: CheckoutRequest, secrets: dict[str, str]) -> PaymentSession:
-        import requests
-
         base = _api_base()
         api_key = secrets.get("waffo_api_key", "")
         private_pem = secrets.get("waffo_merchant_private_key", "")
@@ -202,23 +201,17 @@ class WaffoProvider:
         except _BadKey as exc:
             logger.error("waffo merchant private key is unusable")
             raise ProviderError("The payment method is misconfigured.") from exc
-        try:
-            response = requests.post(
-                f"{base}/order/create",
-                data=raw,
-                headers={
-                    "Content-Type": "application/json",
-                    "X-API-KEY": api_key,
-                    "X-SIGNATURE": signature,
-                },
-                timeout=_TIMEOUT,
-            )
-        except requests.RequestException as exc:
-            logger.warning(
-                "waffo unreachable",
-                extra={"order_id": request.order_id, "error_type": type(exc).__name__},
-            )
-            raise ProviderError() from exc
+        response = http_client.post(
+            "waffo",
+            f"{base}/order/create",
+            order_id=request.order_id,
+            data=raw,
+            headers={
+                "Content-Type": "application/json",
+                "X-API-KEY": api_key,
+                "X-SIGNATURE": signature,
+            },
+        )
         # Nothing in an unsigned (or wrongly signed) response is trusted, not even an error.
         if not verify(response.content, response.headers.get("X-SIGNATURE"), public_pem):
             logger.warning(
