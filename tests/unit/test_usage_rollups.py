@@ -211,3 +211,17 @@ def test_users_are_apart(aws: EmbeddedAws) -> None:
     )
     assert totals(alice)["total"]["quota"] == 5
     assert totals(bob)["total"]["quota"] == 9
+
+
+def test_the_sample_stream_event_folds_into_two_rollups() -> None:
+    import json
+    from pathlib import Path
+
+    sample = json.loads(
+        (Path(__file__).resolve().parents[2] / "events" / "usage_rollup_stream.json").read_text()
+    )
+    groups = rollups.fold(sample["Records"])
+    assert [(g.key.model, g.key.key_id, [c.quota for c in g.contributions]) for g in groups] == [
+        ("gpt-4o", "key-prod", [1125]),
+        ("gpt-4o-mini", None, [300]),
+    ]
