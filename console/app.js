@@ -8,6 +8,7 @@ import { renderBalance } from "./js/balance.js";
 import { loadConfig } from "./js/config.js";
 import { $, busy, clearStatus, el, setFieldError, showStatus } from "./js/dom.js";
 import { setupHistory } from "./js/history.js";
+import { setupUsage } from "./js/usage.js";
 import { setupOrderTracking } from "./js/order.js";
 import { setupRedeem } from "./js/redeem.js";
 import { setupReferral } from "./js/referral.js";
@@ -171,7 +172,7 @@ async function enterApp(ctx, account, message) {
   renderAccount(ctx);
   ctx.sections.topup.setOptions();
   ctx.sections.order.resumeFromUrl();
-  const loads = [ctx.sections.history.reload()];
+  const loads = [ctx.sections.history.reload(), ctx.sections.usage.reload()];
   if (ctx.session.isAdmin) loads.push(ctx.sections.admin.show());
   await Promise.all(loads);
 }
@@ -229,6 +230,7 @@ function createContext(config, auth) {
     redeem: setupRedeem(ctx),
     referral: setupReferral(ctx),
     history: setupHistory(ctx),
+    usage: setupUsage(ctx),
     admin: setupAdmin(ctx),
   };
   $("#refresh-balance").addEventListener("click", ctx.refreshAccount);

@@ -117,6 +117,26 @@ class UsagePage(_Body):
     next_cursor: str | None
 
 
+class UsageTotals(_Body):
+    quota: int
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class UsageBucket(UsageTotals):
+    key: str | None  # the day, model or key_id (null: usage metered without a key)
+    models: dict[str, int] | None = None  # group_by=day: quota per model
+
+
+class UsageSummary(_Body):
+    from_: str = Field(alias="from")
+    to: str
+    group_by: Literal["day", "model", "key"]
+    buckets: list[UsageBucket]
+    total: UsageTotals
+
+
 class Product(_Body):
     product_id: str
     name: str
@@ -204,6 +224,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     Account,
     LedgerPage,
     UsagePage,
+    UsageSummary,
     TopupOptions,
     Order,
     OrderPage,
@@ -218,6 +239,7 @@ MODELS: tuple[type[BaseModel], ...] = (
 
 JSON = "application/json"
 TEXT = "text/plain"
+CSV = "text/csv"
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -302,6 +324,14 @@ RESPONSES: dict[tuple[str, str], tuple[dict[str, dict[str, Any]], tuple[int, ...
     ("get", "/account"): ({"200": _ok(Account, "The account.")}, (*_USER, 404)),
     ("get", "/ledger"): ({"200": _ok(LedgerPage, "Ledger entries, newest first.")}, (*_USER, 400)),
     ("get", "/usage"): ({"200": _ok(UsagePage, "Usage records, newest first.")}, (*_USER, 400)),
+    ("get", "/usage/summary"): (
+        {"200": _ok(UsageSummary, "Usage by day, model or key, from the rollups.")},
+        (*_USER, 400),
+    ),
+    ("get", "/ledger/export"): (
+        {"200": _ok(None, "The ledger entries of the range as CSV, oldest first.", CSV)},
+        (*_USER, 400),
+    ),
     ("get", "/topup/options"): ({"200": _ok(TopupOptions, "What can be bought, and how.")}, _USER),
     ("post", "/checkout"): (
         {"201": _ok(Order, "A pending order with its pay_url.")},
@@ -357,6 +387,36 @@ LISTS = {
     ("get", "/usage"),
     ("get", "/topups"),
     ("get", "/admin/redemption-codes"),
+}
+
+
+def _query(name: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", **schema},
+        "description": description,
+    }
+
+
+_RANGE = [
+    _query("from", "First day, ISO-8601 date (inclusive).", format="date"),
+    _query("to", "Last day, ISO-8601 date (inclusive).", format="date"),
+]
+# Query parameters the handlers read themselves (not from their signatures).
+QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("get", "/usage"): [
+        _query("from", "Created at or after: an ISO-8601 date or time."),
+        _query("to", "Created before the end of this ISO-8601 date, or before this time."),
+        _query("model", "Only this model.", maxLength=128),
+        _query("key_id", "Only usage metered with this API key.", maxLength=128),
+    ],
+    ("get", "/usage/summary"): [
+        *_RANGE,
+        _query("group_by", "Bucket by day (default), model or key.", enum=["day", "model", "key"]),
+    ],
+    ("get", "/ledger/export"): _RANGE,
 }
 _PAGE_PARAMETERS = [
     {
@@ -520,6 +580,7 @@ def _operation(
     result["responses"] = dict(sorted(responses.items()))
     result["tags"] = [function_id]
     parameters = list(operation.get("parameters", []))
+    parameters += QUERY_PARAMETERS.get(key, [])
     if key in LISTS:
         parameters += _PAGE_PARAMETERS
     if key in IDEMPOTENT:

@@ -91,8 +91,8 @@ function withQuery(path, query) {
 export function createApi({ baseUrl, getToken, onUnauthorized }) {
   const root = String(baseUrl ?? "").replace(/\/+$/, "");
 
-  async function request(method, path, { body, query, idempotencyKey } = {}) {
-    if (!idempotencyKey) return attempt(method, path, { body, query });
+  async function request(method, path, { body, query, idempotencyKey, accept } = {}) {
+    if (!idempotencyKey) return attempt(method, path, { body, query, accept });
     for (let tries = 1; ; tries += 1) {
       try {
         return await attempt(method, path, { body, query, idempotencyKey });
@@ -104,8 +104,8 @@ export function createApi({ baseUrl, getToken, onUnauthorized }) {
     }
   }
 
-  async function attempt(method, path, { body, query, idempotencyKey }) {
-    const headers = { Accept: "application/json" };
+  async function attempt(method, path, { body, query, idempotencyKey, accept }) {
+    const headers = { Accept: accept ?? "application/json" };
     const token = getToken();
     if (token) headers.Authorization = `Bearer ${token}`;
     if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -125,6 +125,7 @@ export function createApi({ baseUrl, getToken, onUnauthorized }) {
       if (error.status === 401) onUnauthorized?.(error);
       throw error;
     }
+    if (accept && accept !== "application/json") return { status: response.status, data: await response.blob() };
     const data = await response.json().catch(() => null);
     return { status: response.status, data };
   }
@@ -137,6 +138,10 @@ export function createApi({ baseUrl, getToken, onUnauthorized }) {
       request("POST", "/account", { body: referralCode ? { referral_code: referralCode } : {} }),
     getAccount: () => data("GET", "/account"),
     listLedger: (cursor) => page("/ledger", cursor),
+    usageSummary: (groupBy, from, to) =>
+      data("GET", "/usage/summary", { query: { group_by: groupBy, from, to } }),
+    exportLedger: (from, to) =>
+      data("GET", "/ledger/export", { query: { from, to }, accept: "text/csv" }),
     getOptions: () => data("GET", "/topup/options"),
     checkout: (payload, idempotencyKey) =>
       data("POST", "/checkout", { body: payload, idempotencyKey }),

@@ -1,4 +1,5 @@
-"""Account function: POST /account, GET /account, GET /ledger, GET /usage."""
+"""Account function: POST /account, GET /account, GET /ledger, GET /usage, and the usage
+insight routes GET /usage/summary and GET /ledger/export."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import accounts
 from billing.http import RequestBody, json_response, make_router, page_params, principal
+from billing.ops import statement
 from billing.referral import signup
-from billing.usage import history
+from billing.usage import history, summary
 
 logger = Logger()
 router = make_router()
@@ -47,11 +49,38 @@ def list_ledger() -> Response[str]:
     )
 
 
+def _query() -> dict[str, str]:
+    return dict(router.current_event.query_string_parameters or {})
+
+
 @router.get("/usage")
 def list_usage() -> Response[str]:
     user = principal(router)
-    page = page_params(router, "usage", user.user_id)
-    return json_response(200, page.seal(history.list_usage(user.user_id, page.limit, page.cursor)))
+    filters = history.parse_filters(_query())
+    # A cursor is sealed for its filters too: the next page of another filter is refused.
+    page = page_params(router, "usage" + filters.fingerprint(), user.user_id)
+    return json_response(
+        200, page.seal(history.list_usage(user.user_id, page.limit, page.cursor, filters))
+    )
+
+
+@router.get("/usage/summary")
+def usage_summary() -> Response[str]:
+    user = principal(router)
+    return json_response(200, summary.usage_summary(user.user_id, _query()))
+
+
+@router.get("/ledger/export")
+def export_ledger() -> Response[str]:
+    user = principal(router)
+    body, span = statement.statement_csv(user.user_id, _query())
+    name = statement.filename(user.user_id, span)
+    return Response(
+        status_code=200,
+        content_type="text/csv; charset=utf-8",
+        body=body,
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
 
 
 @logger.inject_lambda_context(

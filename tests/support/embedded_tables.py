@@ -29,6 +29,8 @@ MODEL_TABLES = {
     "UsageRecord": "UsageTable",
     "RateLimit": "RateLimitsTable",
     "AuditRecord": "AuditTable",
+    "UsageRollup": "UsageRollupsTable",
+    "RollupMarker": "UsageRollupsTable",
 }
 _AWS_VARIABLES = (
     "AWS_ENDPOINT_URL",

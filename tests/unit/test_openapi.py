@@ -15,6 +15,8 @@ API_MD_ROUTES = {
     ("get", "/account"),
     ("get", "/ledger"),
     ("get", "/usage"),
+    ("get", "/usage/summary"),
+    ("get", "/ledger/export"),
     ("get", "/topup/options"),
     ("post", "/checkout"),
     ("get", "/topups"),

@@ -220,6 +220,7 @@ class UsageRecord(Model):
     user_id = UnicodeAttribute()
     model = UnicodeAttribute()
     group = UnicodeAttribute(null=True)
+    key_id = UnicodeAttribute(null=True)  # the API key the gateway served, if it said
     prompt_tokens = NumberAttribute(default=0)
     completion_tokens = NumberAttribute(default=0)
     model_ratio = UnicodeAttribute(null=True)
@@ -261,3 +262,38 @@ class AuditRecord(Model):
     target = UnicodeAttribute(default="")
     detail = MapAttribute[str, Any](default=dict)
     created_at = UnicodeAttribute()
+
+
+# ---------------------------------------------------------------- usage rollups (usage insight)
+# One table, two kinds of item under the user's partition: the rollup of one (day, model, key)
+# (sort key `<day>#<model>#<key>`, so a day range is one Query) and the marker of each usage
+# record already counted (`r#<request_id>`, sorting after every day), written in the same
+# transaction as the rollup's ADD so a replayed stream record is counted once.
+
+
+class UsageRollup(Model):
+    class Meta:
+        table_name = _table("USAGE_ROLLUPS_TABLE")
+        region = _REGION
+
+    user_id = UnicodeAttribute(hash_key=True)
+    bucket = UnicodeAttribute(range_key=True)  # "<day>#<model>#<key>", components escaped
+    day = UnicodeAttribute()
+    model = UnicodeAttribute()
+    key_id = UnicodeAttribute(null=True)  # None: usage metered without a key
+    quota = NumberAttribute(default=0)
+    requests = NumberAttribute(default=0)
+    prompt_tokens = NumberAttribute(default=0)
+    completion_tokens = NumberAttribute(default=0)
+    updated_at = UnicodeAttribute(null=True)
+
+
+class RollupMarker(Model):
+    class Meta:
+        table_name = _table("USAGE_ROLLUPS_TABLE")
+        region = _REGION
+
+    user_id = UnicodeAttribute(hash_key=True)
+    bucket = UnicodeAttribute(range_key=True)  # "r#<request_id>"
+    rollup = UnicodeAttribute()  # the bucket it was counted in
+    expires_at = NumberAttribute()  # epoch seconds; DynamoDB TTL, past the stream's retention
