@@ -1,8 +1,11 @@
-"""Admin CLI over the HTTP API: `python -m tools.admin codes create|list|disable`.
+"""Admin CLI over the HTTP API: `python -m tools.admin codes create|list|disable`, `ledger export`.
 
     python -m tools.admin codes create --name "Spring promo" --quota 5000000 --count 2500 \
         --out codes.csv --api-url https://api.example.com --token "$JWT"
     python -m tools.admin codes create --name demo --quota 1000 --count 10 --out demo.csv --local
+
+    python -m tools.admin ledger export --user USER_ID --from 2026-11-01 --to 2026-11-30 \
+        --out statement.csv --local
 
 The token comes from --token or ADMIN_TOKEN; with --local (the local stack) an admin dev token
 is fetched from /_local/token. Plaintext codes are written once, to the CSV only (never printed):
@@ -48,10 +51,13 @@ class Api:
         self.session.headers["Authorization"] = f"Bearer {token}"
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.request(method, path, **kwargs).json()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         response = self.session.request(method, f"{self.base_url}{path}", timeout=TIMEOUT, **kwargs)
         if response.status_code >= 400:
             raise CliError(_describe_error(response))
-        return response.json()
+        return response
 
 
 def _describe_error(response: requests.Response) -> str:
@@ -185,6 +191,20 @@ def disable_code(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_ledger(args: argparse.Namespace) -> int:
+    """Any user's statement, from the same writer as the user's own (billing.ops.statement)."""
+    api = _connect(args)
+    params = {name: value for name, value in (("from", args.start), ("to", args.end)) if value}
+    path = f"/admin/accounts/{quote(args.user, safe='')}/ledger/export"
+    text = api.request("GET", path, params=params).text
+    out = Path(args.out)
+    with _open_new_csv(out) as handle:
+        handle.write(text)
+    rows = max(text.count("\n") - 1, 0)
+    print(f"{rows} ledger entries of {args.user} written to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     connection = argparse.ArgumentParser(add_help=False)
     connection.add_argument("--api-url", help="base URL of the API (or API_URL)")
@@ -218,6 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     disable = actions.add_parser("disable", parents=[connection], help="disable one code")
     disable.add_argument("code_id")
     disable.set_defaults(run=disable_code)
+
+    ledger = commands.add_parser("ledger", help="users' ledgers")
+    ledger_actions = ledger.add_subparsers(dest="action", required=True)
+    export = ledger_actions.add_parser(
+        "export", parents=[connection], help="a user's statement (CSV) for a date range"
+    )
+    export.add_argument("--user", required=True, help="the user id")
+    export.add_argument("--from", dest="start", help="first day, ISO-8601 (default: 30 days ago)")
+    export.add_argument("--to", dest="end", help="last day, ISO-8601 (default: today)")
+    export.add_argument("--out", required=True, help="new CSV file for the statement")
+    export.set_defaults(run=export_ledger)
     return parser
 
 

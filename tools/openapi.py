@@ -358,6 +358,10 @@ RESPONSES: dict[tuple[str, str], tuple[dict[str, dict[str, Any]], tuple[int, ...
         {"200": _ok(Account, "The account after the adjustment.")},
         (*_USER, *_BODY, 403, 404),
     ),
+    ("get", "/admin/accounts/{user_id}/ledger/export"): (
+        {"200": _ok(None, "Any user's ledger entries of the range as CSV, oldest first.", CSV)},
+        (*_USER, 400, 403, 404),
+    ),
     ("post", "/admin/redemption-codes"): (
         {"201": _ok(CodeBatch, "The new codes.")},
         (*_USER, *_BODY, 403),
@@ -417,6 +421,7 @@ QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
         _query("group_by", "Bucket by day (default), model or key.", enum=["day", "model", "key"]),
     ],
     ("get", "/ledger/export"): _RANGE,
+    ("get", "/admin/accounts/{user_id}/ledger/export"): _RANGE,
 }
 _PAGE_PARAMETERS = [
     {

@@ -10,7 +10,14 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import accounts
-from billing.http import RequestBody, json_response, make_router, page_params, principal
+from billing.http import (
+    RequestBody,
+    json_response,
+    make_router,
+    page_params,
+    principal,
+    query_params,
+)
 from billing.ops import statement
 from billing.referral import signup
 from billing.usage import history, summary
@@ -49,14 +56,12 @@ def list_ledger() -> Response[str]:
     )
 
 
-def _query() -> dict[str, str]:
-    return dict(router.current_event.query_string_parameters or {})
-
-
 @router.get("/usage")
 def list_usage() -> Response[str]:
     user = principal(router)
-    filters = history.parse_filters(_query())
+    filters = history.parse_filters(
+        query_params(router, "from", "to", "model", "key_id", "limit", "cursor")
+    )
     # A cursor is sealed for its filters too: the next page of another filter is refused.
     page = page_params(router, "usage" + filters.fingerprint(), user.user_id)
     return json_response(
@@ -67,13 +72,15 @@ def list_usage() -> Response[str]:
 @router.get("/usage/summary")
 def usage_summary() -> Response[str]:
     user = principal(router)
-    return json_response(200, summary.usage_summary(user.user_id, _query()))
+    return json_response(
+        200, summary.usage_summary(user.user_id, query_params(router, "from", "to", "group_by"))
+    )
 
 
 @router.get("/ledger/export")
 def export_ledger() -> Response[str]:
     user = principal(router)
-    body, span = statement.statement_csv(user.user_id, _query())
+    body, span = statement.statement_csv(user.user_id, query_params(router, "from", "to"))
     name = statement.filename(user.user_id, span)
     return Response(
         status_code=200,

@@ -1,4 +1,5 @@
-"""POST /admin/accounts/{user_id}/adjust: a signed change of a balance with a reason."""
+"""POST /admin/accounts/{user_id}/adjust: a signed change of a balance with a reason;
+GET /admin/accounts/{user_id}/ledger/export: any user's ledger statement (CSV)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from billing import accounts
 from billing.auth import principal_from_event
 from billing.errors import InvalidRequest
-from billing.http import RequestBody
+from billing.http import RequestBody, query_params
 from billing.idempotency import Reply, idempotent
-from billing.ops import adjustments
+from billing.ops import adjustments, record_audit, statement
 from pydantic import Field
 
 router = APIGatewayHttpRouter()
@@ -35,3 +36,26 @@ def adjust_account(user_id: str, body: Adjust) -> Response[str]:
 
     request = {"user_id": user_id, **body.model_dump(mode="json")}
     return idempotent(router, "admin_adjust", admin.user_id, request, apply)
+
+
+@router.get("/admin/accounts/<user_id>/ledger/export")
+def export_ledger(user_id: str) -> Response[str]:
+    admin = principal_from_event(router.current_event.raw_event)
+    admin.require_admin()
+    accounts.get_account(user_id)  # 404 account_not_found for a user without an account
+    body, span = statement.statement_csv(user_id, query_params(router, "from", "to"))
+    # Who read whose statement, for which range (never its content).
+    record_audit(
+        admin.user_id,
+        "ledger.export",
+        user_id,
+        {"from": span.start.isoformat(), "to": span.end.isoformat()},
+    )
+    return Response(
+        status_code=200,
+        content_type="text/csv; charset=utf-8",
+        body=body,
+        headers={
+            "Content-Disposition": f'attachment; filename="{statement.filename(user_id, span)}"'
+        },
+    )

@@ -28,6 +28,7 @@ API_MD_ROUTES = {
     ("post", "/referral/transfer"),
     ("post", "/admin/topups/{order_id}/complete"),
     ("post", "/admin/accounts/{user_id}/adjust"),
+    ("get", "/admin/accounts/{user_id}/ledger/export"),  # an extension (README)
     ("post", "/webhooks/stripe"),
     ("get", "/webhooks/epay"),
     ("post", "/webhooks/epay"),

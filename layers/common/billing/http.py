@@ -166,6 +166,18 @@ def principal(router: APIGatewayHttpResolver) -> Principal:
     return principal_from_event(router.current_event.raw_event)
 
 
+def query_params(
+    router: APIGatewayHttpResolver | APIGatewayHttpRouter, *allowed: str
+) -> dict[str, str]:
+    """The query string of a route that takes only `allowed` parameters: another one is
+    400 invalid_request (as an unknown body field is), never silently ignored."""
+    query = dict(router.current_event.query_string_parameters or {})
+    unknown = sorted(set(query) - set(allowed))
+    if unknown:
+        raise InvalidRequest(f"Unknown query parameter: {unknown[0][:40]}.")
+    return query
+
+
 def page_params(
     router: APIGatewayHttpResolver | APIGatewayHttpRouter, list_name: str, caller: str
 ) -> Page:
