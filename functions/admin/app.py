@@ -8,6 +8,7 @@ from typing import Any
 import routes_accounts
 import routes_codes
 import routes_topups
+import routes_usage
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing.http import admin_refusal, make_router
@@ -17,6 +18,7 @@ router = make_router()
 router.include_router(routes_accounts.router)
 router.include_router(routes_codes.router)
 router.include_router(routes_topups.router)
+router.include_router(routes_usage.router)
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -26,6 +26,8 @@ API_MD_ROUTES = {
     ("post", "/referral/transfer"),
     ("post", "/admin/topups/{order_id}/complete"),
     ("post", "/admin/accounts/{user_id}/adjust"),
+    ("get", "/admin/unbilled-usage"),
+    ("post", "/admin/unbilled-usage/{request_id}/remeter"),
     ("post", "/webhooks/stripe"),
     ("get", "/webhooks/epay"),
     ("post", "/webhooks/epay"),

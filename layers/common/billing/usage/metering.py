@@ -2,9 +2,20 @@
 
 Every action is idempotent per (request_id, action): the usage record of a request_id (the
 usage log entry) is written in the SAME ledger transaction as the balance change, under
-`attribute_not_exists` for charge/reserve and under a status condition for settle/release,
-and it keeps each action's first result; the same request_id and action again returns that
+`attribute_not_exists` for a first action and under a status condition for a later one, and
+it keeps each action's first result; the same request_id and action again returns that
 result with status `duplicate` and writes nothing.
+
+Any delivery order holds (the usage queue is not ordered). What a request_id is billed
+depends only on which actions arrived, never on their order:
+- a settle always bills its usage, once: it replaces an open hold, or, when the hold is not
+  there (the settle came first, the hold was released or expired), it bills the full price
+  with no hold (and may take the balance below zero, as any settle may);
+- a release with no hold before it leaves a `released` record with nothing held (a
+  tombstone), so a late reserve finds the request closed;
+- a reserve or release that finds the request closed (settled, released, expired) changes
+  nothing and answers `duplicate` of the result that closed it.
+So a hold is open only while a reserve has arrived and neither settle nor release has.
 
 Events are aggregated per user so that one account update serves many events (the account
 item is the hot key): the admission of each event is decided here, in input order, against
@@ -14,6 +25,10 @@ and the chunk's usage records (at most 100 items). A concurrent change of the ac
 the whole chunk be decided again from a fresh read, so every result (balance included) is
 exact. A chunk that meets an existing usage record (a duplicate, or a hold that changed) is
 sorted out from the records and retried without the events already decided.
+
+Metering can be given a deadline (time.monotonic()): no chunk starts after it, and the
+events not metered by then come back without a result, like those a transient error left;
+metering them again later is safe (what was written is recognised as a duplicate).
 
 Available balance = quota - held_quota. A charge or reserve never takes it below zero; a
 settle may (the usage already happened) by the part above its hold only. Holds live
@@ -95,10 +110,12 @@ class UsageEvent:
 
 @dataclass
 class Metered:
-    """Results in input order; None where a transient error left the event unmetered."""
+    """Results in input order; None where a transient error or the deadline left the event
+    unmetered (`timed_out` tells that the deadline did)."""
 
     results: list[Result | None]
     errors: list[Exception] = field(default_factory=list)
+    timed_out: bool = False
 
     @property
     def complete(self) -> bool:
@@ -127,7 +144,7 @@ class _Pending:
     quote: pricing.Quote | None  # None for a release (it has no price)
     record: UsageRecord | None = None  # read from the table (settle/release, retries)
     hold: int = 0  # the hold a settle replaces or a release drops
-    from_status: str = Status.RESERVED.value  # status the record must still have
+    from_status: str = Status.RESERVED.value  # status the record must still have (if any)
     expire: bool = False  # a release by the sweeper
     prefetch: bool = False  # read the record before writing (a repeat within the batch)
     # Stored with the result: a record carrying it was written by this very call (a retry
@@ -142,13 +159,27 @@ class _Pending:
 # ---------------------------------------------------------------- entry points
 
 
+class _OutOfTime(Exception):
+    """The deadline passed: what is left is handed back unmetered."""
+
+
+def past(deadline: float | None) -> bool:
+    """Whether a deadline (time.monotonic()) has passed; None never does."""
+    return deadline is not None and time.monotonic() >= deadline
+
+
 def meter(
     events: Sequence[UsageEvent],
     *,
     settings: Settings | None = None,
     now: datetime | None = None,
+    deadline: float | None = None,
 ) -> Metered:
-    """Meter validated events; results come back in input order."""
+    """Meter validated events; results come back in input order.
+
+    `deadline` (a time.monotonic() value): no transaction starts after it; the events left
+    have no result (None) and `timed_out` is set.
+    """
     settings = settings or load_settings()
     results: list[Result | None] = [None] * len(events)
     # Each user's events are applied in input order. A request_id that comes again for the
@@ -188,8 +219,11 @@ def meter(
     errors: list[Exception] = []
     failed_users: set[str] = set()
     for members in waves:
+        # A user whose earlier events were left unmetered stops there: its later events (the
+        # repeats of its request_ids) come after them, on the retry.
         live = [p for p in members if p.event.user_id not in failed_users]
-        _run_wave(live, results, errors, failed_users, settings, now)
+        if _run_wave(live, results, errors, failed_users, settings, now, deadline):
+            return Metered(results, errors, timed_out=True)
     return Metered(results, errors)
 
 
@@ -240,11 +274,15 @@ def _run_wave(
     failed_users: set[str],
     settings: Settings,
     now: datetime | None,
+    deadline: float | None = None,
     *,
     records: Mapping[str, UsageRecord] | None = None,
-) -> None:
+) -> bool:
+    """Meter one wave; True when the deadline stopped it (the rest is left unmetered)."""
     if not wave:
-        return
+        return False
+    if past(deadline):
+        return True
     # Settle and release need the hold on the record; repeats need the record's state.
     wanted = {
         p.request_id
@@ -257,7 +295,7 @@ def _run_wave(
         except TRANSIENT_ERRORS as exc:
             errors.append(exc)
             failed_users.update(p.event.user_id for p in wave)
-            return
+            return False
     ready: list[_Pending] = []
     for p in wave:
         if p.request_id in wanted:
@@ -274,7 +312,7 @@ def _run_wave(
     except TRANSIENT_ERRORS as exc:
         errors.append(exc)
         failed_users.update(by_user)
-        return
+        return False
     for user_id, pendings in by_user.items():
         account = accounts.get(user_id)
         if account is None:
@@ -282,14 +320,17 @@ def _run_wave(
                 results[p.index] = rejected(p.request_id, AccountNotFound(), quota=_price(p))
             continue
         try:
-            _meter_user(account, pendings, results, settings, now)
+            _meter_user(account, pendings, results, settings, now, deadline)
         except AccountNotFound:
             for p in pendings:
                 if results[p.index] is None:
                     results[p.index] = rejected(p.request_id, AccountNotFound(), quota=_price(p))
+        except _OutOfTime:
+            return True
         except TRANSIENT_ERRORS as exc:
             errors.append(exc)
             failed_users.add(user_id)
+    return False
 
 
 def _meter_user(
@@ -298,12 +339,18 @@ def _meter_user(
     results: list[Result | None],
     settings: Settings,
     now: datetime | None,
+    deadline: float | None = None,
 ) -> None:
-    """Meter one user's events, in input order, one chunk (one transaction) at a time."""
+    """Meter one user's events, in input order, one chunk (one transaction) at a time.
+
+    _OutOfTime when the deadline passes before a chunk (the chunks written stay written).
+    """
     user_id = account.user_id
     remaining = list(pendings)
     attempt = 0
     while remaining:
+        if past(deadline):
+            raise _OutOfTime()
         chunk = _admit(account, remaining, settings, now)
         if not chunk.changes:
             # Only refusals: nothing to write, and they were decided on a current read.
@@ -443,12 +490,21 @@ def _admit(
             settle_holds += p.hold
             settled.append(p)
             result = _result(p, Status.SETTLED, actual, quota)
-            ops.append(_settle_record(p, result, at))
+            if p.record is None:
+                # The settle came before its reserve: the usage is billed with no hold.
+                ops.append(_new_record(p, Status.SETTLED, result, at, quota=actual))
+            else:
+                ops.append(_settle_record(p, result, at))
         else:
             held -= p.hold
             hold_delta -= p.hold
             result = _result(p, Status.RELEASED, p.hold, quota)
-            ops.append(_release_record(p, result, at))
+            if p.record is None:
+                # The release came before its reserve: a closed record, so that the late
+                # reserve holds nothing.
+                ops.append(_tombstone(p, result, at))
+            else:
+                ops.append(_release_record(p, result, at))
         decided.append((p, result))
         admitted.append(p)
         taken += 1
@@ -594,6 +650,30 @@ def _new_record(
     )
 
 
+def _tombstone(p: _Pending, result: Result, at: str) -> ledger.TxOp:
+    """The record of a release that found no hold: released, nothing held or charged."""
+    record = UsageRecord(
+        request_id=p.request_id,
+        user_id=p.event.user_id,
+        model=p.event.model,
+        group=p.event.group,
+        prompt_tokens=p.event.prompt_tokens,
+        completion_tokens=p.event.completion_tokens,
+        quota=0,
+        hold_quota=0,
+        status=Status.RELEASED.value,
+        results={p.event.action.value: {**result, "attempt": p.attempt}},
+        created_at=at,
+        updated_at=at,
+    )
+    return ledger.TxOp(
+        label=f"usage:{p.request_id}",
+        op="save",
+        model=record,
+        condition=UsageRecord.request_id.does_not_exist(),
+    )
+
+
 def _record_update(
     p: _Pending, result: Result, at: str, status: Status, extra: list[Any]
 ) -> ledger.TxOp:
@@ -638,20 +718,32 @@ def _release_record(p: _Pending, result: Result, at: str) -> ledger.TxOp:
 def _stored_results(record: UsageRecord) -> dict[str, Result]:
     raw = record.results
     values = raw.as_dict() if isinstance(raw, MapAttribute) else dict(raw or {})
-    return {str(action): _plain(result) for action, result in values.items()}
+    return {str(action): plain_json(result) for action, result in values.items()}
 
 
-def _plain(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
     """A stored result as plain JSON values (DynamoDB numbers may come back as Decimal)."""
     if isinstance(value, MapAttribute):
         value = value.as_dict()
     if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
+        return {str(key): plain_json(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_plain(item) for item in value]
+        return [plain_json(item) for item in value]
     if isinstance(value, float | Decimal) and value == int(value):
         return int(value)
     return value
+
+
+def _duplicate(first: Result) -> Result:
+    return {**first, "status": Status.DUPLICATE.value, "first_status": first["status"]}
+
+
+# The action whose stored result closed a record of each closed status.
+_CLOSED_BY = {
+    Status.SETTLED.value: Action.SETTLE.value,
+    Status.RELEASED.value: Action.RELEASE.value,
+    Status.EXPIRED.value: Action.RELEASE.value,
+}
 
 
 def _resolve(p: _Pending, record: UsageRecord | None, now: datetime | None) -> Result | None:
@@ -661,41 +753,80 @@ def _resolve(p: _Pending, record: UsageRecord | None, now: datetime | None) -> R
     """
     action = p.event.action
     p.record = record
-    if record is not None and record.user_id != p.event.user_id:
+    if record is None:
+        if p.expire:
+            return rejected(p.request_id, InvalidEvent("No hold exists for this request_id."))
+        # A first action. A settle or release with no hold before it goes ahead too: the
+        # settle bills the usage in full, the release closes the request_id.
+        p.hold = 0
+        return None
+    if record.user_id != p.event.user_id:
         # Another user's request_id: say nothing about it.
         return rejected(p.request_id, InvalidEvent("The request_id is already in use."))
-    if record is not None:
-        first = _stored_results(record).get(action.value)
-        if first is not None:
-            if first.pop("attempt", None) == p.attempt:
-                return first  # our own write, whose acknowledgement was lost: not a duplicate
-            return {**first, "status": Status.DUPLICATE.value, "first_status": first["status"]}
-    if action in (Action.CHARGE, Action.RESERVE):
-        if record is None:
-            return None
+    stored = _stored_results(record)
+    first = stored.get(action.value)
+    if first is not None:
+        if first.pop("attempt", None) == p.attempt:
+            return first  # our own write, whose acknowledgement was lost: not a duplicate
+        return _duplicate(first)
+    status = record.status
+    if action is Action.CHARGE or status == Status.CHARGED:
+        # A charge is a request of its own: it never mixes with holds.
         return rejected(
-            p.request_id,
-            InvalidEvent(f"The request_id was already used to {record.status} usage."),
+            p.request_id, InvalidEvent(f"The request_id was already used to {status} usage.")
         )
-    if record is None:
-        return rejected(p.request_id, InvalidEvent("No hold exists for this request_id."))
-    if record.status == Status.RESERVED:
+    if status == Status.RESERVED:
         if p.expire and (record.hold_expires_at or "") >= clock.iso(now):
             return rejected(p.request_id, InvalidEvent("The hold has not expired."))
         p.hold = int(record.hold_quota)
         p.from_status = Status.RESERVED.value
         return None
-    if action is Action.SETTLE and record.status == Status.EXPIRED:
-        # The hold outlived its lifetime and was dropped, but the usage happened: charge it.
+    closing = stored.get(_CLOSED_BY.get(status, ""))
+    if action is Action.SETTLE and status in (Status.RELEASED, Status.EXPIRED):
+        # The hold was dropped (or never placed) but the usage happened: bill all of it.
         p.hold = 0
-        p.from_status = Status.EXPIRED.value
+        p.from_status = status
         return None
+    if closing is not None:
+        # A reserve or release after the request_id was closed changes nothing.
+        closing.pop("attempt", None)
+        return _duplicate(closing)
     return rejected(
-        p.request_id, InvalidEvent(f"The hold of this request_id is {record.status}, not open.")
+        p.request_id, InvalidEvent(f"The hold of this request_id is {status}, not open.")
     )
 
 
+def answered(record: UsageRecord, event: UsageEvent) -> Result | None:
+    """The `duplicate` answer when the record already holds this user's first result of this
+    action (the event is a repeat), else None."""
+    if record.user_id != event.user_id:
+        return None
+    first = _stored_results(record).get(event.action.value)
+    if first is None:
+        return None
+    first.pop("attempt", None)
+    return _duplicate(first)
+
+
+def billed_result(record: UsageRecord) -> Result | None:
+    """The result that billed a charged or settled record (None for any other status)."""
+    action = {Status.CHARGED.value: Action.CHARGE, Status.SETTLED.value: Action.SETTLE}.get(
+        record.status
+    )
+    if action is None:
+        return None
+    result = _stored_results(record).get(action.value)
+    if result is not None:
+        result.pop("attempt", None)
+    return result
+
+
 # ---------------------------------------------------------------- reads
+
+
+def read_records(request_ids: Sequence[str]) -> dict[str, UsageRecord]:
+    """The usage records of these request_ids (consistent reads), by request_id."""
+    return _read_records(request_ids)
 
 
 def _read_records(request_ids: Sequence[str]) -> dict[str, UsageRecord]:
