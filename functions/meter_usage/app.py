@@ -28,9 +28,18 @@ class HandedBack(Exception):
     """The message is reported as a batch item failure: SQS delivers it again."""
 
 
-def handle_queue(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    budget = intake.Budget.from_remaining(context.get_remaining_time_in_millis())
-    messages = [intake.QueueMessage(r.message_id, r.body) for r in map(SQSRecord, event["Records"])]
+def _receive_count(record: SQSRecord) -> int:
+    value = (record.raw_event.get("attributes") or {}).get("ApproximateReceiveCount")
+    return int(value) if isinstance(value, str) and value.isdigit() else 1
+
+
+def handle_queue(
+    event: dict[str, Any], context: LambdaContext, budget: intake.Budget
+) -> dict[str, Any]:
+    messages = [
+        intake.QueueMessage(r.message_id, r.body, _receive_count(r))
+        for r in map(SQSRecord, event["Records"])
+    ]
     handed_back = set(intake.meter_messages(messages, budget))
 
     def record_handler(record: SQSRecord) -> None:
@@ -61,11 +70,11 @@ def _is_schedule(event: Any) -> bool:
 
 @logger.inject_lambda_context(clear_state=True)
 def handler(event: Any, context: LambdaContext) -> Any:
+    budget = intake.Budget.from_remaining(context.get_remaining_time_in_millis())
     if _is_queue(event):
-        return handle_queue(event, context)
+        return handle_queue(event, context, budget)
     if _is_schedule(event):
-        summary = metering.release_expired()
+        summary = metering.release_expired(deadline=budget.deadline)
         logger.info("expired holds released", extra=summary)
         return summary
-    budget = intake.Budget.from_remaining(context.get_remaining_time_in_millis())
     return intake.meter_payload(event, budget)

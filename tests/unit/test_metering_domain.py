@@ -584,6 +584,29 @@ def test_a_deadline_leaves_the_rest_unmetered_and_the_retry_bills_it_once() -> N
     assert int(found.request_count) == 300 and int(found.quota) == 100_000 - 3000
 
 
+def test_a_transaction_the_slowest_so_far_says_would_outlast_the_deadline_waits() -> None:
+    user = new_user(100_000)
+    batch = [event("charge", user, tokens=10) for _ in range(300)]
+    client = db.connection().client
+    slow = 1.5  # far longer than the transaction itself takes here
+
+    def slow_transaction(**_: Any) -> None:
+        time.sleep(slow)  # every transaction takes at least this long
+
+    # After the first transaction the deadline is still ahead, but less than one such
+    # transaction ahead: the second would end after it, so it does not start.
+    deadline = time.monotonic() + slow * 1.9
+    client.meta.events.register("after-call.dynamodb.TransactWriteItems", slow_transaction)
+    try:
+        outcome = metering.meter(batch, settings=SETTINGS, deadline=deadline)
+    finally:
+        client.meta.events.unregister("after-call.dynamodb.TransactWriteItems", slow_transaction)
+    assert outcome.timed_out and not outcome.errors
+    done = [r for r in outcome.results if r is not None]
+    assert len(done) == metering.MAX_RECORDS_PER_TRANSACTION
+    assert int(account(user).request_count) == len(done)
+
+
 def test_a_deadline_already_past_writes_nothing() -> None:
     user = new_user(1000)
     before = account(user)

@@ -141,13 +141,19 @@ def split_payload(payload: Any) -> list[Any] | None:
     return events
 
 
-def meter_raw(raw_events: Sequence[Any], budget: Budget = Budget()) -> metering.Metered:
+def meter_raw(
+    raw_events: Sequence[Any],
+    budget: Budget = Budget(),
+    redelivered: Sequence[bool] | None = None,
+) -> metering.Metered:
     """Validate, meter, keep what cannot be billed; results in input order (None where an
-    event was left unmetered)."""
+    event was left unmetered). `redelivered`: per event, whether it may have been metered
+    before (metering reads its record first)."""
     parsed = [parse_event(raw) for raw in raw_events]
     valid = [(index, item) for index, item in enumerate(parsed) if isinstance(item, UsageEvent)]
     events = [event for _, event in valid]
-    outcome = metering.meter(events, deadline=budget.deadline)
+    again = [bool(redelivered and redelivered[index]) for index, _ in valid]
+    outcome = metering.meter(events, deadline=budget.deadline, redelivered=again)
     kept = unbilled.keep(events, outcome.results, deadline=budget.deadline)
     results: list[Result | None] = [
         None if isinstance(item, UsageEvent) else item for item in parsed
@@ -200,6 +206,7 @@ def meter_payload(payload: Any, budget: Budget = Budget()) -> dict[str, Any]:
 class QueueMessage:
     message_id: str
     body: str
+    receive_count: int = 1  # SQS's ApproximateReceiveCount: above 1, a redelivery
 
 
 @dataclass
@@ -226,6 +233,7 @@ def meter_messages(messages: Sequence[QueueMessage], budget: Budget = Budget()) 
     handed_back: list[str] = []
     readable: list[_Read] = []
     raw_events: list[Any] = []
+    redelivered: list[bool] = []
     for message in messages:
         try:
             events = _read_message(message)
@@ -235,7 +243,9 @@ def meter_messages(messages: Sequence[QueueMessage], budget: Budget = Budget()) 
             continue
         readable.append(_Read(message, events, len(raw_events)))
         raw_events.extend(events)
-    outcome = meter_raw(raw_events, budget)
+        # Handed back before, part of it was metered: those events are duplicates now.
+        redelivered.extend([message.receive_count > 1] * len(events))
+    outcome = meter_raw(raw_events, budget, redelivered)
     left = 0
     for read in readable:
         results = outcome.results[read.first : read.first + len(read.events)]

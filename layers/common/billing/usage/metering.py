@@ -26,9 +26,12 @@ the whole chunk be decided again from a fresh read, so every result (balance inc
 exact. A chunk that meets an existing usage record (a duplicate, or a hold that changed) is
 sorted out from the records and retried without the events already decided.
 
-Metering can be given a deadline (time.monotonic()): no chunk starts after it, and the
-events not metered by then come back without a result, like those a transient error left;
-metering them again later is safe (what was written is recognised as a duplicate).
+Metering can be given a deadline (time.monotonic()): no step (a batch read, or one chunk's
+transaction) starts unless a step as long as the longest one seen so far would still end
+before it, and the events not metered by then come back without a result, like those a
+transient error left; metering them again later is safe (what was written is recognised as
+a duplicate). Measuring the steps keeps a slow table (throttling, backoff, a busy machine)
+from running past the deadline by more than one unusually slow step.
 
 Available balance = quota - held_quota. A charge or reserve never takes it below zero; a
 settle may (the usage already happened) by the part above its hold only. Holds live
@@ -43,6 +46,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -66,6 +70,8 @@ HOLD_SHARDS = 10
 MAX_RECORDS_PER_TRANSACTION = 97
 # Re-reads of a contended account before the event is handed back as retryable.
 MAX_ATTEMPTS = 60
+# Records (and accounts) read at once: BatchGetItem's limit.
+READ_SLICE = 100
 
 # Errors after which a retry may succeed (throttling, contention, a network failure).
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
@@ -168,17 +174,41 @@ def past(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
 
 
+@dataclass
+class _Timer:
+    """A deadline, and the longest step timed against it."""
+
+    deadline: float | None
+    longest: float = 0.0
+
+    def out_of_time(self) -> bool:
+        """Whether a step as long as the longest so far would end after the deadline."""
+        return self.deadline is not None and time.monotonic() + self.longest >= self.deadline
+
+    @contextmanager
+    def step(self) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.longest = max(self.longest, time.monotonic() - started)
+
+
 def meter(
     events: Sequence[UsageEvent],
     *,
     settings: Settings | None = None,
     now: datetime | None = None,
     deadline: float | None = None,
+    redelivered: Sequence[bool] | None = None,
 ) -> Metered:
     """Meter validated events; results come back in input order.
 
-    `deadline` (a time.monotonic() value): no transaction starts after it; the events left
-    have no result (None) and `timed_out` is set.
+    `deadline` (a time.monotonic() value): no step starts that would likely end after it
+    (module docstring); the events left have no result (None) and `timed_out` is set.
+    `redelivered` marks the events that may have been metered before (a message SQS delivers
+    again): their records are read up front, so what was written already costs no
+    transaction on the retry.
     """
     settings = settings or load_settings()
     results: list[Result | None] = [None] * len(events)
@@ -214,23 +244,30 @@ def meter(
         if segment == len(waves):
             waves.append([])
         # A request_id seen before in the batch has a record by now: read it up front.
-        waves[segment].append(_Pending(index, event, quote, prefetch=key in seen))
+        again = key in seen or bool(redelivered and redelivered[index])
+        waves[segment].append(_Pending(index, event, quote, prefetch=again))
         seen.add(key)
     errors: list[Exception] = []
     failed_users: set[str] = set()
+    timer = _Timer(deadline)
     for members in waves:
         # A user whose earlier events were left unmetered stops there: its later events (the
         # repeats of its request_ids) come after them, on the retry.
         live = [p for p in members if p.event.user_id not in failed_users]
-        if _run_wave(live, results, errors, failed_users, settings, now, deadline):
+        if _run_wave(live, results, errors, failed_users, settings, now, timer):
             return Metered(results, errors, timed_out=True)
     return Metered(results, errors)
 
 
 def release_expired(
-    *, settings: Settings | None = None, now: datetime | None = None
+    *,
+    settings: Settings | None = None,
+    now: datetime | None = None,
+    deadline: float | None = None,
 ) -> dict[str, int]:
-    """The sweeper: release every hold whose lifetime is over (each release idempotent)."""
+    """The sweeper: release every hold whose lifetime is over (each release idempotent).
+
+    With a deadline, the holds it leaves are released by the next run."""
     settings = settings or load_settings()
     cutoff = clock.iso(now)
     found = (
@@ -257,7 +294,8 @@ def release_expired(
         pendings.append(_Pending(index, event, None, record=record, expire=True, prefetch=True))
     results: list[Result | None] = [None] * len(request_ids)
     errors: list[Exception] = []
-    _run_wave(pendings, results, errors, set(), settings, now, records=records)
+    timer = _Timer(deadline)
+    _run_wave(pendings, results, errors, set(), settings, now, timer, records=records)
     if errors:
         raise errors[0]
     released = sum(1 for r in results if r is not None and r["status"] == Status.RELEASED)
@@ -267,6 +305,27 @@ def release_expired(
 # ---------------------------------------------------------------- one wave of events
 
 
+def _needs_record(p: _Pending) -> bool:
+    # Settle and release need the hold on the record; repeats need the record's state.
+    return p.prefetch or p.event.action in (Action.SETTLE, Action.RELEASE)
+
+
+def _slices(by_user: Mapping[str, list[_Pending]]) -> Iterator[list[str]]:
+    """The users of a wave in groups whose reads fit one batch read (records and accounts),
+    so that each step is bounded and the deadline is looked at between them."""
+    current: list[str] = []
+    wanted = 0
+    for user_id, pendings in by_user.items():
+        need = sum(1 for p in pendings if _needs_record(p))
+        if current and (wanted + need > READ_SLICE or len(current) >= READ_SLICE):
+            yield current
+            current, wanted = [], 0
+        current.append(user_id)
+        wanted += need
+    if current:
+        yield current
+
+
 def _run_wave(
     wave: list[_Pending],
     results: list[Result | None],
@@ -274,30 +333,45 @@ def _run_wave(
     failed_users: set[str],
     settings: Settings,
     now: datetime | None,
-    deadline: float | None = None,
+    timer: _Timer,
     *,
     records: Mapping[str, UsageRecord] | None = None,
 ) -> bool:
-    """Meter one wave; True when the deadline stopped it (the rest is left unmetered)."""
-    if not wave:
-        return False
-    if past(deadline):
-        return True
-    # Settle and release need the hold on the record; repeats need the record's state.
-    wanted = {
-        p.request_id
-        for p in wave
-        if p.prefetch or p.event.action in (Action.SETTLE, Action.RELEASE)
-    }
+    """Meter one wave, a slice of users at a time; True when the deadline stopped it (the
+    rest is left unmetered)."""
+    by_user: dict[str, list[_Pending]] = {}
+    for p in wave:
+        by_user.setdefault(p.event.user_id, []).append(p)
+    for users in _slices(by_user):
+        if timer.out_of_time():
+            return True
+        members = [p for user_id in users for p in by_user[user_id]]
+        if _run_slice(members, results, errors, failed_users, settings, now, timer, records):
+            return True
+    return False
+
+
+def _run_slice(
+    members: list[_Pending],
+    results: list[Result | None],
+    errors: list[Exception],
+    failed_users: set[str],
+    settings: Settings,
+    now: datetime | None,
+    timer: _Timer,
+    records: Mapping[str, UsageRecord] | None,
+) -> bool:
+    wanted = {p.request_id for p in members if _needs_record(p)}
     if records is None:
         try:
-            records = _read_records(sorted(wanted))
+            with timer.step():
+                records = _read_records(sorted(wanted))
         except TRANSIENT_ERRORS as exc:
             errors.append(exc)
-            failed_users.update(p.event.user_id for p in wave)
+            failed_users.update(p.event.user_id for p in members)
             return False
     ready: list[_Pending] = []
-    for p in wave:
+    for p in members:
         if p.request_id in wanted:
             final = _resolve(p, records.get(p.request_id), now)
             if final is not None:
@@ -308,7 +382,8 @@ def _run_wave(
     for p in ready:
         by_user.setdefault(p.event.user_id, []).append(p)
     try:
-        accounts = _read_accounts(list(by_user))
+        with timer.step():
+            accounts = _read_accounts(list(by_user))
     except TRANSIENT_ERRORS as exc:
         errors.append(exc)
         failed_users.update(by_user)
@@ -320,7 +395,7 @@ def _run_wave(
                 results[p.index] = rejected(p.request_id, AccountNotFound(), quota=_price(p))
             continue
         try:
-            _meter_user(account, pendings, results, settings, now, deadline)
+            _meter_user(account, pendings, results, settings, now, timer)
         except AccountNotFound:
             for p in pendings:
                 if results[p.index] is None:
@@ -339,17 +414,17 @@ def _meter_user(
     results: list[Result | None],
     settings: Settings,
     now: datetime | None,
-    deadline: float | None = None,
+    timer: _Timer,
 ) -> None:
     """Meter one user's events, in input order, one chunk (one transaction) at a time.
 
-    _OutOfTime when the deadline passes before a chunk (the chunks written stay written).
+    _OutOfTime when the time is up before a chunk (the chunks written stay written).
     """
     user_id = account.user_id
     remaining = list(pendings)
     attempt = 0
     while remaining:
-        if past(deadline):
+        if timer.out_of_time():
             raise _OutOfTime()
         chunk = _admit(account, remaining, settings, now)
         if not chunk.changes:
@@ -358,16 +433,18 @@ def _meter_user(
             remaining = remaining[chunk.taken :]
             continue
         try:
-            applied = ledger.apply(
-                chunk.changes, chunk.ops, accounts={user_id: account}, max_attempts=1
-            )
+            with timer.step():
+                applied = ledger.apply(
+                    chunk.changes, chunk.ops, accounts={user_id: account}, max_attempts=1
+                )
         except ledger.LedgerContention:
             # The account changed since it was read: decide the chunk again from a fresh read.
             attempt += 1
             if attempt >= MAX_ATTEMPTS:
                 raise
             _backoff(attempt)
-            account = ledger.read_account(user_id)
+            with timer.step():
+                account = ledger.read_account(user_id)
             continue
         except (ledger.DuplicateEntry, ledger.ConditionFailed):
             # A usage record of the chunk exists already or changed under us: read them all
@@ -375,7 +452,8 @@ def _meter_user(
             attempt += 1
             if attempt >= MAX_ATTEMPTS:
                 raise ledger.LedgerContention("usage records kept changing; try again") from None
-            records = _read_records([p.request_id for p in chunk.admitted])
+            with timer.step():
+                records = _read_records([p.request_id for p in chunk.admitted])
             settled: set[int] = set()
             for p in chunk.admitted:
                 final = _resolve(p, records.get(p.request_id), now)
