@@ -268,19 +268,34 @@ def collect_dead_letters(
 # ---------------------------------------------------------------- a template variant
 
 
-def template_with_meter_timeout(directory: Path, seconds: int) -> Path:
-    """infra/template.yaml with MeterUsageFunction's Timeout set to `seconds` (code paths made
-    absolute, so the copy runs from anywhere)."""
-    text = (ROOT / "infra" / "template.yaml").read_text()
-    start = text.index("\n  MeterUsageFunction:\n")
+def _resource_block(text: str, logical_id: str) -> tuple[int, int]:
+    start = text.index(f"\n  {logical_id}:\n")
     following = re.compile(r"\n  \w+:\n").search(text, start + 1)
-    end = following.start() if following else len(text)
+    return start, following.start() if following else len(text)
+
+
+def template_with_meter_timeout(
+    directory: Path, seconds: int, max_receive_count: int | None = None
+) -> Path:
+    """infra/template.yaml with MeterUsageFunction's Timeout set to `seconds` and, if given,
+    the usage queue's maxReceiveCount (code paths made absolute, so the copy runs from
+    anywhere)."""
+    text = (ROOT / "infra" / "template.yaml").read_text()
+    start, end = _resource_block(text, "MeterUsageFunction")
     block, count = re.subn(
         r"\n      Timeout: \d+\n", f"\n      Timeout: {seconds}\n", text[start:end]
     )
     assert count == 1, "MeterUsageFunction has no Timeout of its own"
     text = text[:start] + block + text[end:]
+    if max_receive_count is not None:
+        start, end = _resource_block(text, "UsageQueue")
+        block, count = re.subn(
+            r"maxReceiveCount: \d+", f"maxReceiveCount: {max_receive_count}", text[start:end]
+        )
+        assert count == 1, "UsageQueue has no redrive policy"
+        text = text[:start] + block + text[end:]
     text = re.sub(r"(CodeUri|ContentUri): \.\./", rf"\1: {ROOT}/", text)
-    path = directory / f"template-meter-timeout-{seconds}.yaml"
+    suffix = "" if max_receive_count is None else f"-receives-{max_receive_count}"
+    path = directory / f"template-meter-timeout-{seconds}{suffix}.yaml"
     path.write_text(text)
     return path
