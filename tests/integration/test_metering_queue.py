@@ -45,6 +45,9 @@ SHORT_TIMEOUT = 20  # seconds: a budget of 16 s, far less than a full batch need
 # A full batch needs many deliveries within so short a Timeout (the template sizes Timeout so
 # that it needs one); the redrive count grows with them, or the queue would dead-letter it.
 MAX_RECEIVES = 100
+# Metering a full batch on moto (one lock, transactions that copy their tables) takes
+# minutes on a busy machine: more than the suite's per-test timeout.
+FULL_BATCH_TIMEOUT = 900
 
 
 def batch_size() -> int:
@@ -138,6 +141,7 @@ def deliver(stack: LocalStack, pending: dict[str, Any], receive_count: int) -> s
     return handed_back
 
 
+@pytest.mark.timeout(FULL_BATCH_TIMEOUT)
 def test_a_full_batch_hands_back_what_did_not_fit_and_is_billed_once(
     short_timeout: LocalStack,
 ) -> None:
@@ -160,6 +164,7 @@ def test_a_full_batch_hands_back_what_did_not_fit_and_is_billed_once(
     assert_billed_once(stack, people, messages)
 
 
+@pytest.mark.timeout(FULL_BATCH_TIMEOUT)
 def test_a_full_batch_through_the_queue_is_billed_once(short_timeout: LocalStack) -> None:
     stack = short_timeout
     people, messages = full_batch(stack)

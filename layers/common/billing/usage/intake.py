@@ -93,8 +93,12 @@ class Budget:
     @classmethod
     def from_remaining(cls, remaining_ms: int) -> Budget:
         """The budget of an invocation with `remaining_ms` left, less the safety margin."""
-        margin = min(MAX_MARGIN_MS, max(MIN_MARGIN_MS, int(remaining_ms * MARGIN_SHARE)))
-        return cls(time.monotonic() + (remaining_ms - margin) / 1000)
+        return cls(time.monotonic() + (remaining_ms - margin_ms(remaining_ms)) / 1000)
+
+
+def margin_ms(remaining_ms: int) -> int:
+    """The safety margin kept back from `remaining_ms`."""
+    return min(MAX_MARGIN_MS, max(MIN_MARGIN_MS, int(remaining_ms * MARGIN_SHARE)))
 
 
 def _describe(exc: ValidationError) -> str:
