@@ -72,7 +72,7 @@ def short_timeout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSta
         local.stop()
 
 
-def full_batch(stack: LocalStack, users: int = 10) -> tuple[list[str], list[dict[str, Any]]]:
+def full_batch(stack: LocalStack, users: int = 20) -> tuple[list[str], list[dict[str, Any]]]:
     """A full batch of messages, each from a gateway of its own: settles (no hold, no quota
     needed) over `users` accounts per message; and all the accounts."""
     people: list[str] = []
