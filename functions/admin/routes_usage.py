@@ -19,9 +19,9 @@ def _admin() -> Principal:
 
 @router.get("/admin/unbilled-usage")
 def list_unbilled_usage() -> Response[str]:
-    _admin()
-    page = page_params(router)
-    return json_response(200, unbilled.list_open(page.limit, page.cursor))
+    admin = _admin()
+    page = page_params(router, "unbilled_usage", admin.user_id)
+    return json_response(200, page.seal(unbilled.list_open(page.limit, page.cursor)))
 
 
 @router.post("/admin/unbilled-usage/<request_id>/remeter")

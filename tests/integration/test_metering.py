@@ -38,6 +38,7 @@ from tests.support.metering import (
     unbilled_item,
     usage_event,
     usage_record,
+    wait_for_indexes,
 )
 from tests.support.stack import LambdaFunctionError, LocalStack, wait_for
 
@@ -246,6 +247,7 @@ def _assert_nothing_written(
 ) -> None:
     assert get_account(stack, user) == before
     assert [e["kind"] for e in all_pages(stack, user, "/ledger")] == ["adjustment"]
+    wait_for_indexes(stack)
     assert all_pages(stack, user, "/usage") == []
     for request_id in request_ids:
         if request_id:
@@ -443,6 +445,7 @@ def test_get_usage_lists_the_users_records_newest_first(stack: LocalStack) -> No
     invoke(stack, usage_event(other))
     reserve = usage_event(user, "reserve", prompt_tokens=40)
     invoke(stack, reserve)
+    wait_for_indexes(stack)  # GET /usage reads by_user, a GSI
     page = stack.request("GET", "/usage?limit=2", token=stack.token(user))
     assert page.status_code == 200
     items = page.json()["items"]

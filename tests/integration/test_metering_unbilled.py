@@ -28,6 +28,7 @@ from tests.support.metering import (
     unbilled_item,
     usage_event,
     usage_record,
+    wait_for_indexes,
 )
 from tests.support.stack import LocalStack, wait_for
 
@@ -86,6 +87,7 @@ def test_usage_of_an_account_not_made_yet_is_kept_and_remetered_once(stack: Loca
     assert unbilled_item(stack, settle["request_id"])["attempts"] == "1"  # type: ignore[index]
 
     create_account(stack, user)
+    wait_for_indexes(stack)
     assert all_pages(stack, user, "/usage") == []  # not in the user's history yet
     with ThreadPoolExecutor(max_workers=10) as pool:
         responses = list(
@@ -103,6 +105,7 @@ def test_usage_of_an_account_not_made_yet_is_kept_and_remetered_once(stack: Loca
     } == {("settled", 120, -120)}
     account = assert_ledger_sums(stack, user)
     assert (account["quota"], account["used_quota"], account["request_count"]) == (-120, 120, 1)
+    wait_for_indexes(stack)
     assert [u["status"] for u in all_pages(stack, user, "/usage")] == ["settled"]
     # The event itself delivered late is a duplicate now, and the item is no longer open.
     assert invoke(stack, settle)["status"] == "duplicate"

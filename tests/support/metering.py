@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,6 +89,13 @@ def get_account(stack: LocalStack, user: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+def wait_for_indexes(stack: LocalStack) -> None:
+    """Let the GSIs catch up with every write made so far (they lag behind the table, as in
+    AWS, and can never be read consistently): before a list read through one (GET /usage,
+    GET /admin/unbilled-usage) that must show those writes, or must show that none happened."""
+    time.sleep(stack.index_lag + 0.05)
 
 
 def all_pages(

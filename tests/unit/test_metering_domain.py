@@ -51,9 +51,22 @@ SETTINGS = parse_settings(_document())
 FIXED = parse_settings(_document(later="1"))
 
 
+# Seconds a write stays invisible to indexes and eventually consistent reads on the embedded
+# AWS (as in AWS, where a GSI can never be read consistently); set once it has started.
+INDEX_LAG = 0.0
+
+
+def wait_for_indexes() -> None:
+    """Let the indexes catch up with every write made so far, before a read through one."""
+    time.sleep(INDEX_LAG + 0.05)
+
+
 @pytest.fixture(scope="module")
 def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedAws]:
+    global INDEX_LAG
     with embedded_tables() as embedded:
+        assert embedded.strictness is not None
+        INDEX_LAG = embedded.strictness.index_lag_ms / 1000
         # The unbilled-usage model lives in its subdomain; point it at the template's table.
         unbilled.UnbilledUsage.Meta.table_name = "quota-local-UnbilledUsageTable"
         unbilled.UnbilledUsage.Meta.host = Account.Meta.host
@@ -108,6 +121,7 @@ def assert_consistent(user: str) -> Account:
     found = account(user)
     entries = list(LedgerEntry.query(user, consistent_read=True))
     assert sum(int(e.delta) for e in entries if e.balance == "quota") == int(found.quota)
+    wait_for_indexes()  # the holds are read through by_user, a GSI
     open_holds = sum(
         int(r.hold_quota)
         for r in UsageRecord.by_user.query(user)
@@ -128,7 +142,7 @@ def test_a_batch_of_100_for_one_user_takes_two_account_writes() -> None:
     assert int(found.version) - version == 2  # 50 events per account write
     assert int(found.quota) == 10_000 - 700
     assert int(found.used_quota) == 700 and int(found.request_count) == 100
-    usage_entries = [e for e in LedgerEntry.query(user) if e.kind == "usage"]
+    usage_entries = [e for e in LedgerEntry.query(user, consistent_read=True) if e.kind == "usage"]
     assert len(usage_entries) == 2
     assert sorted(-int(e.delta) for e in usage_entries) == [21, 679]  # 3 and 97 events
 
@@ -167,7 +181,7 @@ def test_admission_is_in_input_order_against_the_balance() -> None:
     found = assert_consistent(user)
     assert int(found.quota) == 10 and int(found.request_count) == 3
     # Nothing was written for the refused events.
-    assert UsageRecord.count(batch[2].request_id) == 0
+    assert UsageRecord.count(batch[2].request_id, consistent_read=True) == 0
 
 
 def test_same_request_id_five_times_in_one_batch_charges_once() -> None:
@@ -330,6 +344,7 @@ def test_the_sweeper_releases_only_expired_holds() -> None:
     meter(event("reserve", user, old, tokens=100), now=start - timedelta(seconds=120))
     meter(event("reserve", user, fresh, tokens=50), now=start)
     assert int(account(user).held_quota) == 150
+    wait_for_indexes()  # the sweeper finds holds through open_holds, a GSI
     summary = metering.release_expired(settings=SETTINGS, now=start + timedelta(seconds=1))
     assert summary["released"] >= 1
     assert UsageRecord.get(old, consistent_read=True).status == "expired"
@@ -349,6 +364,7 @@ def test_a_late_settle_after_expiry_still_charges_the_usage() -> None:
     request_id = uuid.uuid4().hex
     start = clock.now()
     meter(event("reserve", user, request_id, tokens=80), now=start - timedelta(seconds=120))
+    wait_for_indexes()
     metering.release_expired(settings=SETTINGS, now=start)
     (settled,) = meter(event("settle", user, request_id, tokens=90))
     assert settled["status"] == "settled" and settled["balance"] == 10
@@ -674,17 +690,18 @@ def test_usage_that_happened_but_cannot_be_billed_is_kept_once() -> None:
     # Out of the account's balance and history: only the charge of 5 moved anything.
     found = assert_consistent(user)
     assert int(found.quota) == 95 and int(found.request_count) == 1
-    assert UsageRecord.count(settle.request_id) == 0
+    assert UsageRecord.count(settle.request_id, consistent_read=True) == 0
 
 
 def test_unbilled_usage_is_listed_newest_first_over_the_shards() -> None:
-    for item in unbilled.UnbilledUsage.scan():
+    for item in unbilled.UnbilledUsage.scan(consistent_read=True):
         item.delete()
     user = new_user(0)
     kept = [event("settle", user, tokens=n + 1, model="later") for n in range(9)]
     for e in kept:
         intake_results(e)  # one at a time: distinct creation times
     assert len({unbilled.open_shard(e.request_id) for e in kept}) > 1
+    wait_for_indexes()  # the list reads open_by_time, a GSI
     pages: list[list[str]] = []
     cursor = None
     while True:
@@ -726,6 +743,7 @@ def test_remetering_bills_the_kept_usage_once_with_the_current_settings() -> Non
     assert late["status"] == "duplicate" and late["quota"] == 40
     found = assert_consistent(user)
     assert (int(found.quota), int(found.used_quota), int(found.request_count)) == (60, 40, 1)
+    wait_for_indexes()
     assert all(i["request_id"] != settle.request_id for i in unbilled.list_open(100, None)["items"])
 
 
