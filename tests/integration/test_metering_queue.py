@@ -45,6 +45,10 @@ SHORT_TIMEOUT = 20  # seconds: a budget of 16 s, far less than a full batch need
 # A full batch needs many deliveries within so short a Timeout (the template sizes Timeout so
 # that it needs one); the redrive count grows with them, or the queue would dead-letter it.
 MAX_RECEIVES = 100
+# Handed-back messages come back after the usage queue's VisibilityTimeout (1800 s in the
+# template, for its 300 s Timeout; 18 s in the stack's fast mode): on this stack it is the
+# shortest AWS allows for its Timeout, SHORT_TIMEOUT, so the rounds of a full batch follow
+# each other as they would in AWS with that Timeout.
 # Metering a full batch on moto (one lock, transactions that copy their tables) takes
 # minutes on a busy machine: more than the suite's per-test timeout.
 FULL_BATCH_TIMEOUT = 900
@@ -59,9 +63,10 @@ def batch_size() -> int:
 @pytest.fixture(scope="module")
 def short_timeout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """A stack of its own whose metering function has SHORT_TIMEOUT seconds (and whose usage
-    queue redrives after MAX_RECEIVES receives)."""
+    queue redrives after MAX_RECEIVES receives, and makes messages visible again after
+    SHORT_TIMEOUT seconds)."""
     template = template_with_meter_timeout(
-        tmp_path_factory.mktemp("template"), SHORT_TIMEOUT, MAX_RECEIVES
+        tmp_path_factory.mktemp("template"), SHORT_TIMEOUT, MAX_RECEIVES, SHORT_TIMEOUT
     )
     local = LocalStack("metering-budget")
     local.start(template=template, env={"LOCAL_SCHEDULES": "0"})

@@ -283,10 +283,14 @@ def _resource_block(text: str, logical_id: str) -> tuple[int, int]:
 
 
 def template_with_meter_timeout(
-    directory: Path, seconds: int, max_receive_count: int | None = None
+    directory: Path,
+    seconds: int,
+    max_receive_count: int | None = None,
+    visibility_timeout: int | None = None,
 ) -> Path:
     """infra/template.yaml with MeterUsageFunction's Timeout set to `seconds` and, if given,
-    the usage queue's maxReceiveCount (code paths made absolute, so the copy runs from
+    the usage queue's maxReceiveCount and VisibilityTimeout (which must stay >= `seconds`;
+    handed-back messages come back after it) (code paths made absolute, so the copy runs from
     anywhere)."""
     text = (ROOT / "infra" / "template.yaml").read_text()
     start, end = _resource_block(text, "MeterUsageFunction")
@@ -302,8 +306,16 @@ def template_with_meter_timeout(
         )
         assert count == 1, "UsageQueue has no redrive policy"
         text = text[:start] + block + text[end:]
+    if visibility_timeout is not None:
+        start, end = _resource_block(text, "UsageQueue")
+        block, count = re.subn(
+            r"VisibilityTimeout: \d+", f"VisibilityTimeout: {visibility_timeout}", text[start:end]
+        )
+        assert count == 1, "UsageQueue has no VisibilityTimeout"
+        text = text[:start] + block + text[end:]
     text = re.sub(r"(CodeUri|ContentUri): \.\./", rf"\1: {ROOT}/", text)
     suffix = "" if max_receive_count is None else f"-receives-{max_receive_count}"
+    suffix += "" if visibility_timeout is None else f"-visibility-{visibility_timeout}"
     path = directory / f"template-meter-timeout-{seconds}{suffix}.yaml"
     path.write_text(text)
     return path
