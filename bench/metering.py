@@ -9,7 +9,16 @@ do not mix into the counts) and measures, through the Lambda Invoke API and the 
   stack's internal user agent and are not counted); goal: exactly one TransactWriteItems,
   and no SSM call once warm (settings and the pricing table are cached);
 - charges per second through the Invoke API (single-event invokes, concurrent clients), for
-  distinct users and for one hot user, and events per second in batches of 100.
+  distinct users and for one hot user, and events per second in batches of 100;
+- the usage queue's batches at full size (issue 21): the template's BatchSize messages of
+  500 events each, as the event source delivers them, and single 500-event messages over 1
+  and 50 users, against the time budget the function gives itself (its Timeout less
+  billing.usage.intake's margin). A full batch (50 users per message) must fit (goal); the
+  single messages show how the time grows with the transactions (one per user and chunk of
+  up to 97 events; the worst case, one user per event, is handed back in part and comes
+  again: the budget, not the batch size, bounds an invocation). These run on a stack of
+  their own (fresh tables) with a copy of the template whose MeterUsageFunction Timeout is
+  long, so the figures are the metering's, not a cut-off.
 
 The embedded AWS is moto behind one lock, so absolute rates say little about DynamoDB; the
 ratios (events per write, calls per charge) are what carries over. moto 5.2's
@@ -37,8 +46,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "layers" / "common")]
 
+import boto3  # noqa: E402
+from billing.usage import intake  # noqa: E402
+from botocore.config import Config  # noqa: E402
+
 from local.aws import INTERNAL_USER_AGENT  # noqa: E402
-from tests.support.stack import LocalStack, wait_for  # noqa: E402
+from local.template import Template  # noqa: E402
+from tests.support.metering import template_with_meter_timeout  # noqa: E402
+from tests.support.stack import ARTIFACTS, LocalStack, wait_for  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "6"))
 CHARGES = int(os.environ.get("BENCH_CHARGES", "100"))
@@ -208,6 +223,115 @@ def batched_events_per_second(stack: LocalStack, batches: int = 5) -> dict[str, 
     }
 
 
+# ---------------------------------------------------------------- full usage batches
+
+EVENTS_PER_MESSAGE = 500
+MEASURE_TIMEOUT = 900  # the bench stack's MeterUsageFunction Timeout: nothing is cut off
+
+
+def sizing() -> dict[str, Any]:
+    """BatchSize, Timeout and VisibilityTimeout as infra/template.yaml sets them, and the
+    time budget the function gives itself from that Timeout."""
+    template = Template(ROOT / "infra" / "template.yaml")
+    props = template.function_properties(FUNCTION)
+    source = props["Events"]["UsageQueueEvents"]["Properties"]
+    queue = template.raw["Resources"]["UsageQueue"]["Properties"]
+    timeout = int(props["Timeout"])
+    margin_ms = intake.margin_ms(timeout * 1000)
+    return {
+        "batch_size": int(source["BatchSize"]),
+        "timeout_seconds": timeout,
+        "budget_seconds": round(timeout - margin_ms / 1000, 1),
+        "visibility_timeout_seconds": int(queue["VisibilityTimeout"]),
+    }
+
+
+def accounts(stack: LocalStack, count: int) -> list[str]:
+    """`count` new accounts with no quota (settles need none: they may go below zero)."""
+    users = [f"bench-{uuid.uuid4().hex[:12]}" for _ in range(count)]
+
+    def create(user: str) -> None:
+        # POST /account is idempotent (200 for an existing account): a creation that moto
+        # stalled past the function's Timeout is simply sent again.
+        for attempt in range(3):
+            response = stack.request("POST", "/account", token=stack.token(user), json={})
+            if response.status_code < 500 or attempt == 2:
+                response.raise_for_status()
+                return
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(create, users))
+    return users
+
+
+def settles(users: list[str]) -> dict[str, Any]:
+    """One message body: 500 settles with no hold before them, spread over `users`."""
+    events = [
+        {**charge(users[i % len(users)]), "action": "settle"} for i in range(EVENTS_PER_MESSAGE)
+    ]
+    return {"events": events}
+
+
+def sqs_event(stack: LocalStack, bodies: list[dict[str, Any]]) -> dict[str, Any]:
+    arn = f"arn:aws:sqs:us-east-1:123456789012:{stack.queue_url('UsageQueue').rsplit('/', 1)[1]}"
+    return {
+        "Records": [
+            {
+                "messageId": str(uuid.uuid4()),
+                "receiptHandle": f"bench-{index}",
+                "body": json.dumps(body),
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "messageAttributes": {},
+                "eventSource": "aws:sqs",
+                "eventSourceARN": arn,
+                "awsRegion": "us-east-1",
+            }
+            for index, body in enumerate(bodies)
+        ]
+    }
+
+
+def metered_batch(stack: LocalStack, bodies: list[dict[str, Any]]) -> dict[str, Any]:
+    """Invoke the function with these messages as one queue batch; seconds and hand-backs."""
+    # A read timeout beyond the function's: the invocation may take minutes here.
+    client = boto3.client(
+        "lambda",
+        endpoint_url=stack.base_url,
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        config=Config(retries={"total_max_attempts": 1}, read_timeout=MEASURE_TIMEOUT + 60),
+    )
+    before = calls(stack)
+    started = time.perf_counter()
+    response = client.invoke(FunctionName=FUNCTION, Payload=json.dumps(sqs_event(stack, bodies)))
+    elapsed = time.perf_counter() - started
+    result = json.loads(response["Payload"].read())
+    assert not response.get("FunctionError"), result
+    transactions = (calls(stack) - before)["dynamodb.TransactWriteItems"]
+    events = len(bodies) * EVENTS_PER_MESSAGE
+    return {
+        "messages": len(bodies),
+        "events": events,
+        "seconds": round(elapsed, 2),
+        "events_per_second": round(events / elapsed, 1),
+        "transactions": transactions,
+        "seconds_per_transaction": round(elapsed / max(1, transactions), 3),
+        "handed_back": len(result["batchItemFailures"]),
+    }
+
+
+def full_batches(stack: LocalStack, limits: dict[str, Any]) -> dict[str, Any]:
+    single = {
+        f"{users}_users": metered_batch(stack, [settles(accounts(stack, users))])
+        for users in (1, 50)
+    }
+    # A full batch: every message from another gateway, 50 users each (all distinct).
+    batch_size = limits["batch_size"]
+    full = metered_batch(stack, [settles(accounts(stack, 50)) for _ in range(batch_size)])
+    return {"single_message": single, "full_batch_50_users_per_message": full}
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -217,6 +341,8 @@ def line(name: str, value: Any, goal: str, met: bool | None) -> None:
 
 
 def main() -> int:
+    limits = sizing()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     stack = LocalStack("bench-metering")
     stack.start(env={"LOCAL_SCHEDULES": "0"})
     try:
@@ -227,6 +353,17 @@ def main() -> int:
         distinct = charges_per_second(stack, users=CLIENTS)
         hot = charges_per_second(stack, users=1)
         batched = batched_events_per_second(stack)
+    finally:
+        stack.stop()
+    # Full batches on fresh tables (moto's transactions slow down as tables grow), with a
+    # Timeout long enough that nothing is cut off.
+    stack = LocalStack("bench-metering-batches")
+    stack.start(
+        template=template_with_meter_timeout(ARTIFACTS, MEASURE_TIMEOUT),
+        env={"LOCAL_SCHEDULES": "0"},
+    )
+    try:
+        sized = full_batches(stack, limits)
     finally:
         stack.stop()
 
@@ -250,6 +387,18 @@ def main() -> int:
             "goal": "0 (settings and pricing cached)",
             "met": cached,
         },
+        "full_usage_batch_seconds": {
+            "value": sized["full_batch_50_users_per_message"]["seconds"],
+            "goal": f"<= {limits['budget_seconds']} (the budget of Timeout "
+            f"{limits['timeout_seconds']} s), nothing handed back",
+            "met": sized["full_batch_50_users_per_message"]["seconds"] <= limits["budget_seconds"]
+            and sized["full_batch_50_users_per_message"]["handed_back"] == 0,
+        },
+        "usage_queue_visibility_timeout": {
+            "value": limits["visibility_timeout_seconds"],
+            "goal": f">= Timeout {limits['timeout_seconds']} (AWS requires it)",
+            "met": limits["visibility_timeout_seconds"] >= limits["timeout_seconds"],
+        },
     }
     report = {
         "goals": goals,
@@ -260,6 +409,8 @@ def main() -> int:
         "invoke_throughput_distinct_users": distinct,
         "invoke_throughput_one_user": hot,
         "batched_throughput": batched,
+        "usage_queue_sizing": limits,
+        "usage_queue_full_batches": sized,
         "note": (
             "moto behind one lock, and its TransactWriteItems deep-copies each written item's "
             "table: rates are not DynamoDB's and fall as tables grow; ratios carry over"
@@ -279,7 +430,7 @@ def main() -> int:
     line("events per account write, 100 over 10 users", spread["events_per_account_write"],
          "(10 at most: one write per user)", None)  # fmt: skip
     line("events per account write, usage queue (100 msgs)", queue["events_per_account_write"],
-         "(batch size 100, window 1 s)", None)  # fmt: skip
+         f"(batch size {limits['batch_size']}, window 1 s)", None)  # fmt: skip
     line("TransactWriteItems per single charge (warm)", goals[
         "transact_write_items_per_single_charge"]["value"], "== 1", one_transaction)  # fmt: skip
     line("DynamoDB + SSM calls per single charge (warm)", per_charge["warm_total"],
@@ -291,6 +442,12 @@ def main() -> int:
     line("charges/second, Invoke API, one hot user", hot["charges_per_second"],
          "(measured)", None)  # fmt: skip
     line("events/second, batches of 100", batched["events_per_second"], "(measured)", None)
+    for name, measured in sized["single_message"].items():
+        line(f"seconds, one 500-event message, {name.replace('_', ' ')}", measured["seconds"],
+             f"(measured; {measured['transactions']} transactions)", None)  # fmt: skip
+    full = goals["full_usage_batch_seconds"]
+    line(f"seconds, full batch ({limits['batch_size']} x 500 events)", full["value"],
+         str(full["goal"]), bool(full["met"]))  # fmt: skip
     print(f"written to {RESULTS.relative_to(ROOT)}")
     return 0 if all(goal["met"] for goal in goals.values()) else 1
 

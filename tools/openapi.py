@@ -137,6 +137,32 @@ class UsageSummary(_Body):
     total: UsageTotals
 
 
+class UnbilledUsage(_Body):
+    """Usage that happened but could not be billed (unknown model, no account)."""
+
+    request_id: str
+    user_id: str
+    action: Literal["settle", "charge"]
+    model: str
+    group: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    error: Literal["unknown_model", "account_not_found"]
+    status: Literal["unbilled", "remetered"]
+    attempts: int
+    last_error: str | None
+    result: dict[str, Any] | None = Field(description="The metering result that billed it.")
+    remetered_by: str | None
+    remetered_at: str | None
+    created_at: str
+    updated_at: str
+
+
+class UnbilledUsagePage(_Body):
+    items: list[UnbilledUsage]
+    next_cursor: str | None
+
+
 class Product(_Body):
     product_id: str
     name: str
@@ -225,6 +251,8 @@ MODELS: tuple[type[BaseModel], ...] = (
     LedgerPage,
     UsagePage,
     UsageSummary,
+    UnbilledUsage,
+    UnbilledUsagePage,
     TopupOptions,
     Order,
     OrderPage,
@@ -374,6 +402,14 @@ RESPONSES: dict[tuple[str, str], tuple[dict[str, dict[str, Any]], tuple[int, ...
         {"200": _ok(Code, "The code, disabled.")},
         (*_USER, 403, 404),
     ),
+    ("get", "/admin/unbilled-usage"): (
+        {"200": _ok(UnbilledUsagePage, "Open unbilled usage, newest first.")},
+        (*_USER, 400, 403),
+    ),
+    ("post", "/admin/unbilled-usage/{request_id}/remeter"): (
+        {"200": _ok(UnbilledUsage, "Billed now (or before): the item, remetered.")},
+        (*_USER, 403, 404, 409, 503),
+    ),
     ("post", "/webhooks/stripe"): (
         {"200": _ok(WebhookAck, "Received (queued or ignored).")},
         (400, 413, 503),
@@ -391,6 +427,7 @@ LISTS = {
     ("get", "/usage"),
     ("get", "/topups"),
     ("get", "/admin/redemption-codes"),
+    ("get", "/admin/unbilled-usage"),
 }
 
 

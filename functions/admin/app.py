@@ -8,6 +8,7 @@ from typing import Any
 import routes_accounts
 import routes_codes
 import routes_topups
+import routes_usage
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -18,6 +19,7 @@ router = make_router()
 router.include_router(routes_accounts.router)
 router.include_router(routes_codes.router)
 router.include_router(routes_topups.router)
+router.include_router(routes_usage.router)
 
 
 @logger.inject_lambda_context(

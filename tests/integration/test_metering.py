@@ -13,136 +13,34 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.metering import (
+    FUNCTION,
+    ROOT,
+    account_item,
+    all_pages,
+    assert_ledger_sums,
+    collect_dead_letters,
+    funded_user,
+    get_account,
+    invoke,
+    new_request,
+    new_user,
+    queue_depth,
+    sample,
+    send,
+    statuses,
+    unbilled_item,
+    usage_event,
+    usage_record,
+    wait_for_indexes,
+)
 from tests.support.stack import LambdaFunctionError, LocalStack, wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
-EVENTS = ROOT / "events"
-FUNCTION = "MeterUsageFunction"
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def sample(name: str) -> Any:
-    return json.loads((EVENTS / name).read_text())
-
-
-def new_user() -> str:
-    return f"meter-{uuid.uuid4().hex[:12]}"
-
-
-def new_request() -> str:
-    return f"req-{uuid.uuid4().hex}"
-
-
-def funded_user(stack: LocalStack, quota: int) -> str:
-    """A user with an account holding `quota`, credited through the admin route."""
-    user = new_user()
-    created = stack.request("POST", "/account", token=stack.token(user), json={})
-    assert created.status_code == 201, created.text
-    if quota:
-        adjusted = stack.request(
-            "POST",
-            f"/admin/accounts/{user}/adjust",
-            token=stack.token("admin-metering", admin=True),
-            json={"delta": quota, "reason": "metering test"},
-        )
-        assert adjusted.status_code == 200, adjusted.text
-        assert adjusted.json()["quota"] == quota
-    return user
-
-
-def usage_event(
-    user: str,
-    action: str = "charge",
-    request_id: str | None = None,
-    prompt_tokens: int = 80,
-    completion_tokens: int = 0,
-    model: str = "gpt-4o",
-    **fields: Any,
-) -> dict[str, Any]:
-    event = sample("meter_usage_charge.json")
-    event.pop("group")
-    event.update(
-        action=action,
-        request_id=request_id or new_request(),
-        user_id=user,
-        model=model,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        **fields,
-    )
-    return event
-
-
-def invoke(stack: LocalStack, payload: Any) -> Any:
-    return stack.invoke(FUNCTION, payload)
-
-
-def get_account(stack: LocalStack, user: str) -> dict[str, Any]:
-    response = stack.request("GET", "/account", token=stack.token(user))
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def all_pages(stack: LocalStack, user: str, path: str) -> list[dict[str, Any]]:
-    token = stack.token(user)
-    items: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while True:
-        query = f"?limit=100&cursor={cursor}" if cursor else "?limit=100"
-        page = stack.request("GET", path + query, token=token)
-        assert page.status_code == 200, page.text
-        items += page.json()["items"]
-        cursor = page.json()["next_cursor"]
-        if not cursor:
-            return items
-
-
-def assert_ledger_sums(stack: LocalStack, user: str) -> dict[str, Any]:
-    """The quota ledger sums to the balance; returns the account."""
-    account = get_account(stack, user)
-    entries = all_pages(stack, user, "/ledger")
-    assert sum(e["delta"] for e in entries if e["balance"] == "quota") == account["quota"]
-    return account
-
-
-def account_item(stack: LocalStack, user: str) -> dict[str, Any]:
-    item = (
-        stack.boto3_client("dynamodb")
-        .get_item(
-            TableName=stack.table_name("AccountsTable"),
-            Key={"user_id": {"S": user}},
-            ConsistentRead=True,
-        )
-        .get("Item")
-    )
-    assert item is not None
-    return {key: next(iter(value.values())) for key, value in item.items()}
-
-
-def usage_record(stack: LocalStack, request_id: str) -> dict[str, Any] | None:
-    found = stack.boto3_client("dynamodb").get_item(
-        TableName=stack.table_name("UsageTable"),
-        Key={"request_id": {"S": request_id}},
-        ConsistentRead=True,
-    )
-    item = found.get("Item")
-    return None if item is None else {key: next(iter(v.values())) for key, v in item.items()}
-
-
-def statuses(results: list[dict[str, Any]]) -> list[str]:
-    return [r["status"] for r in results]
-
 
 # ---------------------------------------------------------------- single events
 
@@ -288,10 +186,12 @@ def test_reserve_then_release_is_back_to_the_start(stack: LocalStack) -> None:
     assert get_account(stack, user) == start
     assert all_pages(stack, user, "/ledger") == ledger_before
     assert invoke(stack, usage_event(user, "release", request_id))["status"] == "duplicate"
-    # A settle of a released hold is refused: the hold is gone.
+    # A settle after the release still bills the usage (any delivery order holds), in full:
+    # the hold is gone.
     late = invoke(stack, usage_event(user, "settle", request_id))
-    assert late["status"] == "rejected" and late["error"] == "invalid_event"
-    assert get_account(stack, user) == start
+    assert (late["status"], late["quota"], late["balance"]) == ("settled", 100, 900)
+    account = assert_ledger_sums(stack, user)
+    assert (account["quota"], account["held_quota"], account["request_count"]) == (900, 0, 1)
 
 
 def test_the_sample_batch_event(stack: LocalStack) -> None:
@@ -347,6 +247,7 @@ def _assert_nothing_written(
 ) -> None:
     assert get_account(stack, user) == before
     assert [e["kind"] for e in all_pages(stack, user, "/ledger")] == ["adjustment"]
+    wait_for_indexes(stack)
     assert all_pages(stack, user, "/usage") == []
     for request_id in request_ids:
         if request_id:
@@ -385,6 +286,10 @@ def test_unknown_model_is_refused_never_free(stack: LocalStack) -> None:
     result = invoke(stack, event)
     assert result["status"] == "rejected" and result["error"] == "unknown_model"
     _assert_nothing_written(stack, user, before, [event["request_id"]])
+    # The usage happened: it is kept for an admin (tests/integration/test_metering_unbilled.py).
+    assert result["unbilled"] is True
+    kept = unbilled_item(stack, event["request_id"])
+    assert kept is not None and (kept["status"], kept["error"]) == ("unbilled", "unknown_model")
 
 
 def test_unknown_account_is_refused(stack: LocalStack) -> None:
@@ -392,6 +297,8 @@ def test_unknown_account_is_refused(stack: LocalStack) -> None:
     result = invoke(stack, event)
     assert result["status"] == "rejected" and result["error"] == "account_not_found"
     assert usage_record(stack, event["request_id"]) is None
+    assert result["unbilled"] is True
+    assert unbilled_item(stack, event["request_id"]) is not None
 
 
 def test_a_batch_refuses_bad_events_one_by_one_in_order(stack: LocalStack) -> None:
@@ -437,42 +344,25 @@ def test_a_bad_batch_is_refused_whole_and_writes_nothing(stack: LocalStack, payl
 # ---------------------------------------------------------------- the usage queue
 
 
-def _send(stack: LocalStack, bodies: list[Any]) -> None:
-    sqs = stack.boto3_client("sqs")
-    for body in bodies:
-        text = body if isinstance(body, str) else json.dumps(body)
-        sqs.send_message(QueueUrl=stack.queue_url("UsageQueue"), MessageBody=text)
-
-
-def _queue_depth(stack: LocalStack, logical_id: str) -> int:
-    attributes = stack.boto3_client("sqs").get_queue_attributes(
-        QueueUrl=stack.queue_url(logical_id),
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]) + int(
-        attributes["ApproximateNumberOfMessagesNotVisible"]
-    )
-
-
 def test_usage_queue_messages_are_charged_once(stack: LocalStack) -> None:
     user = funded_user(stack, 10_000)
     single = usage_event(user)
     batch = [usage_event(user) for _ in range(3)]
-    _send(
+    invalid = usage_event(user, prompt_tokens=-3)
+    send(
         stack,
         [
             single,
             {"events": batch},
             single,  # the same event delivered twice
-            "this is not json",  # refused for good: logged, never retried
-            usage_event(user, prompt_tokens=-3),  # invalid: logged, not retried
+            f"this is not json ({user})",
+            invalid,
             {"events": [usage_event(user) for _ in range(501)]},  # too many: refused whole
         ],
     )
     wait_for(
         lambda: (
-            get_account(stack, user)["request_count"] == 4
-            and _queue_depth(stack, "UsageQueue") == 0
+            get_account(stack, user)["request_count"] == 4 and queue_depth(stack, "UsageQueue") == 0
         ),
         timeout=60,
         message="the usage queue to be metered and drained",
@@ -482,7 +372,14 @@ def test_usage_queue_messages_are_charged_once(stack: LocalStack) -> None:
     for event in [single, *batch]:
         record = usage_record(stack, event["request_id"])
         assert record is not None and record["status"] == "charged"
-    assert _queue_depth(stack, "UsageDLQ") == 0
+    # What could not be metered is in the DLQ (its alarm fires), never deleted unseen.
+    dead = collect_dead_letters(stack, user, 3)
+    assert sorted(d["reason"] for d in dead) == ["invalid_event", "not_json", "over_limit"]
+    by_reason = {d["reason"]: d["body"] for d in dead}
+    assert by_reason["not_json"] == f"this is not json ({user})"
+    assert json.loads(by_reason["invalid_event"]) == {"events": [invalid]}
+    assert len(json.loads(by_reason["over_limit"])["events"]) == 501
+    assert usage_record(stack, invalid["request_id"]) is None
 
 
 def test_a_transient_failure_on_the_queue_is_retried_and_charges_once(
@@ -500,7 +397,7 @@ def test_a_transient_failure_on_the_queue_is_retried_and_charges_once(
         count=2,
     )
     try:
-        _send(stack, [event])
+        send(stack, [event])
         wait_for(
             lambda: get_account(stack, user)["request_count"] == 1,
             timeout=60,
@@ -508,7 +405,7 @@ def test_a_transient_failure_on_the_queue_is_retried_and_charges_once(
         )
     finally:
         stack.clear_faults()
-    wait_for(lambda: _queue_depth(stack, "UsageQueue") == 0, timeout=30, message="drained")
+    wait_for(lambda: queue_depth(stack, "UsageQueue") == 0, timeout=30, message="drained")
     account = assert_ledger_sums(stack, user)
     assert account["quota"] == 9900 and account["request_count"] == 1
 
@@ -548,6 +445,7 @@ def test_get_usage_lists_the_users_records_newest_first(stack: LocalStack) -> No
     invoke(stack, usage_event(other))
     reserve = usage_event(user, "reserve", prompt_tokens=40)
     invoke(stack, reserve)
+    wait_for_indexes(stack)  # GET /usage reads by_user, a GSI
     page = stack.request("GET", "/usage?limit=2", token=stack.token(user))
     assert page.status_code == 200
     items = page.json()["items"]

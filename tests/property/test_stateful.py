@@ -686,12 +686,17 @@ class BillingMachine(RuleBasedStateMachine):
             assert result["status"] == "duplicate", result
             assert (result["quota"], result["balance"]) == (first["quota"], first["balance"])
             return
-        # A request id already used by another action, or a settle/release without an open
-        # hold, is refused and changes nothing (whatever the balance).
-        if (record is not None and action in ("charge", "reserve")) or (
-            action in ("settle", "release") and (record is None or record.status != "reserved")
-        ):
+        # A charge is a request of its own: a request id used by another action (or a hold
+        # action on a charged request) is refused and changes nothing.
+        if record is not None and (action == "charge" or record.status == "charged"):
             assert (result["status"], result.get("error")) == ("rejected", "invalid_event"), result
+            return
+        # Any delivery order holds (API.md): a reserve or release after the request was
+        # closed changes nothing, the duplicate of what closed it.
+        if record is not None and record.status != "reserved" and action != "settle":
+            closing = record.results["settle" if record.status == "settled" else "release"]
+            assert result["status"] == "duplicate", result
+            assert (result["quota"], result["balance"]) == (closing["quota"], closing["balance"])
             return
         price = int(result["quota"])
         if action in ("charge", "reserve"):
@@ -711,16 +716,21 @@ class BillingMachine(RuleBasedStateMachine):
                 record = MRequest(user, "reserved", hold=price)
             self.requests[rid] = record
         else:
-            assert record is not None
-            user.held -= record.hold
+            # A settle bills the usage whatever came before (over the hold if one is open,
+            # in full otherwise); a release with no hold before it closes the request.
+            hold = record.hold if record is not None else 0
+            user.held -= hold
             if action == "settle":
                 user.quota -= price
                 user.used += price
                 user.requests += 1
                 user.settled.add(rid)
             else:
-                assert price == record.hold
+                assert price == hold
+            if record is None:
+                record = self.requests[rid] = MRequest(user, "released")
             record.status = "settled" if action == "settle" else "released"
+            record.hold = 0
         assert (
             result["status"]
             == {

@@ -29,6 +29,8 @@ API_MD_ROUTES = {
     ("post", "/admin/topups/{order_id}/complete"),
     ("post", "/admin/accounts/{user_id}/adjust"),
     ("get", "/admin/accounts/{user_id}/ledger/export"),  # an extension (README)
+    ("get", "/admin/unbilled-usage"),
+    ("post", "/admin/unbilled-usage/{request_id}/remeter"),
     ("post", "/webhooks/stripe"),
     ("get", "/webhooks/epay"),
     ("post", "/webhooks/epay"),

@@ -2,9 +2,20 @@
 
 Every action is idempotent per (request_id, action): the usage record of a request_id (the
 usage log entry) is written in the SAME ledger transaction as the balance change, under
-`attribute_not_exists` for charge/reserve and under a status condition for settle/release,
-and it keeps each action's first result; the same request_id and action again returns that
+`attribute_not_exists` for a first action and under a status condition for a later one, and
+it keeps each action's first result; the same request_id and action again returns that
 result with status `duplicate` and writes nothing.
+
+Any delivery order holds (the usage queue is not ordered). What a request_id is billed
+depends only on which actions arrived, never on their order:
+- a settle always bills its usage, once: it replaces an open hold, or, when the hold is not
+  there (the settle came first, the hold was released or expired), it bills the full price
+  with no hold (and may take the balance below zero, as any settle may);
+- a release with no hold before it leaves a `released` record with nothing held (a
+  tombstone), so a late reserve finds the request closed;
+- a reserve or release that finds the request closed (settled, released, expired) changes
+  nothing and answers `duplicate` of the result that closed it.
+So a hold is open only while a reserve has arrived and neither settle nor release has.
 
 Events are aggregated per user so that one account update serves many events (the account
 item is the hot key): the admission of each event is decided here, in input order, against
@@ -14,6 +25,13 @@ and the chunk's usage records (at most 100 items). A concurrent change of the ac
 the whole chunk be decided again from a fresh read, so every result (balance included) is
 exact. A chunk that meets an existing usage record (a duplicate, or a hold that changed) is
 sorted out from the records and retried without the events already decided.
+
+Metering can be given a deadline (time.monotonic()): no step (a batch read, or one chunk's
+transaction) starts unless a step as long as the longest one seen so far would still end
+before it, and the events not metered by then come back without a result, like those a
+transient error left; metering them again later is safe (what was written is recognised as
+a duplicate). Measuring the steps keeps a slow table (throttling, backoff, a busy machine)
+from running past the deadline by more than one unusually slow step.
 
 Available balance = quota - held_quota. A charge or reserve never takes it below zero; a
 settle may (the usage already happened) by the part above its hold only. Holds live
@@ -28,6 +46,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -51,6 +70,8 @@ HOLD_SHARDS = 10
 MAX_RECORDS_PER_TRANSACTION = 97
 # Re-reads of a contended account before the event is handed back as retryable.
 MAX_ATTEMPTS = 60
+# Records (and accounts) read at once: BatchGetItem's limit.
+READ_SLICE = 100
 
 # Errors after which a retry may succeed (throttling, contention, a network failure).
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
@@ -95,10 +116,12 @@ class UsageEvent:
 
 @dataclass
 class Metered:
-    """Results in input order; None where a transient error left the event unmetered."""
+    """Results in input order; None where a transient error or the deadline left the event
+    unmetered (`timed_out` tells that the deadline did)."""
 
     results: list[Result | None]
     errors: list[Exception] = field(default_factory=list)
+    timed_out: bool = False
 
     @property
     def complete(self) -> bool:
@@ -127,7 +150,7 @@ class _Pending:
     quote: pricing.Quote | None  # None for a release (it has no price)
     record: UsageRecord | None = None  # read from the table (settle/release, retries)
     hold: int = 0  # the hold a settle replaces or a release drops
-    from_status: str = Status.RESERVED.value  # status the record must still have
+    from_status: str = Status.RESERVED.value  # status the record must still have (if any)
     expire: bool = False  # a release by the sweeper
     prefetch: bool = False  # read the record before writing (a repeat within the batch)
     # Stored with the result: a record carrying it was written by this very call (a retry
@@ -142,13 +165,51 @@ class _Pending:
 # ---------------------------------------------------------------- entry points
 
 
+class _OutOfTime(Exception):
+    """The deadline passed: what is left is handed back unmetered."""
+
+
+def past(deadline: float | None) -> bool:
+    """Whether a deadline (time.monotonic()) has passed; None never does."""
+    return deadline is not None and time.monotonic() >= deadline
+
+
+@dataclass
+class _Timer:
+    """A deadline, and the longest step timed against it."""
+
+    deadline: float | None
+    longest: float = 0.0
+
+    def out_of_time(self) -> bool:
+        """Whether a step as long as the longest so far would end after the deadline."""
+        return self.deadline is not None and time.monotonic() + self.longest >= self.deadline
+
+    @contextmanager
+    def step(self) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.longest = max(self.longest, time.monotonic() - started)
+
+
 def meter(
     events: Sequence[UsageEvent],
     *,
     settings: Settings | None = None,
     now: datetime | None = None,
+    deadline: float | None = None,
+    redelivered: Sequence[bool] | None = None,
 ) -> Metered:
-    """Meter validated events; results come back in input order."""
+    """Meter validated events; results come back in input order.
+
+    `deadline` (a time.monotonic() value): no step starts that would likely end after it
+    (module docstring); the events left have no result (None) and `timed_out` is set.
+    `redelivered` marks the events that may have been metered before (a message SQS delivers
+    again): their records are read up front, so what was written already costs no
+    transaction on the retry.
+    """
     settings = settings or load_settings()
     results: list[Result | None] = [None] * len(events)
     # Each user's events are applied in input order. A request_id that comes again for the
@@ -183,20 +244,30 @@ def meter(
         if segment == len(waves):
             waves.append([])
         # A request_id seen before in the batch has a record by now: read it up front.
-        waves[segment].append(_Pending(index, event, quote, prefetch=key in seen))
+        again = key in seen or bool(redelivered and redelivered[index])
+        waves[segment].append(_Pending(index, event, quote, prefetch=again))
         seen.add(key)
     errors: list[Exception] = []
     failed_users: set[str] = set()
+    timer = _Timer(deadline)
     for members in waves:
+        # A user whose earlier events were left unmetered stops there: its later events (the
+        # repeats of its request_ids) come after them, on the retry.
         live = [p for p in members if p.event.user_id not in failed_users]
-        _run_wave(live, results, errors, failed_users, settings, now)
+        if _run_wave(live, results, errors, failed_users, settings, now, timer):
+            return Metered(results, errors, timed_out=True)
     return Metered(results, errors)
 
 
 def release_expired(
-    *, settings: Settings | None = None, now: datetime | None = None
+    *,
+    settings: Settings | None = None,
+    now: datetime | None = None,
+    deadline: float | None = None,
 ) -> dict[str, int]:
-    """The sweeper: release every hold whose lifetime is over (each release idempotent)."""
+    """The sweeper: release every hold whose lifetime is over (each release idempotent).
+
+    With a deadline, the holds it leaves are released by the next run."""
     settings = settings or load_settings()
     cutoff = clock.iso(now)
     found = (
@@ -223,7 +294,8 @@ def release_expired(
         pendings.append(_Pending(index, event, None, record=record, expire=True, prefetch=True))
     results: list[Result | None] = [None] * len(request_ids)
     errors: list[Exception] = []
-    _run_wave(pendings, results, errors, set(), settings, now, records=records)
+    timer = _Timer(deadline)
+    _run_wave(pendings, results, errors, set(), settings, now, timer, records=records)
     if errors:
         raise errors[0]
     released = sum(1 for r in results if r is not None and r["status"] == Status.RELEASED)
@@ -233,6 +305,27 @@ def release_expired(
 # ---------------------------------------------------------------- one wave of events
 
 
+def _needs_record(p: _Pending) -> bool:
+    # Settle and release need the hold on the record; repeats need the record's state.
+    return p.prefetch or p.event.action in (Action.SETTLE, Action.RELEASE)
+
+
+def _slices(by_user: Mapping[str, list[_Pending]]) -> Iterator[list[str]]:
+    """The users of a wave in groups whose reads fit one batch read (records and accounts),
+    so that each step is bounded and the deadline is looked at between them."""
+    current: list[str] = []
+    wanted = 0
+    for user_id, pendings in by_user.items():
+        need = sum(1 for p in pendings if _needs_record(p))
+        if current and (wanted + need > READ_SLICE or len(current) >= READ_SLICE):
+            yield current
+            current, wanted = [], 0
+        current.append(user_id)
+        wanted += need
+    if current:
+        yield current
+
+
 def _run_wave(
     wave: list[_Pending],
     results: list[Result | None],
@@ -240,26 +333,45 @@ def _run_wave(
     failed_users: set[str],
     settings: Settings,
     now: datetime | None,
+    timer: _Timer,
     *,
     records: Mapping[str, UsageRecord] | None = None,
-) -> None:
-    if not wave:
-        return
-    # Settle and release need the hold on the record; repeats need the record's state.
-    wanted = {
-        p.request_id
-        for p in wave
-        if p.prefetch or p.event.action in (Action.SETTLE, Action.RELEASE)
-    }
+) -> bool:
+    """Meter one wave, a slice of users at a time; True when the deadline stopped it (the
+    rest is left unmetered)."""
+    by_user: dict[str, list[_Pending]] = {}
+    for p in wave:
+        by_user.setdefault(p.event.user_id, []).append(p)
+    for users in _slices(by_user):
+        if timer.out_of_time():
+            return True
+        members = [p for user_id in users for p in by_user[user_id]]
+        if _run_slice(members, results, errors, failed_users, settings, now, timer, records):
+            return True
+    return False
+
+
+def _run_slice(
+    members: list[_Pending],
+    results: list[Result | None],
+    errors: list[Exception],
+    failed_users: set[str],
+    settings: Settings,
+    now: datetime | None,
+    timer: _Timer,
+    records: Mapping[str, UsageRecord] | None,
+) -> bool:
+    wanted = {p.request_id for p in members if _needs_record(p)}
     if records is None:
         try:
-            records = _read_records(sorted(wanted))
+            with timer.step():
+                records = _read_records(sorted(wanted))
         except TRANSIENT_ERRORS as exc:
             errors.append(exc)
-            failed_users.update(p.event.user_id for p in wave)
-            return
+            failed_users.update(p.event.user_id for p in members)
+            return False
     ready: list[_Pending] = []
-    for p in wave:
+    for p in members:
         if p.request_id in wanted:
             final = _resolve(p, records.get(p.request_id), now)
             if final is not None:
@@ -270,11 +382,12 @@ def _run_wave(
     for p in ready:
         by_user.setdefault(p.event.user_id, []).append(p)
     try:
-        accounts = _read_accounts(list(by_user))
+        with timer.step():
+            accounts = _read_accounts(list(by_user))
     except TRANSIENT_ERRORS as exc:
         errors.append(exc)
         failed_users.update(by_user)
-        return
+        return False
     for user_id, pendings in by_user.items():
         account = accounts.get(user_id)
         if account is None:
@@ -282,14 +395,17 @@ def _run_wave(
                 results[p.index] = rejected(p.request_id, AccountNotFound(), quota=_price(p))
             continue
         try:
-            _meter_user(account, pendings, results, settings, now)
+            _meter_user(account, pendings, results, settings, now, timer)
         except AccountNotFound:
             for p in pendings:
                 if results[p.index] is None:
                     results[p.index] = rejected(p.request_id, AccountNotFound(), quota=_price(p))
+        except _OutOfTime:
+            return True
         except TRANSIENT_ERRORS as exc:
             errors.append(exc)
             failed_users.add(user_id)
+    return False
 
 
 def _meter_user(
@@ -298,12 +414,18 @@ def _meter_user(
     results: list[Result | None],
     settings: Settings,
     now: datetime | None,
+    timer: _Timer,
 ) -> None:
-    """Meter one user's events, in input order, one chunk (one transaction) at a time."""
+    """Meter one user's events, in input order, one chunk (one transaction) at a time.
+
+    _OutOfTime when the time is up before a chunk (the chunks written stay written).
+    """
     user_id = account.user_id
     remaining = list(pendings)
     attempt = 0
     while remaining:
+        if timer.out_of_time():
+            raise _OutOfTime()
         chunk = _admit(account, remaining, settings, now)
         if not chunk.changes:
             # Only refusals: nothing to write, and they were decided on a current read.
@@ -311,16 +433,18 @@ def _meter_user(
             remaining = remaining[chunk.taken :]
             continue
         try:
-            applied = ledger.apply(
-                chunk.changes, chunk.ops, accounts={user_id: account}, max_attempts=1
-            )
+            with timer.step():
+                applied = ledger.apply(
+                    chunk.changes, chunk.ops, accounts={user_id: account}, max_attempts=1
+                )
         except ledger.LedgerContention:
             # The account changed since it was read: decide the chunk again from a fresh read.
             attempt += 1
             if attempt >= MAX_ATTEMPTS:
                 raise
             _backoff(attempt)
-            account = ledger.read_account(user_id)
+            with timer.step():
+                account = ledger.read_account(user_id)
             continue
         except (ledger.DuplicateEntry, ledger.ConditionFailed):
             # A usage record of the chunk exists already or changed under us: read them all
@@ -328,7 +452,8 @@ def _meter_user(
             attempt += 1
             if attempt >= MAX_ATTEMPTS:
                 raise ledger.LedgerContention("usage records kept changing; try again") from None
-            records = _read_records([p.request_id for p in chunk.admitted])
+            with timer.step():
+                records = _read_records([p.request_id for p in chunk.admitted])
             settled: set[int] = set()
             for p in chunk.admitted:
                 final = _resolve(p, records.get(p.request_id), now)
@@ -443,12 +568,21 @@ def _admit(
             settle_holds += p.hold
             settled.append(p)
             result = _result(p, Status.SETTLED, actual, quota)
-            ops.append(_settle_record(p, result, at))
+            if p.record is None:
+                # The settle came before its reserve: the usage is billed with no hold.
+                ops.append(_new_record(p, Status.SETTLED, result, at, quota=actual))
+            else:
+                ops.append(_settle_record(p, result, at))
         else:
             held -= p.hold
             hold_delta -= p.hold
             result = _result(p, Status.RELEASED, p.hold, quota)
-            ops.append(_release_record(p, result, at))
+            if p.record is None:
+                # The release came before its reserve: a closed record, so that the late
+                # reserve holds nothing.
+                ops.append(_tombstone(p, result, at))
+            else:
+                ops.append(_release_record(p, result, at))
         decided.append((p, result))
         admitted.append(p)
         taken += 1
@@ -594,6 +728,30 @@ def _new_record(
     )
 
 
+def _tombstone(p: _Pending, result: Result, at: str) -> ledger.TxOp:
+    """The record of a release that found no hold: released, nothing held or charged."""
+    record = UsageRecord(
+        request_id=p.request_id,
+        user_id=p.event.user_id,
+        model=p.event.model,
+        group=p.event.group,
+        prompt_tokens=p.event.prompt_tokens,
+        completion_tokens=p.event.completion_tokens,
+        quota=0,
+        hold_quota=0,
+        status=Status.RELEASED.value,
+        results={p.event.action.value: {**result, "attempt": p.attempt}},
+        created_at=at,
+        updated_at=at,
+    )
+    return ledger.TxOp(
+        label=f"usage:{p.request_id}",
+        op="save",
+        model=record,
+        condition=UsageRecord.request_id.does_not_exist(),
+    )
+
+
 def _record_update(
     p: _Pending, result: Result, at: str, status: Status, extra: list[Any]
 ) -> ledger.TxOp:
@@ -638,20 +796,32 @@ def _release_record(p: _Pending, result: Result, at: str) -> ledger.TxOp:
 def _stored_results(record: UsageRecord) -> dict[str, Result]:
     raw = record.results
     values = raw.as_dict() if isinstance(raw, MapAttribute) else dict(raw or {})
-    return {str(action): _plain(result) for action, result in values.items()}
+    return {str(action): plain_json(result) for action, result in values.items()}
 
 
-def _plain(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
     """A stored result as plain JSON values (DynamoDB numbers may come back as Decimal)."""
     if isinstance(value, MapAttribute):
         value = value.as_dict()
     if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
+        return {str(key): plain_json(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_plain(item) for item in value]
+        return [plain_json(item) for item in value]
     if isinstance(value, float | Decimal) and value == int(value):
         return int(value)
     return value
+
+
+def _duplicate(first: Result) -> Result:
+    return {**first, "status": Status.DUPLICATE.value, "first_status": first["status"]}
+
+
+# The action whose stored result closed a record of each closed status.
+_CLOSED_BY = {
+    Status.SETTLED.value: Action.SETTLE.value,
+    Status.RELEASED.value: Action.RELEASE.value,
+    Status.EXPIRED.value: Action.RELEASE.value,
+}
 
 
 def _resolve(p: _Pending, record: UsageRecord | None, now: datetime | None) -> Result | None:
@@ -661,41 +831,80 @@ def _resolve(p: _Pending, record: UsageRecord | None, now: datetime | None) -> R
     """
     action = p.event.action
     p.record = record
-    if record is not None and record.user_id != p.event.user_id:
+    if record is None:
+        if p.expire:
+            return rejected(p.request_id, InvalidEvent("No hold exists for this request_id."))
+        # A first action. A settle or release with no hold before it goes ahead too: the
+        # settle bills the usage in full, the release closes the request_id.
+        p.hold = 0
+        return None
+    if record.user_id != p.event.user_id:
         # Another user's request_id: say nothing about it.
         return rejected(p.request_id, InvalidEvent("The request_id is already in use."))
-    if record is not None:
-        first = _stored_results(record).get(action.value)
-        if first is not None:
-            if first.pop("attempt", None) == p.attempt:
-                return first  # our own write, whose acknowledgement was lost: not a duplicate
-            return {**first, "status": Status.DUPLICATE.value, "first_status": first["status"]}
-    if action in (Action.CHARGE, Action.RESERVE):
-        if record is None:
-            return None
+    stored = _stored_results(record)
+    first = stored.get(action.value)
+    if first is not None:
+        if first.pop("attempt", None) == p.attempt:
+            return first  # our own write, whose acknowledgement was lost: not a duplicate
+        return _duplicate(first)
+    status = record.status
+    if action is Action.CHARGE or status == Status.CHARGED:
+        # A charge is a request of its own: it never mixes with holds.
         return rejected(
-            p.request_id,
-            InvalidEvent(f"The request_id was already used to {record.status} usage."),
+            p.request_id, InvalidEvent(f"The request_id was already used to {status} usage.")
         )
-    if record is None:
-        return rejected(p.request_id, InvalidEvent("No hold exists for this request_id."))
-    if record.status == Status.RESERVED:
+    if status == Status.RESERVED:
         if p.expire and (record.hold_expires_at or "") >= clock.iso(now):
             return rejected(p.request_id, InvalidEvent("The hold has not expired."))
         p.hold = int(record.hold_quota)
         p.from_status = Status.RESERVED.value
         return None
-    if action is Action.SETTLE and record.status == Status.EXPIRED:
-        # The hold outlived its lifetime and was dropped, but the usage happened: charge it.
+    closing = stored.get(_CLOSED_BY.get(status, ""))
+    if action is Action.SETTLE and status in (Status.RELEASED, Status.EXPIRED):
+        # The hold was dropped (or never placed) but the usage happened: bill all of it.
         p.hold = 0
-        p.from_status = Status.EXPIRED.value
+        p.from_status = status
         return None
+    if closing is not None:
+        # A reserve or release after the request_id was closed changes nothing.
+        closing.pop("attempt", None)
+        return _duplicate(closing)
     return rejected(
-        p.request_id, InvalidEvent(f"The hold of this request_id is {record.status}, not open.")
+        p.request_id, InvalidEvent(f"The hold of this request_id is {status}, not open.")
     )
 
 
+def answered(record: UsageRecord, event: UsageEvent) -> Result | None:
+    """The `duplicate` answer when the record already holds this user's first result of this
+    action (the event is a repeat), else None."""
+    if record.user_id != event.user_id:
+        return None
+    first = _stored_results(record).get(event.action.value)
+    if first is None:
+        return None
+    first.pop("attempt", None)
+    return _duplicate(first)
+
+
+def billed_result(record: UsageRecord) -> Result | None:
+    """The result that billed a charged or settled record (None for any other status)."""
+    action = {Status.CHARGED.value: Action.CHARGE, Status.SETTLED.value: Action.SETTLE}.get(
+        record.status
+    )
+    if action is None:
+        return None
+    result = _stored_results(record).get(action.value)
+    if result is not None:
+        result.pop("attempt", None)
+    return result
+
+
 # ---------------------------------------------------------------- reads
+
+
+def read_records(request_ids: Sequence[str]) -> dict[str, UsageRecord]:
+    """The usage records of these request_ids (consistent reads), by request_id."""
+    return _read_records(request_ids)
 
 
 def _read_records(request_ids: Sequence[str]) -> dict[str, UsageRecord]:
