@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from tests.support.metering import funded_user, invoke, usage_event
 from tests.support.payments import (
     checkout,
     new_user,
@@ -76,3 +77,23 @@ def test_the_metrics_endpoint_refuses_unknown_parameters(stack: LocalStack) -> N
     response = stack.http.get(f"{stack.base_url}/_local/metrics?nme=x", timeout=10)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_usage_counts_what_was_billed_and_what_was_rejected(stack: LocalStack) -> None:
+    charged_before = settled(stack, "UsageEventsCharged")
+    quota_before = settled(stack, "UsageQuotaCharged")
+    unknown_before = settled(stack, "UsageEventsRejected", error="unknown_model")
+    user = funded_user(stack, 10_000_000)
+    charge = usage_event(user)
+    result = invoke(stack, charge)
+    assert result["status"] == "charged", result
+    assert invoke(stack, charge)["status"] == "duplicate"  # not billed twice
+    refused = invoke(stack, usage_event(user, model="no-such-model"))
+    assert refused["error"] == "unknown_model", refused
+    wait_for(
+        lambda: stack.metric_sum("UsageEventsRejected", error="unknown_model") > unknown_before,
+        message="UsageEventsRejected to move",
+    )
+    assert settled(stack, "UsageEventsCharged") == charged_before + 1
+    assert settled(stack, "UsageQuotaCharged") == quota_before + result["quota"]
+    assert settled(stack, "UsageEventsRejected", error="unknown_model") == unknown_before + 1

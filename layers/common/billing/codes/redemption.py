@@ -22,10 +22,11 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from billing import clock, db, ledger
+from billing import clock, db, ledger, metrics
 from billing.codes import plaintext, ratelimit
 from billing.errors import AccountNotFound, RedeemFailed
 from billing.ledger import Change, EntryKind, TxOp
+from billing.metrics import Metric
 from billing.models import Account, RateLimit, RedemptionCode
 from billing.settings import load_settings
 
@@ -76,6 +77,7 @@ def redeem(user_id: str, text: str, source_ip: str) -> Redeemed:
     ratelimit.record_failure(windows, limits, now)
     # The reason is for operators; the caller gets one answer for all of them.
     logger.info("redeem failed", extra={"reason": reason, "code_id": code_id})
+    metrics.count(Metric.CODES_REFUSED, reason=reason or "unknown")
     raise RedeemFailed()
 
 
@@ -119,6 +121,7 @@ def _apply(
     applied = ledger.apply([credit], extra=[use], accounts={user_id: account})
     balance = int(applied.accounts[user_id].quota)
     logger.info("code redeemed", extra={"code_id": code_id, "quota": quota})
+    metrics.count(Metric.CODES_REDEEMED)
     return Redeemed(code_id=code_id, quota_added=quota, quota=balance)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -28,10 +29,12 @@ from typing import Annotated, Any, Literal
 from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from billing import metrics
 from billing.errors import InvalidEvent
+from billing.metrics import Metric
 from billing.settings import load_settings
 from billing.usage import dead_letters, metering, unbilled
-from billing.usage.metering import Action, Result, UsageEvent
+from billing.usage.metering import Action, Result, Status, UsageEvent
 
 logger = Logger(child=True)
 
@@ -174,7 +177,19 @@ def meter_raw(
                     "unbilled": bool(result.get("unbilled")),
                 },
             )
+    _count(results)
     return metering.Metered(results, [*outcome.errors, *kept.errors], outcome.timed_out)
+
+
+def _count(results: Sequence[Result | None]) -> None:
+    """The usage metrics of one call: events billed now (charged, or a hold settled) with
+    their quota, and events rejected by error (duplicates count as neither)."""
+    billed = [r for r in results if r and r["status"] in (Status.CHARGED, Status.SETTLED)]
+    metrics.count(Metric.USAGE_EVENTS_CHARGED, len(billed))
+    metrics.count(Metric.USAGE_QUOTA_CHARGED, sum(int(r.get("quota") or 0) for r in billed))
+    rejected = Counter(str(r.get("error")) for r in results if r and r["status"] == Status.REJECTED)
+    for error, n in sorted(rejected.items()):
+        metrics.count(Metric.USAGE_EVENTS_REJECTED, n, error=error)
 
 
 def _complete(outcome: metering.Metered) -> list[Result]:
