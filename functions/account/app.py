@@ -1,4 +1,4 @@
-"""Account function: POST /account, GET /account, GET /ledger, GET /usage."""
+"""Account function: POST /account, GET /account, GET /ledger, GET /usage, GET /grants."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from billing import accounts
+from billing import accounts, grant_history
 from billing.http import RequestBody, json_response, make_router, page_params, principal
 from billing.referral import signup
 from billing.usage import history
@@ -53,6 +53,16 @@ def list_usage() -> Response[str]:
     user = principal(router)
     page = page_params(router, "usage", user.user_id)
     return json_response(200, page.seal(history.list_usage(user.user_id, page.limit, page.cursor)))
+
+
+@router.get("/grants")
+def list_grants() -> Response[str]:
+    user = principal(router)
+    page = page_params(router, "grants", user.user_id)
+    account = accounts.get_account(user.user_id)
+    return json_response(
+        200, page.seal(grant_history.list_grants(account, page.limit, page.cursor))
+    )
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -28,6 +28,7 @@ MODEL_TABLES = {
     "UsageRecord": "UsageTable",
     "RateLimit": "RateLimitsTable",
     "AuditRecord": "AuditTable",
+    "GrantRecord": "GrantsTable",
 }
 _AWS_VARIABLES = (
     "AWS_ENDPOINT_URL",
