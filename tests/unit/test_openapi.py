@@ -15,6 +15,7 @@ API_MD_ROUTES = {
     ("get", "/account"),
     ("get", "/ledger"),
     ("get", "/usage"),
+    ("get", "/grants"),
     ("get", "/topup/options"),
     ("post", "/checkout"),
     ("get", "/topups"),

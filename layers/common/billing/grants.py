@@ -241,10 +241,11 @@ def credit(grants: Grants, new: Grant, now: int, limit: int = MAX_GRANTS) -> Cre
     others = [g for g in current.values() if g.grant_id != OVERDRAFT]
     dropped: tuple[str, ...] = ()
     if len(others) >= limit:
-        dropped = tuple(g.grant_id for g in others if g.remaining == 0)
+        # (A migration baseline stays: reconciliation reads the baseline from it.)
+        dropped = tuple(g.grant_id for g in others if g.remaining == 0 and not g.baseline)
         for grant_id in dropped:
             del current[grant_id]
-        others = [g for g in others if g.remaining != 0]
+        others = [g for g in others if g.grant_id not in dropped]
     if len(others) < limit or all(g.expired(now) for g in others):
         # (All of them expired and not swept yet: never merge into an expired grant; the
         # sweeper brings the count back under the bound.)
@@ -338,3 +339,116 @@ def decode(raw: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Grant]:
             baseline=int(item.get("b", 0)),
         )
     return grants
+
+
+# ---------------------------------------------------------------- reconciliation
+
+SWEEP_GRACE_SECONDS = 3600  # the sweeper runs every 5 minutes; an hour late is a problem
+
+
+@dataclass(frozen=True)
+class Moved:
+    """What reconciliation needs of one quota ledger entry."""
+
+    entry_id: str
+    delta: int
+    grants: Mapping[str, int] | None
+
+
+def problems(
+    quota: int,
+    grants: Grants | None,
+    entries: list[Moved],
+    now: int,
+    grace: int = SWEEP_GRACE_SECONDS,
+) -> list[tuple[str, str, Any, Any]]:
+    """(check, message, expected, actual) for every way the grants disagree with the quota
+    and the ledger: the remainders sum to quota; each grant's remaining is its migration
+    baseline plus its deltas over the ledger; every entry that moves quota after the
+    migration carries grants summing to its delta (those before it sum to the baselines);
+    no expired grant keeps a positive remainder longer than the sweeper's grace."""
+    found: list[tuple[str, str, Any, Any]] = []
+    if grants is None:
+        carrying = [e.entry_id for e in entries if e.grants]
+        if carrying:
+            found.append(
+                ("grants", "entries carry grants but the account has none", [], carrying[:5])
+            )
+        return found
+    if total(grants) != quota:
+        found.append(
+            ("grants_sum", "the grants' remainders do not sum to quota", quota, total(grants))
+        )
+    per_grant: dict[str, int] = {}
+    before_grants = 0
+    seen_grants = False
+    for entry in entries:
+        if not entry.delta and not entry.grants:
+            continue
+        if entry.grants is None:
+            if seen_grants:
+                found.append(
+                    (
+                        "grants_entry",
+                        f"entry {entry.entry_id} moves quota without grants",
+                        entry.delta,
+                        None,
+                    )
+                )
+            before_grants += entry.delta
+            continue
+        seen_grants = True
+        moved = sum(int(v) for v in entry.grants.values())
+        if moved != entry.delta:
+            found.append(
+                (
+                    "grants_entry",
+                    f"entry {entry.entry_id}: its grants do not sum to its delta",
+                    entry.delta,
+                    moved,
+                )
+            )
+        for grant_id, delta in entry.grants.items():
+            per_grant[grant_id] = per_grant.get(grant_id, 0) + int(delta)
+    baselines = sum(g.baseline for g in grants.values())
+    if before_grants != baselines:
+        found.append(
+            (
+                "grants_baseline",
+                "the entries before the migration do not sum to its baselines",
+                baselines,
+                before_grants,
+            )
+        )
+    for grant_id in sorted(set(per_grant) | set(grants)):
+        grant = grants.get(grant_id)
+        remaining = grant.remaining if grant else 0
+        expected = (grant.baseline if grant else 0) + per_grant.get(grant_id, 0)
+        if remaining != expected:
+            found.append(
+                (
+                    "grant_remaining",
+                    f"grant {grant_id}: remaining is not its baseline plus its ledger deltas",
+                    expected,
+                    remaining,
+                )
+            )
+        if grant and grant.grant_id != OVERDRAFT and grant.remaining < 0:
+            found.append(
+                (
+                    "grant_remaining",
+                    f"grant {grant_id} holds a negative remainder",
+                    ">= 0",
+                    grant.remaining,
+                )
+            )
+        if grant and grant.expired(now - grace) and grant.remaining > 0:
+            found.append(
+                (
+                    "grant_expiry",
+                    f"grant {grant_id} expired and was not written off",
+                    0,
+                    grant.remaining,
+                )
+            )
+    return found
