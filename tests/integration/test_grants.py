@@ -9,10 +9,12 @@ through the Lambda Invoke API), so an expired grant can be seen before it is wri
 
 from __future__ import annotations
 
+import csv
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -353,8 +355,8 @@ def test_a_promo_code_is_drawn_first_then_expires_and_is_written_off_once(
     assert expiries[0]["id"] == f"expiry#{promo_grant}"
     assert expiries[0]["delta"] == -900 and expiries[0]["grants"] == {promo_grant: -900}
     account = get_account(stack, user)
-    assert account["quota"] == UNIT - 200
-    assert grants_of(stack, user) == {paid: UNIT - 200}
+    assert account["quota"] == UNIT - 100
+    assert grants_of(stack, user) == {paid: UNIT - 100}
     history = {g["grant_id"]: g for g in all_pages(stack, user, "/grants")}
     assert history[promo_grant]["status"] == "expired" and history[promo_grant]["remaining"] == 0
     assert_grant_sums(stack, user)
@@ -376,3 +378,33 @@ def test_a_fixed_expiry_and_an_exhausted_grant_leave_the_index_without_an_entry(
     assert [e["delta"] for e in expiries] == [-50]
     assert get_account(stack, user)["quota"] == 0
     assert_grant_sums(stack, user)
+
+
+def test_the_admin_cli_creates_promo_codes(stack: LocalStack, tmp_path: Path) -> None:
+    from tests.integration.test_redemption import cli
+
+    out = tmp_path / "promo.csv"
+    done = cli(
+        stack,
+        "codes", "create", "--name", f"cli-promo-{uuid.uuid4().hex[:6]}", "--quota", "700",
+        "--count", "1", "--grant-expires-in-days", "3", "--grant-priority", "7", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (row,) = list(csv.DictReader(out.open(newline="")))
+    user, token = new_account(stack)
+    redeemed = stack.request("POST", "/redeem", token=token, json={"code": row["code"]})
+    assert redeemed.status_code == 200, redeemed.text
+    (grant,) = get_account(stack, user)["grants"]
+    assert (grant["source"], grant["priority"], grant["remaining"]) == ("code", 7, 700)
+    expires = datetime.fromisoformat(grant["expires_at"].replace("Z", "+00:00"))
+    assert (
+        timedelta(days=3) - timedelta(minutes=5)
+        < expires - stack.billing_now()
+        <= timedelta(days=3)
+    )
+    refused = cli(
+        stack,
+        "codes", "create", "--name", "cli-bad", "--quota", "1", "--count", "1",
+        "--grant-priority", "500", "--out", str(tmp_path / "bad.csv"),
+    )  # fmt: skip
+    assert refused.returncode == 1 and not (tmp_path / "bad.csv").exists()
