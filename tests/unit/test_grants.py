@@ -262,3 +262,45 @@ def test_terms_are_validated() -> None:
         g.Terms("gift")
     with pytest.raises(ValueError):
         g.Terms("promo", priority=101)
+
+
+# ---------------------------------------------------------------- reconciliation
+
+
+def checks(found: list[tuple[str, str, object, object]]) -> list[str]:
+    return [check for check, *_ in found]
+
+
+def test_problems_of_grants_that_agree_with_the_ledger_are_none() -> None:
+    grants = held(grant("a", 70), replace(grant("m", 500), baseline=500))
+    entries = [
+        g.Moved("adjustment#old", 500, None),  # before the migration: no grants
+        g.Moved("adjustment#1", 100, {"a": 100}),
+        g.Moved("usage#1", -30, {"a": -30}),
+    ]
+    assert g.problems(570, grants, entries, NOW) == []
+
+
+def test_problems_find_every_disagreement() -> None:
+    grants = held(grant("a", 80), grant("late", 5, "promo", expires_at=NOW - 2 * 3600))
+    entries = [
+        g.Moved("adjustment#1", 100, {"a": 100}),
+        g.Moved("usage#1", -30, {"a": -20}),  # its grants do not sum to its delta
+        g.Moved("usage#2", -5, None),  # moves quota without grants after grants began
+        g.Moved("adjustment#2", 5, {"late": 5}),
+    ]
+    assert checks(g.problems(90, grants, entries, NOW)) == [
+        "grants_sum",  # 85 held, quota 90
+        "grants_entry",  # usage#1
+        "grants_entry",  # usage#2
+        "grants_baseline",  # -5 moved without grants, no baseline to account for it
+        "grant_expiry",  # expired two hours ago, still holding 5
+    ]
+
+
+def test_a_grant_changed_behind_the_ledger_is_found() -> None:
+    found = g.problems(999, held(grant("a", 999)), [g.Moved("adjustment#1", 100, {"a": 100})], NOW)
+    assert [(c, e, a) for c, _, e, a in found] == [("grant_remaining", 100, 999)]
+    # entries that carry grants on an account that has none
+    unmigrated = g.problems(100, None, [g.Moved("adjustment#1", 100, {"a": 100})], NOW)
+    assert checks(unmigrated) == ["grants"]
