@@ -6,6 +6,7 @@ reconciliation is clean, before and after usage."""
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from billing.grants import migration_grant_id
@@ -112,3 +113,30 @@ def test_the_migration_gives_each_legacy_account_its_quota_as_one_paid_grant(
     ]
     assert usage["grants"] == {baseline: -1000}
     assert differences_of(stack, users) == []
+
+
+def test_concurrent_migrations_and_charges_give_one_baseline(stack: LocalStack) -> None:
+    users = [legacy_account(stack, [10_000]) for _ in range(3)]
+
+    def work(task: int) -> Any:
+        if task < 2:
+            return migrate_grants.main(["--local", stack.base_url])
+        user = users[task % len(users)]
+        return stack.invoke("MeterUsageFunction", usage_event(user, prompt_tokens=80))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(work, range(8)))
+    assert results[:2] == [0, 0]
+    assert all(r["status"] == "charged" for r in results[2:])
+    charged = {user: 0 for user in users}
+    for task in range(2, 8):
+        charged[users[task % len(users)]] += 100
+    for user in users:
+        account = get_account(stack, user)
+        assert account["quota"] == 10_000 - charged[user]
+        assert [g["grant_id"] for g in account["grants"]] == [migration_grant_id(user)]
+        assert len(all_pages(stack, user, "/grants")) <= 1
+    assert migrate_grants.main(["--local", stack.base_url]) == 0
+    for user in users:
+        assert len(all_pages(stack, user, "/grants")) == 1  # the record, once
+    assert differences_of(stack, set(users)) == []

@@ -37,11 +37,14 @@ def account_view(account: Account) -> dict[str, Any]:
     moment = clock.now()
     now = int(moment.timestamp())
     held = ledger.account_grants(account, now)
+    # The window ends at the 00:00 UTC after 7 days from now: the same answer all day long,
+    # so an unchanged account reads the same (and "expires before" names a day boundary).
+    before = -(-(now + grant_math.EXPIRING_WINDOW_SECONDS) // 86400) * 86400
     return {
         "grants": [render_grant(grant) for grant in grant_math.active(held, now)],
         "expiring_quota": {
-            "quota": grant_math.expiring(held, now),
-            "before": iso_of(now + grant_math.EXPIRING_WINDOW_SECONDS),
+            "quota": grant_math.expiring(held, now, before - now),
+            "before": iso_of(before),
         },
     }
 

@@ -146,7 +146,7 @@ def expiring(grants: Grants, now: int, window: int = EXPIRING_WINDOW_SECONDS) ->
     return sum(
         g.remaining
         for g in drawable(grants, now)
-        if g.expires_at is not None and g.expires_at <= now + window
+        if g.expires_at is not None and g.expires_at < now + window
     )
 
 
