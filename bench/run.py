@@ -43,6 +43,7 @@ ORDER = [
     "redeem_calls",
     "account_calls",
     "metering",
+    "grants",
     "litellm_latency",
 ]
 

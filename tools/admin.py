@@ -116,6 +116,18 @@ def _open_new_csv(path: Path) -> Any:
     return os.fdopen(descriptor, "w", newline="", encoding="utf-8")
 
 
+def _grant(args: argparse.Namespace) -> dict[str, Any]:
+    """A promo code's grant object (API.md "Credit grants"): the server validates it."""
+    grant: dict[str, Any] = {}
+    if args.grant_priority is not None:
+        grant["priority"] = args.grant_priority
+    if args.grant_expires_in_days is not None:
+        grant["expires_in_days"] = args.grant_expires_in_days
+    if args.grant_expires_at:
+        grant["expires_at"] = args.grant_expires_at
+    return grant
+
+
 def create_codes(args: argparse.Namespace) -> int:
     if args.count < 1:
         raise CliError("--count must be at least 1")
@@ -139,6 +151,9 @@ def create_codes(args: argparse.Namespace) -> int:
                     }
                     if args.expires_at:
                         body["expires_at"] = args.expires_at
+                    grant = _grant(args)
+                    if grant:
+                        body["grant"] = grant
                     created = api.call("POST", "/admin/redemption-codes", json=body)
                     batch_id = str(created["batch_id"])
                     for code in created["codes"]:
@@ -225,6 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--count", type=int, required=True)
     create.add_argument("--max-uses", type=int, default=1)
     create.add_argument("--expires-at", help="ISO-8601 time, e.g. 2030-01-31T23:59:59Z")
+    create.add_argument(
+        "--grant-priority", type=int, help="promo code: priority of its grant (0..100, lower first)"
+    )
+    promo_expiry = create.add_mutually_exclusive_group()
+    promo_expiry.add_argument(
+        "--grant-expires-in-days",
+        type=int,
+        help="promo code: its quota expires N days after redeeming",
+    )
+    promo_expiry.add_argument(
+        "--grant-expires-at", help="promo code: its quota expires at this ISO-8601 time"
+    )
     create.add_argument("--out", required=True, help="new CSV file for the plaintext codes")
     create.add_argument("--no-progress", action="store_true")
     create.set_defaults(run=create_codes)

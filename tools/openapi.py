@@ -66,6 +66,22 @@ class GatewayMessage(_Body):
     message: str
 
 
+class Grant(_Body):
+    grant_id: str
+    source: Literal["paid", "promo", "code", "referral", "bonus", "adjustment"]
+    amount: int
+    remaining: int
+    priority: int = Field(ge=0, le=100)
+    expires_at: str | None
+    ref: str
+    created_at: str | None
+
+
+class ExpiringQuota(_Body):
+    quota: int = Field(description="What the active grants hold that expires before `before`.")
+    before: str
+
+
 class Account(_Body):
     user_id: str
     quota: int
@@ -77,6 +93,18 @@ class Account(_Body):
     aff_count: int
     inviter_id: str | None
     created_at: str
+    grants: list[Grant] = Field(description="The active grants, in draw order.")
+    expiring_quota: ExpiringQuota
+
+
+class GrantHistory(Grant):
+    status: Literal["active", "exhausted", "expired", "merged"]
+    merged_into: str | None = None
+
+
+class GrantPage(_Body):
+    items: list[GrantHistory]
+    next_cursor: str | None
 
 
 class LedgerEntry(_Body):
@@ -91,12 +119,14 @@ class LedgerEntry(_Body):
         "reversal",
         "adjustment",
         "signup_bonus",
+        "expiry",
     ]
     balance: Literal["quota", "aff_quota"]
     delta: int
     balance_after: int
     ref: str
     created_at: str
+    grants: dict[str, int] = Field(description="Per-grant deltas (quota), summing to delta.")
 
 
 class LedgerPage(_Body):
@@ -249,6 +279,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     GatewayMessage,
     Account,
     LedgerPage,
+    GrantPage,
     UsagePage,
     UsageSummary,
     UnbilledUsage,
@@ -360,6 +391,10 @@ RESPONSES: dict[tuple[str, str], tuple[dict[str, dict[str, Any]], tuple[int, ...
         {"200": _ok(None, "The ledger entries of the range as CSV, oldest first.", CSV)},
         (*_USER, 400),
     ),
+    ("get", "/grants"): (
+        {"200": _ok(GrantPage, "Credit grants, newest first.")},
+        (*_USER, 400, 404),
+    ),
     ("get", "/topup/options"): ({"200": _ok(TopupOptions, "What can be bought, and how.")}, _USER),
     ("post", "/checkout"): (
         {"201": _ok(Order, "A pending order with its pay_url.")},
@@ -424,6 +459,7 @@ _EPAY_FAIL = {"400": _ok(None, "fail (bad sign or not a notification)", TEXT)}
 
 LISTS = {
     ("get", "/ledger"),
+    ("get", "/grants"),
     ("get", "/usage"),
     ("get", "/topups"),
     ("get", "/admin/redemption-codes"),

@@ -52,6 +52,8 @@ export function setupAdmin(ctx) {
     count: [$("#code-count"), $("#code-count-error")],
     maxUses: [$("#code-max-uses"), $("#code-max-uses-error")],
     expires: [$("#code-expires"), $("#code-expires-error")],
+    grantDays: [$("#code-grant-days"), $("#code-grant-days-error")],
+    grantPriority: [$("#code-grant-priority"), $("#code-grant-priority-error")],
   };
   const result = $("#new-codes");
   const codesList = $("#new-codes-list");
@@ -108,6 +110,8 @@ export function setupAdmin(ctx) {
       count: positiveInteger(fields.count[0].value, "Number of codes", { max: BigInt(MAX_COUNT) }),
       maxUses: positiveInteger(fields.maxUses[0].value, "Uses per code"),
       expires: readExpiry(fields.expires[0].value),
+      grantDays: optionalInteger(fields.grantDays[0].value, "Days", 1n, 3650n),
+      grantPriority: optionalInteger(fields.grantPriority[0].value, "Priority", 0n, 100n),
     };
     let valid = true;
     for (const [key, check] of Object.entries(checks)) {
@@ -122,7 +126,17 @@ export function setupAdmin(ctx) {
     const payload = { name: checks.name.value, quota: checks.quota.value, count: checks.count.value,
                       max_uses: checks.maxUses.value };
     if (checks.expires.value) payload.expires_at = checks.expires.value;
+    // A promo code: the quota it credits expires (and/or is spent by priority).
+    const grant = {};
+    if (checks.grantDays.value !== null) grant.expires_in_days = checks.grantDays.value;
+    if (checks.grantPriority.value !== null) grant.priority = checks.grantPriority.value;
+    if (Object.keys(grant).length) payload.grant = grant;
     return payload;
+  }
+
+  function optionalInteger(text, label, min, max) {
+    if (!text.trim()) return { value: null };
+    return positiveInteger(text, label, { min, max });
   }
 
   function readExpiry(text) {

@@ -16,6 +16,7 @@ const KIND_LABELS = {
   reversal: "Reversal",
   adjustment: "Adjustment",
   signup_bonus: "Sign-up bonus",
+  expiry: "Expired grant",
 };
 const BALANCE_LABELS = { quota: "Balance", aff_quota: "Reward" };
 
@@ -44,6 +45,18 @@ function ledgerRow(entry) {
     cell(signedQuota(entry.delta), negative ? "num negative" : "num positive"),
     cell(formatQuota(entry.balance_after), "num"),
     cell(entry.ref ? el("code", {}, entry.ref) : "—"),
+    cell(grantEffects(entry)),
+  );
+}
+
+/** The entry's per-grant effects, shown on demand (a disclosure). */
+function grantEffects(entry) {
+  const parts = Object.entries(entry.grants ?? {});
+  if (parts.length === 0) return "—";
+  return el("details", { class: "grant-effects" },
+    el("summary", {}, parts.length === 1 ? "1 grant" : `${parts.length} grants`),
+    el("ul", {}, ...parts.map(([grantId, delta]) =>
+      el("li", {}, el("code", {}, grantId), " ", signedQuota(delta)))),
   );
 }
 

@@ -1,5 +1,5 @@
-"""Account function: POST /account, GET /account, GET /ledger, GET /usage, and the usage
-insight routes GET /usage/summary and GET /ledger/export."""
+"""Account function: POST /account, GET /account, GET /ledger, GET /usage, GET /grants, and
+the usage insight routes GET /usage/summary and GET /ledger/export."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from billing import accounts
+from billing import accounts, grant_history
 from billing.http import (
     RequestBody,
     json_response,
@@ -66,6 +66,16 @@ def list_usage() -> Response[str]:
     page = page_params(router, "usage" + filters.fingerprint(), user.user_id)
     return json_response(
         200, page.seal(history.list_usage(user.user_id, page.limit, page.cursor, filters))
+    )
+
+
+@router.get("/grants")
+def list_grants() -> Response[str]:
+    user = principal(router)
+    page = page_params(router, "grants", user.user_id)
+    account = accounts.get_account(user.user_id)
+    return json_response(
+        200, page.seal(grant_history.list_grants(account, page.limit, page.cursor))
     )
 
 

@@ -3,9 +3,11 @@ GET /admin/accounts/{user_id}/ledger/export: any user's ledger statement (CSV)."
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
-from billing import accounts
+from billing import accounts, grant_terms
 from billing.auth import principal_from_event
 from billing.errors import InvalidRequest
 from billing.http import RequestBody, query_params
@@ -19,6 +21,8 @@ router = APIGatewayHttpRouter()
 class Adjust(RequestBody):
     delta: int = Field(ge=-(10**15), le=10**15)
     reason: str = Field(min_length=1, max_length=500)
+    # Validated by billing.grant_terms (priority 0..100, one expiry, never past).
+    grant: dict[str, Any] | None = None
 
 
 @router.post("/admin/accounts/<user_id>/adjust")
@@ -27,11 +31,16 @@ def adjust_account(user_id: str, body: Adjust) -> Response[str]:
     admin.require_admin()
     if body.delta == 0:
         raise InvalidRequest("delta must not be zero.")
+    grant_terms.parse(body.grant)  # a bad grant object is 400 before anything is written
+    if body.grant is not None and body.delta < 0:
+        raise InvalidRequest("A grant object goes with a positive delta only.")
 
     def apply(cause: str) -> Reply:
         # The ledger entry's id comes from the cause: a retry applies once, even after its
         # stored reply has expired.
-        account = adjustments.adjust(admin.user_id, user_id, body.delta, body.reason, cause)
+        account = adjustments.adjust(
+            admin.user_id, user_id, body.delta, body.reason, cause, body.grant
+        )
         return Reply(200, accounts.render_account(account))
 
     request = {"user_id": user_id, **body.model_dump(mode="json")}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from billing.auth import Principal, principal_from_event
@@ -18,6 +20,8 @@ class CreateCodes(RequestBody):
     count: int = Field(ge=1, le=code_admin.MAX_BATCH)
     max_uses: int = Field(default=1, ge=1, le=10**9)
     expires_at: str | None = Field(default=None, min_length=1, max_length=64)
+    # A promo code: validated by billing.grant_terms.
+    grant: dict[str, Any] | None = None
 
 
 def _admin() -> Principal:
@@ -30,7 +34,13 @@ def _admin() -> Principal:
 def create_codes(body: CreateCodes) -> Response[str]:
     admin = _admin()
     batch = code_admin.create_batch(
-        admin.user_id, body.name, body.quota, body.count, body.max_uses, body.expires_at
+        admin.user_id,
+        body.name,
+        body.quota,
+        body.count,
+        body.max_uses,
+        body.expires_at,
+        body.grant,
     )
     return json_response(201, {"batch_id": batch.batch_id, "codes": batch.codes})
 

@@ -912,3 +912,67 @@ def test_the_page_computes_prices_exactly_as_the_server_does(stack: LocalStack, 
                   money.parseWholeNumber('1e3'), money.parseWholeNumber('-1')];
         }"""
     ) == ["5", "12.5", "0", "42", None, None, None]
+
+
+# ---------------------------------------------------------------- credit grants
+
+
+def test_a_promo_code_shows_as_an_expiring_grant_and_the_ledger_shows_per_grant_effects(
+    stack: LocalStack, new_page: Callable[..., Page], own_ip_url: str
+) -> None:
+    admin_page = new_page()
+    sign_in(admin_page, own_ip_url, new_id("admin"), admin=True)
+    admin_page.get_by_label("Promo: quota expires after (days, optional)").fill("2")
+    admin_page.get_by_label("Promo: priority (optional)").fill("10")
+    [code] = generate_codes(admin_page, new_id("e2e-promo"), 1_000_000, 1)
+
+    user = new_id("promo-user")
+    api_account(stack, user)
+    adjusted = stack.request(
+        "POST",
+        f"/admin/accounts/{user}/adjust",
+        token=stack.token(new_id("admin"), admin=True),
+        json={"delta": 3_000_000, "reason": "e2e grants"},
+    )
+    assert adjusted.status_code == 200, adjusted.text
+    page = new_page()
+    sign_in(page, own_ip_url, user)
+    redeem_field(page).fill(code)
+    page.get_by_role("button", name="Redeem").click()
+    expect(page.locator("#balance-quota")).to_have_text("4,000,000")
+
+    grants = page.locator("#grants-body tr")
+    expect(grants).to_have_count(2)
+    # draw order: the promo code's grant (priority 10, expiring) first, the adjustment last
+    expect(grants.first).to_contain_text("Redemption code")
+    expect(grants.first).to_contain_text("1,000,000")
+    expect(grants.first).not_to_contain_text("Never")
+    expect(grants.last).to_contain_text("Adjustment")
+    expect(grants.last).to_contain_text("Never")
+    expect(page.locator("#expiring-note")).to_contain_text("1,000,000 quota expires before")
+    screenshot(page, "20-grants")
+
+    charged = stack.invoke(
+        "MeterUsageFunction",
+        {
+            "action": "charge",
+            "request_id": new_id("req"),
+            "user_id": user,
+            "model": "gpt-4o",
+            "prompt_tokens": 80,
+            "completion_tokens": 0,
+        },
+    )
+    assert charged["status"] == "charged", charged
+    page.locator("#refresh-balance").click()
+    expect(grants.first).to_contain_text("999,900")
+    page.locator("#history-refresh").click()
+    page.get_by_role("tab", name="Ledger").click()
+    usage = page.locator("#ledger-body tr").first
+    expect(usage).to_contain_text("Usage")
+    effects = usage.locator("details.grant-effects")
+    expect(effects.locator("li")).to_be_hidden()  # on demand only
+    effects.locator("summary").click()
+    expect(effects.locator("li")).to_have_count(1)
+    expect(effects.locator("li")).to_contain_text("\u2212100")  # a real minus sign
+    screenshot(page, "21-ledger-grant-effects")

@@ -9,7 +9,9 @@ delivered later (out of order), Stripe disputes and expiries, a refund delivered
 payment (reordered), admin completion, admin-created redemption codes and redemptions, admin
 adjustments (and their retries under the same Idempotency-Key), usage metering (charge,
 reserve, settle, release, duplicates, batches) and referral transfers (and their retries),
-inviters moving all their rewards to their balance before the invitee's refund. Every example
+inviters moving all their rewards to their balance before the invitee's refund, promo grants
+(admin adjustments and codes with priority and expiry) and moves of the billing clock that
+expire them (the sweeper writes off what they still hold). Every example
 starts with an inviter, its invitee and a credited order of the invitee, so the refund and
 transfer rules always have something to work on.
 
@@ -22,7 +24,10 @@ after each provider delivery, so each step ends in a known state). After EVERY s
   floor(quota x R / P) after refunds totalling R of P (all of it once refunded or disputed);
 - no debit leaves a balance below zero unless it settles usage or reverses a credit;
 - aff_quota moves only by referral rebate, clawback (reversal) and transfer; a clawback the
-  inviter's aff_quota cannot cover comes from its quota.
+  inviter's aff_quota cannot cover comes from its quota;
+- credit grants: sum(grants.remaining) == quota == sum(ledger deltas); every quota entry
+  carries grants summing to its delta, each grant's remaining is the sum of its deltas, no
+  grant but the overdraft is negative, and none that expired still holds quota.
 At the end of each example, the reconciliation (billing.ops.reconciliation) of every account of
 the example must find no difference.
 
@@ -101,6 +106,10 @@ MAX_USERS = 4
 MAX_ORDERS = 7
 REDEEM_FAILURE_BUDGET = 8  # below the limit (10 per user and per address)
 TRANSFERS = (ROOT / "functions" / "referral_transfer" / "app.py").exists()
+
+# A promo grant's optional terms (API.md "Credit grants"), whole days so clock moves in hours
+# never land within seconds of an expiry.
+GRANT_FIELDS = {"priority": st.integers(0, 100), "expires_in_days": st.integers(1, 3)}
 
 # What each delivery means for an order (billing.payments.crediting): the kind of event it carries.
 PAID, FAILED, EXPIRED, REFUNDED, DISPUTED = "paid", "failed", "expired", "refunded", "disputed"
@@ -212,10 +221,12 @@ class BillingMachine(RuleBasedStateMachine):
         self.orders: list[MOrder] = []
         self.codes: list[MCode] = []
         self.requests: dict[str, MRequest] = {}
-        self.adjustments: dict[str, tuple[MUser, int, bool]] = {}  # key -> (user, delta, applied)
+        # key -> (user, delta, applied, grant object)
+        self.adjustments: dict[str, tuple[MUser, int, bool, Any]] = {}
         self.transfers: dict[str, tuple[MUser, int, bool]] = {}
         self.replies: dict[str, Any] = {}  # Idempotency-Key -> the first 200 body it answered
         self.address_failures = 0
+        self._grants: dict[str, dict[str, Any]] = {}  # user -> grants map as last checked
 
     # ------------------------------------------------------------ accounts
 
@@ -562,14 +573,20 @@ class BillingMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------ redemption codes
 
     @precondition(lambda self: len(self.codes) < 4)
-    @rule(quota=st.integers(1, 3 * UNIT), max_uses=st.integers(1, 3))
-    def admin_creates_code(self, quota: int, max_uses: int) -> None:
-        body = {
+    @rule(
+        quota=st.integers(1, 3 * UNIT),
+        max_uses=st.integers(1, 3),
+        grant=st.none() | st.fixed_dictionaries({}, optional=GRANT_FIELDS),
+    )
+    def admin_creates_code(self, quota: int, max_uses: int, grant: dict[str, int] | None) -> None:
+        body: dict[str, Any] = {
             "name": f"prop-{uuid.uuid4().hex[:6]}",
             "quota": quota,
             "count": 1,
             "max_uses": max_uses,
         }
+        if grant is not None:
+            body["grant"] = grant  # a promo code: its quota may expire, drawn by priority
         response = self.api.call("POST", "/admin/redemption-codes", self.admin, json=body)
         assert response.status_code == 201, response.text
         [text] = response.json()["codes"]
@@ -626,12 +643,15 @@ class BillingMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ admin adjustments
 
-    def _adjust(self, user: MUser, delta: int, key: str, applied: bool) -> None:
+    def _adjust(self, user: MUser, delta: int, key: str, applied: bool, grant: Any = None) -> None:
+        body: dict[str, Any] = {"delta": delta, "reason": "property test"}
+        if grant is not None:
+            body["grant"] = grant
         response = self.api.call(
             "POST",
             f"/admin/accounts/{user.user_id}/adjust",
             self.admin,
-            json={"delta": delta, "reason": "property test"},
+            json=body,
             headers={"Idempotency-Key": key},
         )
         if applied:
@@ -647,7 +667,7 @@ class BillingMachine(RuleBasedStateMachine):
             self.replies[key] = response.json()
             assert response.json()["quota"] == user.quota
         tally(f"adjust: {response.status_code} ({'retry' if key in self.adjustments else 'new'})")
-        self.adjustments[key] = (user, delta, applied)
+        self.adjustments[key] = (user, delta, applied, grant)
 
     @rule(delta=st.integers(-3 * UNIT, 3 * UNIT).filter(bool), data=st.data())
     def admin_adjusts(self, delta: int, data: st.DataObject) -> None:
@@ -658,8 +678,45 @@ class BillingMachine(RuleBasedStateMachine):
     def admin_retries_an_adjustment(self, data: st.DataObject) -> None:
         """The same request again under its Idempotency-Key (a client retry): applied once."""
         key = data.draw(st.sampled_from(sorted(self.adjustments)))
-        user, delta, applied = self.adjustments[key]
-        self._adjust(user, delta, key, applied)
+        user, delta, applied, grant = self.adjustments[key]
+        self._adjust(user, delta, key, applied, grant)
+
+    @rule(
+        delta=st.integers(1, 3 * UNIT),
+        grant=st.fixed_dictionaries({}, optional=GRANT_FIELDS),
+        data=st.data(),
+    )
+    def admin_grants_promo(self, delta: int, grant: dict[str, int], data: st.DataObject) -> None:
+        """A promo grant (priority, expiry in days) by admin adjustment."""
+        self._adjust(data.draw(st.sampled_from(self.users)), delta, uuid.uuid4().hex, False, grant)
+
+    # ------------------------------------------------------------ the billing clock
+
+    @precondition(
+        lambda self: (
+            all(o.status != "pending" for o in self.orders)
+            and all(r.status != "reserved" for r in self.requests.values())
+        )
+    )
+    @rule(hours=st.integers(1, 80))
+    def clock_moves(self, hours: int) -> None:
+        """Billing time moves on (POST /_local/clock; the sweeper runs): each grant that has
+        expired by then is written off, what it still held leaves the balance. (No pending
+        order or open hold then: their lifetimes are other rules' business.)"""
+        moved = self.stack.advance_clock(hours * 3600)
+        now = self.stack.billing_now().timestamp()
+        tally(f"clock: {hours} h")
+        for user in self.users:
+            before = self._grants.get(user.user_id, {})
+            gone = sum(
+                g["r"]
+                for g in before.values()
+                if g.get("e") is not None and g["e"] <= now and g["r"] > 0
+            )
+            if gone:
+                tally("clock: a grant expired with quota left")
+            user.quota -= gone
+        assert moved["offset_seconds"] > 0
 
     # ------------------------------------------------------------ metering
 
@@ -855,9 +912,33 @@ class BillingMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ invariants
 
+    def _check_grants(
+        self, user: MUser, account: dict[str, Any], entries: list[dict[str, Any]], now: float
+    ) -> None:
+        grants: dict[str, Any] = account.get("grants") or {}
+        self._grants[user.user_id] = grants
+        assert sum(g["r"] for g in grants.values()) == account["quota"], (user.user_id, grants)
+        per_grant: dict[str, int] = {}
+        for entry in entries:
+            if entry["balance"] != "quota":
+                assert not entry.get("grants"), entry
+                continue
+            moved = entry.get("grants") or {}
+            assert sum(moved.values()) == entry["delta"], entry
+            for grant_id, delta in moved.items():
+                per_grant[grant_id] = per_grant.get(grant_id, 0) + delta
+        for grant_id in set(per_grant) | set(grants):
+            remaining = grants.get(grant_id, {}).get("r", 0)
+            assert remaining == per_grant.get(grant_id, 0), (user.user_id, grant_id, grants)
+        for grant_id, grant in grants.items():
+            assert grant_id == "overdraft" or grant["r"] >= 0, (grant_id, grant)
+            expired = grant.get("e") is not None and grant["e"] <= now - 60
+            assert not (expired and grant["r"] > 0), ("expired, not written off", grant_id, grant)
+
     @invariant()
     def ledgers_balances_and_orders(self) -> None:
         ledgers: dict[str, list[dict[str, Any]]] = {}
+        now = self.stack.billing_now().timestamp()
         for user in self.users:
             account = self.tables.account(user.user_id)
             assert account is not None
@@ -867,7 +948,8 @@ class BillingMachine(RuleBasedStateMachine):
                 sums[entry["balance"]] += entry["delta"]
                 if entry["delta"] < 0 and entry["balance_after"] < 0:
                     settle = entry["entry_id"].removeprefix("usage#") in user.settled
-                    assert entry["kind"] == "reversal" or (entry["kind"] == "usage" and settle), (
+                    allowed = entry["kind"] in ("reversal", "expiry")
+                    assert allowed or (entry["kind"] == "usage" and settle), (
                         f"{entry['entry_id']} took {entry['balance']} below zero"
                     )
                 if entry["balance"] == "aff_quota":
@@ -883,6 +965,7 @@ class BillingMachine(RuleBasedStateMachine):
                 sums,
                 account,
             )
+            self._check_grants(user, account, entries, now)
             assert (
                 account["quota"],
                 account["aff_quota"],

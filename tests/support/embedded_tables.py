@@ -31,6 +31,7 @@ MODEL_TABLES = {
     "AuditRecord": "AuditTable",
     "UsageRollup": "UsageRollupsTable",
     "RollupMarker": "UsageRollupsTable",
+    "GrantRecord": "GrantsTable",
 }
 _AWS_VARIABLES = (
     "AWS_ENDPOINT_URL",

@@ -17,6 +17,7 @@ API_MD_ROUTES = {
     ("get", "/usage"),
     ("get", "/usage/summary"),
     ("get", "/ledger/export"),
+    ("get", "/grants"),
     ("get", "/topup/options"),
     ("post", "/checkout"),
     ("get", "/topups"),

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from pynamodb.attributes import MapAttribute
 from pynamodb.exceptions import DoesNotExist
 
 from billing.errors import AccountNotFound
+from billing.grant_history import account_view
 from billing.models import Account, LedgerEntry
 from billing.pagination import newest_first
 
@@ -29,6 +31,7 @@ def render_account(account: Account) -> dict[str, Any]:
         "inviter_id": account.inviter_id,
         "status": account.status,
         "created_at": account.created_at,
+        **account_view(account),
     }
 
 
@@ -48,7 +51,14 @@ def render_entry(entry: LedgerEntry) -> dict[str, Any]:
         "balance_after": int(entry.balance_after),
         "ref": entry.ref,
         "created_at": entry.created_at,
+        "grants": _entry_grants(entry),
     }
+
+
+def _entry_grants(entry: LedgerEntry) -> dict[str, int]:
+    raw = entry.grants
+    values = raw.as_dict() if isinstance(raw, MapAttribute) else dict(raw or {})
+    return {str(grant_id): int(delta) for grant_id, delta in values.items()}
 
 
 def list_ledger(user_id: str, limit: int, cursor: str | None) -> dict[str, Any]:

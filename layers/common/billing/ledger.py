@@ -10,10 +10,16 @@ ledger always sums to the balance.
 Reading the account first gives every entry an exact `balance_after` and lets the floor
 checks (no balance below zero, holds included) happen before the write; the version condition
 makes the read-then-write safe under any concurrency.
+
+Quota is held as credit grants on the account item (billing.grants): a credit creates one
+(and its history record, in the same transaction), a debit draws from them in the documented
+order, and the entry records the per-grant deltas (`grants`). An account made before grants
+existed gets its baseline grant (its quota as one `paid` grant) with its first change.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
+from pynamodb.attributes import MapAttribute
 from pynamodb.exceptions import DoesNotExist, TransactWriteError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
@@ -28,8 +35,9 @@ from pynamodb.models import Model
 from pynamodb.transactions import TransactWrite
 
 from billing import clock, db
+from billing import grants as grant_math
 from billing.errors import AccountNotFound
-from billing.models import Account, LedgerEntry
+from billing.models import Account, GrantRecord, LedgerEntry
 
 Balance = Literal["quota", "aff_quota"]
 # Account counters a change may move besides its balance (absolute values are written).
@@ -58,6 +66,17 @@ class EntryKind(StrEnum):
     REVERSAL = "reversal"
     ADJUSTMENT = "adjustment"
     SIGNUP_BONUS = "signup_bonus"
+    EXPIRY = "expiry"
+
+
+# The grant source of a credit, unless the change names its own terms.
+SOURCE_OF_KIND: dict[str, str] = {
+    EntryKind.TOPUP: "paid",
+    EntryKind.REDEEM: "code",
+    EntryKind.REFERRAL_TRANSFER: "referral",
+    EntryKind.SIGNUP_BONUS: "bonus",
+    EntryKind.ADJUSTMENT: "adjustment",
+}
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,12 @@ class Change:
     # Settled usage and reversals of credits may take a balance below zero; nothing else may.
     may_go_negative: bool = False
     counters: Mapping[Counter, int] = field(default_factory=dict)
+    # A credit's grant terms (default: the source of its kind, priority 50, no expiry).
+    grant: grant_math.Terms | None = None
+    # A debit that takes from this grant first (a refund: its order's paid grant).
+    own_grant: str | None = None
+    # An `expiry` entry: the grant it writes off (delta = -its remaining).
+    expire_grant: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.delta, int) or isinstance(self.delta, bool):
@@ -186,10 +211,92 @@ class _Conflict(Exception):
 _BALANCE_FIELDS: tuple[str, ...] = ("quota", "aff_quota")
 
 
+def account_grants(account: Account, now: int) -> dict[str, grant_math.Grant]:
+    """The account's grants; for an account made before grants existed, its baseline."""
+    if account.grants is None:
+        created = (
+            int(clock.parse_iso(account.created_at).timestamp()) if account.created_at else now
+        )
+        return grant_math.baseline(account.user_id, int(account.quota), created)
+    return grant_math.decode(_plain_map(account.grants))
+
+
+def _plain_map(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, MapAttribute):
+        raw = raw.as_dict()
+    return {
+        str(key): _plain_map(value) if isinstance(value, Mapping | MapAttribute) else value
+        for key, value in dict(raw or {}).items()
+    }
+
+
+def _grant_effect(
+    change: Change, held: dict[str, grant_math.Grant], now: int, at: str
+) -> tuple[dict[str, int], dict[str, grant_math.Grant], GrantRecord | None]:
+    """The per-grant deltas of a quota change, the grants after it, and the history record
+    of the grant a credit creates."""
+    assert change.entry_id is not None
+    if change.kind == EntryKind.EXPIRY:
+        grant_id = change.expire_grant
+        grant = held.get(grant_id or "")
+        if grant is None:
+            raise DuplicateEntry(change.entry_id)  # written off (or gone) already
+        if not grant.expired(now) or -grant.remaining != change.delta:
+            raise ValueError("an expiry writes off exactly the remainder of an expired grant")
+        after, delta = grant_math.expire(held, grant.grant_id)
+        return {grant.grant_id: delta}, after, None
+    if change.delta < 0:
+        deltas = grant_math.debit(held, -change.delta, now, change.own_grant)
+        return deltas, grant_math.apply_deltas(held, deltas, now), None
+    terms = change.grant or grant_math.Terms(SOURCE_OF_KIND.get(str(change.kind), "adjustment"))
+    grant_id = grant_math.grant_id_for(change.entry_id)
+    if grant_id in held:
+        raise DuplicateEntry(change.entry_id)
+    new = grant_math.Grant(
+        grant_id,
+        terms.source,
+        change.delta,
+        change.delta,
+        terms.priority,
+        terms.expires_at,
+        now,
+    )
+    credited = grant_math.credit(held, new, now)
+    expiring = terms.expires_at is not None and credited.merged_into is None
+    record = GrantRecord(
+        user_id=change.user_id,
+        grant_id=grant_id,
+        created_key=f"{at}#{grant_id}",
+        source=terms.source,
+        amount=change.delta,
+        priority=terms.priority,
+        expires_at=terms.expires_at,
+        ref=change.entry_id,
+        created_at=at,
+        merged_into=credited.merged_into,
+        expiry_shard=expiry_shard(grant_id) if expiring else None,
+        due_at=terms.expires_at if expiring else None,
+    )
+    return credited.deltas, credited.grants, record
+
+
+EXPIRY_SHARDS = 10
+
+
+def expiry_shard(grant_id: str) -> str:
+    """Expiring grants spread over shards of the `expiring` index, so no index key gets hot."""
+    number = int(hashlib.sha256(grant_id.encode()).hexdigest()[:8], 16) % EXPIRY_SHARDS
+    return f"e#{number}"
+
+
 def _write(
     changes: Sequence[Change], extra: Sequence[TxOp], current: Mapping[str, Account]
 ) -> Applied:
-    at = clock.iso()
+    moment = clock.now()
+    at = clock.iso(moment)
+    now = int(moment.timestamp())
+    held_grants = {user_id: account_grants(account, now) for user_id, account in current.items()}
+    records: list[GrantRecord] = []
     new_values: dict[str, dict[str, int]] = {
         user_id: {name: int(getattr(account, name)) for name in (*_BALANCE_FIELDS, *_COUNTERS)}
         for user_id, account in current.items()
@@ -203,6 +310,13 @@ def _write(
             values[name] += amount
         if change.entry_id is None:
             continue
+        entry_grants: dict[str, int] | None = None
+        if change.balance == "quota" and change.delta:
+            entry_grants, held_grants[change.user_id], record = _grant_effect(
+                change, held_grants[change.user_id], now, at
+            )
+            if record is not None:
+                records.append(record)
         version = int(current[change.user_id].version) + 1
         index = position.get(change.user_id, 0)
         position[change.user_id] = index + 1
@@ -217,9 +331,13 @@ def _write(
                 balance_after=values[change.balance],
                 ref=change.ref,
                 created_at=at,
+                grants=entry_grants,
             )
         )
-    _check_floors(changes, new_values)
+    frozen = {
+        user_id: grant_math.unspendable(grants, now) for user_id, grants in held_grants.items()
+    }
+    _check_floors(changes, new_values, frozen)
 
     labels: dict[str, list[str]] = {"condition_check": [], "delete": [], "save": [], "update": []}
     updated: dict[str, Account] = {}
@@ -231,6 +349,10 @@ def _write(
             for entry in entries:
                 transaction.save(entry, condition=LedgerEntry.entry_id.does_not_exist())
                 labels["save"].append(f"entry:{entry.entry_id}")
+            for record in records:
+                # Written once: the credit's entry (same transaction) is the guard.
+                transaction.save(record)
+                labels["save"].append(f"grant:{record.grant_id}")
             for user_id, account in current.items():
                 values = new_values[user_id]
                 version = int(account.version)
@@ -239,10 +361,13 @@ def _write(
                     for name, value in values.items()
                     if value != int(getattr(account, name))
                 ]
+                encoded = grant_math.encode(held_grants[user_id])
+                if account.grants is None or encoded != _plain_map(account.grants):
+                    actions.append(Account.grants.set(encoded))
                 actions += [Account.version.set(version + 1), Account.updated_at.set(at)]
                 transaction.update(account, actions=actions, condition=Account.version == version)
                 labels["update"].append(f"account:{user_id}")
-                updated[user_id] = _updated_copy(account, values, version + 1, at)
+                updated[user_id] = _updated_copy(account, values, version + 1, at, encoded)
     except TransactWriteError as exc:
         # PynamoDB sends condition checks, deletes, puts, then updates, whatever the order
         # they were added in; cancellation reasons follow that order.
@@ -255,7 +380,12 @@ def _write(
     return Applied(entries=entries, accounts=updated)
 
 
-def _check_floors(changes: Iterable[Change], values: Mapping[str, Mapping[str, int]]) -> None:
+def _check_floors(
+    changes: Iterable[Change],
+    values: Mapping[str, Mapping[str, int]],
+    frozen: Mapping[str, int],
+) -> None:
+    """After a charge or a hold: spendable - held >= 0 (expired grants cannot be spent)."""
     for change in changes:
         if change.may_go_negative:
             continue
@@ -263,7 +393,7 @@ def _check_floors(changes: Iterable[Change], values: Mapping[str, Mapping[str, i
         if change.balance == "quota" and (
             change.delta < 0 or change.counters.get("held_quota", 0) > 0
         ):
-            available = after["quota"] - after["held_quota"]
+            available = after["quota"] - frozen.get(change.user_id, 0) - after["held_quota"]
             if available < 0:
                 raise InsufficientBalance(change.user_id, "quota", available - change.delta)
         if change.balance == "aff_quota" and change.delta < 0 and after["aff_quota"] < 0:
@@ -309,10 +439,17 @@ def _raise_for(exc: TransactWriteError, labels: list[str]) -> None:
     raise exc
 
 
-def _updated_copy(account: Account, values: Mapping[str, int], version: int, at: str) -> Account:
+def _updated_copy(
+    account: Account,
+    values: Mapping[str, int],
+    version: int,
+    at: str,
+    grants: dict[str, Any],
+) -> Account:
     copy = Account(**{name: getattr(account, name) for name in Account.get_attributes()})
     for name, value in values.items():
         setattr(copy, name, value)
+    copy.grants = grants
     copy.version = version
     copy.updated_at = at
     return copy

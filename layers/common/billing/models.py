@@ -53,6 +53,9 @@ class Account(Model):
     version = NumberAttribute(default=0)  # bumped by every ledger transaction
     created_at = UnicodeAttribute()
     updated_at = UnicodeAttribute(null=True)
+    # Credit grants (billing.grants): grant_id -> compact fields; quota == sum of remaining.
+    # Absent on accounts made before grants existed (tools/migrate_grants.py).
+    grants = MapAttribute[str, Any](null=True)
 
 
 class ReferralCode(Model):
@@ -156,6 +159,9 @@ class RedemptionCode(Model):
     created_by = UnicodeAttribute()
     created_at = UnicodeAttribute()
     disabled_at = UnicodeAttribute(null=True)
+    # A promo code's grant terms (billing.grant_terms): {"priority"?, "expires_in_days"? |
+    # "expires_at"?}; absent = a plain `code` grant (priority 50, no expiry).
+    grant = MapAttribute[str, Any](null=True)
 
     by_created = CodesByCreated()
 
@@ -185,6 +191,8 @@ class LedgerEntry(Model):
     balance_after = NumberAttribute()
     ref = UnicodeAttribute(default="")
     created_at = UnicodeAttribute()
+    # grant_id -> delta, summing to delta, on every entry that moves quota.
+    grants = MapAttribute[str, Any](null=True)
 
     by_seq = LedgerBySeq()
 
@@ -297,3 +305,50 @@ class RollupMarker(Model):
     bucket = UnicodeAttribute(range_key=True)  # "r#<request_id>"
     rollup = UnicodeAttribute()  # the bucket it was counted in
     expires_at = NumberAttribute()  # epoch seconds; DynamoDB TTL, past the stream's retention
+
+
+class GrantsByCreated(LocalSecondaryIndex["GrantRecord"]):
+    class Meta:
+        index_name = "by_created"
+        projection = AllProjection()
+
+    user_id = UnicodeAttribute(hash_key=True)
+    created_key = UnicodeAttribute(range_key=True)
+
+
+class ExpiringGrants(GlobalSecondaryIndex["GrantRecord"]):
+    """Sparse and sharded: only grants with an expiry not yet swept carry expiry_shard."""
+
+    class Meta:
+        index_name = "expiring"
+        projection = KeysOnlyProjection()
+
+    expiry_shard = UnicodeAttribute(hash_key=True)
+    due_at = NumberAttribute(range_key=True)
+
+
+class GrantRecord(Model):
+    """A credit grant's immutable history (its remainder lives on the account item), written
+    in the same transaction as the credit that created it."""
+
+    class Meta:
+        table_name = _table("GRANTS_TABLE")
+        region = _REGION
+
+    user_id = UnicodeAttribute(hash_key=True)
+    grant_id = UnicodeAttribute(range_key=True)
+    created_key = UnicodeAttribute()  # "<created_at>#<grant_id>": newest first
+    source = UnicodeAttribute()
+    amount = NumberAttribute()
+    priority = NumberAttribute()
+    expires_at = NumberAttribute(null=True)  # epoch seconds
+    ref = UnicodeAttribute()  # the credit's ledger entry id ("migration" for a baseline)
+    created_at = UnicodeAttribute()
+    merged_into = UnicodeAttribute(null=True)  # at the bound: the grant that holds it
+    baseline = NumberAttribute(null=True)  # migrated quota
+    # Sweeper bookkeeping (mutable): removed once the grant is written off.
+    expiry_shard = UnicodeAttribute(null=True)
+    due_at = NumberAttribute(null=True)
+
+    by_created = GrantsByCreated()
+    expiring = ExpiringGrants()

@@ -12,7 +12,7 @@ from typing import Any
 
 from pynamodb.exceptions import UpdateError
 
-from billing import clock
+from billing import clock, grant_terms
 from billing.codes import plaintext
 from billing.errors import InvalidRequest, NotFound
 from billing.models import RedemptionCode
@@ -50,13 +50,16 @@ def create_batch(
     count: int,
     max_uses: int = 1,
     expires_at: str | None = None,
+    grant: Any = None,
 ) -> CreatedBatch:
-    """Generate `count` codes, store their hashes, return the plaintexts (the only time)."""
+    """Generate `count` codes, store their hashes, return the plaintexts (the only time).
+    `grant` makes a promo code: its credit's grant terms (billing.grant_terms)."""
     if not 1 <= count <= MAX_BATCH:
         raise InvalidRequest(f"count must be 1 to {MAX_BATCH}.")
     if quota <= 0 or max_uses < 1:
         raise InvalidRequest("quota must be positive and max_uses at least 1.")
     expiry = parse_expiry(expires_at)
+    terms = grant_terms.parse(grant)
     batch_id = f"b-{uuid.uuid4().hex}"
     at = clock.iso()
     plaintexts = [plaintext.generate() for _ in range(count)]
@@ -73,6 +76,7 @@ def create_batch(
                     uses=0,
                     status="active",
                     expires_at=expiry,
+                    grant=terms,
                     batch_id=batch_id,
                     created_by=admin_id,
                     created_at=at,
@@ -88,6 +92,7 @@ def create_batch(
             "count": count,
             "max_uses": max_uses,
             "expires_at": expiry,
+            "grant": terms,
         },
     )
     return CreatedBatch(batch_id=batch_id, codes=[plaintext.format_code(p) for p in plaintexts])
@@ -106,7 +111,16 @@ def render_code(code: RedemptionCode) -> dict[str, Any]:
         "created_by": code.created_by,
         "created_at": code.created_at,
         "disabled_at": code.disabled_at,
+        "grant": _stored_grant(code),
     }
+
+
+def _stored_grant(code: RedemptionCode) -> dict[str, Any] | None:
+    raw = code.grant
+    if raw is None:
+        return None
+    values = raw.as_dict() if hasattr(raw, "as_dict") else dict(raw)
+    return {str(k): int(v) if isinstance(v, int | float) else v for k, v in values.items()}
 
 
 def list_codes(admin_id: str, limit: int, cursor: str | None) -> dict[str, Any]:

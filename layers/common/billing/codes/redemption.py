@@ -22,7 +22,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from billing import clock, db, ledger, metrics
+from billing import clock, db, grant_terms, ledger, metrics
 from billing.codes import plaintext, ratelimit
 from billing.errors import AccountNotFound, RedeemFailed
 from billing.ledger import Change, EntryKind, TxOp
@@ -117,12 +117,20 @@ def _apply(
         kind=EntryKind.REDEEM,
         delta=quota,
         ref=code.batch_id,
+        # A promo code's expiry runs from the redemption (expires_in_days) or is fixed.
+        grant=grant_terms.terms("code", _plain(code.grant), int(moment.timestamp())),
     )
     applied = ledger.apply([credit], extra=[use], accounts={user_id: account})
     balance = int(applied.accounts[user_id].quota)
     logger.info("code redeemed", extra={"code_id": code_id, "quota": quota})
     metrics.count(Metric.CODES_REDEEMED)
     return Redeemed(code_id=code_id, quota_added=quota, quota=balance)
+
+
+def _plain(raw: Any) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    return dict(raw.as_dict() if hasattr(raw, "as_dict") else raw)
 
 
 def _read(code_id: str | None, user_id: str, limit_keys: tuple[str, ...]) -> _Reads:

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from billing.grant_checks import grant_problems
 from billing.models import Account, LedgerEntry, Order, RedemptionCode, UsageRecord
 
 Raw = dict[str, Any]
@@ -56,6 +57,7 @@ KINDS = frozenset(
         "reversal",
         "adjustment",
         "signup_bonus",
+        "expiry",
     }
 )
 # Cause prefix of an entry id -> the kinds it may carry.
@@ -69,12 +71,16 @@ PREFIX_KINDS: dict[str, frozenset[str]] = {
     "referral_clawback": frozenset({"reversal"}),
     "referral_transfer": frozenset({"referral_transfer"}),
     "signup_bonus": frozenset({"signup_bonus"}),
+    "expiry": frozenset({"expiry"}),
 }
 # The inviter's bonus on an invitee's first paid order is a rebate (kind signup_bonus).
 AFF_KINDS = frozenset({"referral_reward", "signup_bonus", "referral_transfer", "reversal"})
 # A debit may leave a balance below zero only when the usage already happened (settle) or
 # when a credit is taken back (refund, dispute, clawback).
-NEGATIVE_KINDS = {"quota": frozenset({"usage", "reversal"}), "aff_quota": frozenset({"reversal"})}
+NEGATIVE_KINDS = {
+    "quota": frozenset({"usage", "reversal", "expiry"}),
+    "aff_quota": frozenset({"reversal"}),
+}
 
 
 @dataclass(frozen=True)
@@ -522,6 +528,10 @@ def check_user(user_id: str, state: UserState, lookups: _Lookups) -> list[Differ
             state.invitees,
             int(account.aff_count),
         )
+
+    # Credit grants: remainders, per-grant ledger sums, expiry (billing.grant_checks).
+    for check, message, expected, actual in grant_problems(account, entries):
+        report(check, message, expected, actual)
 
     found += _check_orders(user_id, state, scope)
     found += _check_rewards(user_id, entries, lookups, scope)

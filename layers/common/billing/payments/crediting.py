@@ -38,7 +38,7 @@ from pynamodb.exceptions import UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
-from billing import clock, ledger, metrics, money
+from billing import clock, grant_history, grants, ledger, metrics, money
 from billing.errors import DomainError, NotFound
 from billing.metrics import Metric
 from billing.models import Account, Order
@@ -548,6 +548,10 @@ def _reverse_credited(order: Order, event: PaymentEvent) -> Outcome | None:
             delta=-step.taken(int(order.quota)),
             ref=order.order_id,
             may_go_negative=True,
+            # Its own order's paid grant first (or the grant it merged into at the bound).
+            own_grant=grant_history.holder(
+                order.user_id, grants.grant_id_for(f"topup#{order.order_id}")
+            ),
         ),
         *clawback,
     ]

@@ -25,6 +25,7 @@ from pynamodb.transactions import TransactWrite
 
 from billing import db, ledger
 from billing.errors import InsufficientAffQuota, TransferBelowMinimum
+from billing.grants import grant_id_for
 from billing.models import Account, LedgerEntry, Order
 from billing.settings import Settings, load_settings
 
@@ -146,6 +147,7 @@ def clawback_changes(
                     delta=-bonus,
                     ref=order.order_id,
                     may_go_negative=True,
+                    own_grant=grant_id_for(f"signup_bonus#{account.user_id}"),
                 )
             )
     if not account.inviter_id:

@@ -58,6 +58,7 @@ from pynamodb.attributes import MapAttribute
 from pynamodb.exceptions import PynamoDBException
 
 from billing import clock, ledger
+from billing import grants as grant_math
 from billing.errors import AccountNotFound, DomainError, InsufficientQuota, InvalidEvent
 from billing.models import Account, UsageRecord
 from billing.settings import Settings, load_settings
@@ -515,7 +516,11 @@ def _admit(
     moment = now or clock.now()
     at = clock.iso(moment)
     quota = int(account.quota)
-    held = int(account.held_quota)
+    # Expired grants not yet written off cannot be spent (billing.grants): they count here
+    # like a hold, so the availability checks below stay as they were.
+    held = int(account.held_quota) + grant_math.unspendable(
+        ledger.account_grants(account, int(moment.timestamp())), int(moment.timestamp())
+    )
     decided: list[tuple[_Pending, Result]] = []
     ops: list[ledger.TxOp] = []
     admitted: list[_Pending] = []

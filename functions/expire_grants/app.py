@@ -1,0 +1,19 @@
+"""Expire credit grants on a schedule: write off what expired grants still hold, once each
+(billing.grant_expiry), and reach the `grant.expiring` hook 3 days ahead."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from billing import grant_expiry
+
+logger = Logger()
+
+
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: Any, context: LambdaContext) -> dict[str, int]:
+    summary = grant_expiry.sweep()
+    logger.info("grants swept", extra=summary)
+    return summary
