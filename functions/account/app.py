@@ -1,19 +1,23 @@
-"""Account function: POST /account, GET /account, GET /ledger, GET /usage."""
+"""Account function: POST /account, GET /account, GET /ledger, GET /usage, and the alert and
+auto top-up settings (routes_alerts)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import routes_alerts
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import accounts
+from billing.errors import InvalidAmount
 from billing.http import RequestBody, json_response, make_router, page_params, principal
 from billing.referral import signup
 from billing.usage import history
 
 logger = Logger()
-router = make_router()
+router = make_router(field_codes={"amount": InvalidAmount()})
+router.include_router(routes_alerts.router)
 
 
 class CreateAccount(RequestBody):
