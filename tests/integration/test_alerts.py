@@ -47,7 +47,7 @@ def alerts_item(stack: LocalStack, user: str) -> dict[str, Any] | None:
 
 
 def test_the_threshold_is_read_and_set(stack: LocalStack) -> None:
-    user, token = new_user(stack)
+    _, token = new_user(stack)
     got = stack.request("GET", "/account/alerts", token=token)
     assert got.status_code == 200
     assert got.json()["low_balance_threshold"] is None
