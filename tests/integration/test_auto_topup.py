@@ -142,7 +142,7 @@ def test_enabling_without_a_saved_card_is_refused_and_writes_nothing(stack: Loca
 @pytest.mark.parametrize(
     ("body", "code"),
     [
-        ({}, "invalid_request"),
+        ({}, "invalid_amount"),  # amount missing (as POST /checkout answers it)
         ({"enabled": True, "threshold": 1, "amount": 10}, "invalid_request"),
         ({"enabled": "yes", "threshold": 1, "amount": 10, "method": "stripe"}, "invalid_request"),
         ({"enabled": True, "threshold": -1, "amount": 10, "method": "stripe"}, "invalid_request"),

@@ -188,8 +188,9 @@ class StripeProvider:
             raise ProviderError() from exc
         if not cards:
             return None
-        card = cards[0].get("card") or {}
-        return {"id": str(cards[0].id), "brand": card.get("brand"), "last4": card.get("last4")}
+        method = cards[0].to_dict()  # SDK objects are not dicts
+        card = method.get("card") or {}
+        return {"id": str(method["id"]), "brand": card.get("brand"), "last4": card.get("last4")}
 
     def charge_off_session(
         self,
