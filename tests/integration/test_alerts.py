@@ -21,7 +21,7 @@ from tests.support.billing_events import (
     wait_events,
 )
 from tests.support.payments import new_user, paid_order
-from tests.support.stack import LocalStack, wait_for
+from tests.support.stack import LocalStack, template_copy, wait_for
 
 
 def set_threshold(stack: LocalStack, token: str, threshold: int | None) -> dict[str, Any]:
@@ -237,3 +237,43 @@ def test_a_crash_after_the_put_resends_the_same_ids(stack: LocalStack) -> None:
     settle_stream(stack)
     low = user_events(stack, user, "balance.low")
     assert len({e["id"] for e in low}) == 1, low
+
+
+# ------------------------------------------------------------ IAM
+
+
+def _without_put_events(document: dict[str, Any]) -> None:
+    function = document["Resources"]["BillingEventsFunction"]["Properties"]
+    statements = function["Policies"][0]["Statement"]
+    kept = [s for s in statements if s["Action"] != ["events:PutEvents"]]
+    assert len(kept) == len(statements) - 1, "BillingEventsFunction has no PutEvents statement"
+    function["Policies"][0]["Statement"] = kept
+
+
+def test_without_put_events_nothing_is_published_and_the_batch_reaches_the_dlq() -> None:
+    template = template_copy("alerts-no-put-events", _without_put_events)
+    with LocalStack("alerts-no-put-events") as local:
+        local.start(template, env={"LOCAL_SCHEDULES": "0"})
+        user, token = new_user(local)
+        fund(local, user, 2 * PRICE)
+        set_threshold(local, token, 2 * PRICE)
+        charge(local, user)  # 1: low
+
+        def dlq_depth() -> int:
+            attributes = local.boto3_client("sqs").get_queue_attributes(
+                QueueUrl=local.queue_url("BillingEventsDLQ"),
+                AttributeNames=["ApproximateNumberOfMessages"],
+            )["Attributes"]
+            return int(attributes["ApproximateNumberOfMessages"])
+
+        wait_for(lambda: dlq_depth() >= 1, timeout=90, message="the given-up batch in the DLQ")
+        refused = [
+            d
+            for d in local.iam()["denials"]
+            if d["function"] == "BillingEventsFunction" and d["action"] == "events:PutEvents"
+        ]
+        assert refused and refused[0]["resource"].endswith(":event-bus/quota-local-billing")
+        assert user_events(local, user) == []
+        # What was decided is kept for a replay, not lost: the outbox holds the event.
+        item = alerts_item(local, user)
+        assert item is not None and "balance.low" in item["outbox"]["S"]
