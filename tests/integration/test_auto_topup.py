@@ -255,7 +255,7 @@ def test_a_card_that_needs_authentication_fails_with_requires_action(stack: Loca
     enable(stack, token, threshold=start)
     charge(stack, user)
     failed = wait_events(stack, user, "topup.auto_failed", 1)
-    assert failed[0]["code"] == "requires_action"
+    assert failed[0]["code"] == "requires_action" and failed[0]["quota"] == start - PRICE
     rule = wait_for(
         lambda: r if (r := get_rule(stack, token))["failures"] == 1 else None, timeout=30
     )

@@ -79,7 +79,7 @@ def _step(rule: AutoTopupRule, moves: Sequence[Move]) -> str:
             _succeeded(rule)
             return _CHANGED
         if not rule.pending_charged:
-            _charge(rule)
+            _charge(rule, moves[-1].balance_after if moves else None)
             return _CHANGED
         return _CHANGED if _release_if_abandoned(rule) else _IDLE
     cause = _cause(rule, moves)
@@ -145,15 +145,17 @@ def _claim(rule: AutoTopupRule, move: Move) -> bool:
     return claimed
 
 
-def _charge(rule: AutoTopupRule) -> bool:
+def _charge(rule: AutoTopupRule, quota: int | None) -> bool:
     order_id = str(rule.pending_order_id)
     outcome: AutoCharge = charge_saved_card(rule.user_id, order_id, int(rule.amount))
     if outcome.accepted:
         return _write(rule, [AutoTopupRule.pending_charged.set(True)])
-    return _failed(rule, order_id, outcome.code, outcome.message)
+    return _failed(rule, order_id, outcome.code, outcome.message, quota)
 
 
-def _failed(rule: AutoTopupRule, order_id: str, code: str, message: str) -> bool:
+def _failed(
+    rule: AutoTopupRule, order_id: str, code: str, message: str, quota: int | None = None
+) -> bool:
     at = clock.iso()
     failures = int(rule.failures or 0) + 1
     disable = failures >= FAILURES_TO_DISABLE
@@ -161,7 +163,7 @@ def _failed(rule: AutoTopupRule, order_id: str, code: str, message: str) -> bool
         "id": str(uuid.uuid5(_NAMESPACE, f"{AUTO_FAILED}|{rule.user_id}|{order_id}")),
         "type": AUTO_FAILED,
         "user_id": rule.user_id,
-        "quota": None,
+        "quota": quota,  # the balance the triggering entries left (None: not known here)
         "order_id": order_id,
         "code": code,
         "failures": failures,
