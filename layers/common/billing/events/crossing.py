@@ -28,12 +28,6 @@ TOPUP_REFUNDED = "topup.refunded"
 AUTO_FAILED = "topup.auto_failed"
 
 
-def _is_order_reversal(entry: Entry) -> bool:
-    # The buyer's own reversal of a refunded order (`reversal#<order>#<step>`); rebate
-    # clawbacks and bonus reversals are reversals too, but not refunds of a top-up.
-    return entry.kind == "reversal" and entry.entry_id.startswith(f"reversal#{entry.ref}#")
-
-
 @dataclass(frozen=True)
 class Entry:
     """A ledger entry as its stream record carries it."""
@@ -71,6 +65,12 @@ def make_event(
         "created_at": created_at,
         **extra,
     }
+
+
+def _is_order_reversal(entry: Entry) -> bool:
+    # The buyer's own reversal of a refunded order (`reversal#<order>#<step>`); rebate
+    # clawbacks and bonus reversals are reversals too, but not refunds of a top-up.
+    return entry.kind == "reversal" and entry.entry_id.startswith(f"reversal#{entry.ref}#")
 
 
 def fold(
