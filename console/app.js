@@ -2,6 +2,7 @@
 // the balance, online top-up, redemption code, referral, history and (for admins) codes.
 
 import { setupAdmin } from "./js/admin.js";
+import { setupAlerts } from "./js/alerts.js";
 import { createApi } from "./js/api.js";
 import { createAuth } from "./js/auth.js";
 import { renderBalance } from "./js/balance.js";
@@ -152,6 +153,7 @@ function renderAccount(ctx) {
   const { account, options, config } = ctx.state;
   renderBalance(account, options, config.unitSymbol);
   ctx.sections.referral.render(account, options);
+  ctx.sections.alerts.renderBanner();
 }
 
 async function refreshAccount(ctx) {
@@ -172,7 +174,7 @@ async function enterApp(ctx, account, message) {
   renderAccount(ctx);
   ctx.sections.topup.setOptions();
   ctx.sections.order.resumeFromUrl();
-  const loads = [ctx.sections.history.reload(), ctx.sections.usage.reload()];
+  const loads = [ctx.sections.history.reload(), ctx.sections.alerts.load(), ctx.sections.usage.reload()];
   if (ctx.session.isAdmin) loads.push(ctx.sections.admin.show());
   await Promise.all(loads);
 }
@@ -222,7 +224,7 @@ function createContext(config, auth) {
       reloadWith("Your session has expired. Please sign in again.");
     },
   });
-  ctx.refreshAccount = () => refreshAccount(ctx);
+  ctx.refreshAccount = () => Promise.all([refreshAccount(ctx), ctx.sections.alerts.load()]);
   ctx.afterChange = () => Promise.all([refreshAccount(ctx), ctx.sections.history.reload()]);
   ctx.sections = {
     topup: setupTopup(ctx),
@@ -232,6 +234,7 @@ function createContext(config, auth) {
     history: setupHistory(ctx),
     usage: setupUsage(ctx),
     admin: setupAdmin(ctx),
+    alerts: setupAlerts(ctx),
   };
   $("#refresh-balance").addEventListener("click", ctx.refreshAccount);
   return ctx;

@@ -302,7 +302,10 @@ class SerializedApp:
         fault = self.registry.record(call)
         if fault is not None:
             if fault.after_commit:
-                self._execute(call, environ, body)  # done, but the answer is lost
+                # Done, but the answer is lost: what watches the call (stream records, the
+                # buses' events) sees it take effect, as in AWS.
+                done_line, _, done_payload = self._execute(call, environ, body)
+                self._notify(call, done_line, done_payload)
             status, headers, payload = _error_response(call, fault)
             headers.append(("Content-Length", str(len(payload))))
             start_response(f"{status} {_REASONS.get(status, 'Error')}", headers)
@@ -315,13 +318,16 @@ class SerializedApp:
         if call.service == "sqs" and call.operation in _SQS_WRITES:
             with self._sqs_activity:
                 self._sqs_activity.notify_all()
+        self._notify(call, status_line, payload)
+        start_response(status_line, headers)
+        return [payload]
+
+    def _notify(self, call: CallInfo, status_line: str, payload: bytes) -> None:
         for observer in self.observers:
             try:
                 observer(call, status_line, payload)
             except Exception:  # an observer must never break the request it watches
                 log.exception("observer of %s.%s failed", call.service, call.operation)
-        start_response(status_line, headers)
-        return [payload]
 
     def _execute(
         self, call: CallInfo, environ: WSGIEnvironment, body: bytes

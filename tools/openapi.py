@@ -231,6 +231,8 @@ class Order(_Body):
     pay_url: str | None = None
     created_at: str
     paid_at: str | None
+    auto: bool | None = Field(default=None, description="true: an auto top-up (off-session).")
+    save_card: bool | None = Field(default=None, description="true: the card is kept.")
 
 
 class OrderPage(_Body):
@@ -270,6 +272,44 @@ class CodePage(_Body):
     next_cursor: str | None
 
 
+class Alerts(_Body):
+    low_balance_threshold: int | None
+    quota: int
+    below_threshold: bool
+
+
+class SavedCard(_Body):
+    brand: str | None
+    last4: str | None
+
+
+class AutoTopupFailure(_Body):
+    order_id: str
+    code: str = Field(description="card_declined, requires_action, no_saved_card, ...")
+    message: str
+    at: str
+
+
+class AutoTopupSuccess(_Body):
+    order_id: str
+    at: str
+
+
+class AutoTopupRule(_Body):
+    enabled: bool
+    state: Literal["off", "active", "pending", "disabled_after_failures"]
+    saved_card: SavedCard | None
+    threshold: int | None = None
+    amount: int | None = None
+    method: Literal["stripe"] | None = None
+    max_per_day: int | None = None
+    failures: int | None = Field(default=None, description="Failures in a row (3 disable).")
+    last_failure: AutoTopupFailure | None = None
+    last_success: AutoTopupSuccess | None = None
+    pending_order_id: str | None = None
+    today_count: int | None = None
+
+
 class WebhookAck(_Body):
     """The provider's own acknowledgement (Stripe, Creem: anything; Waffo: signed message)."""
 
@@ -291,6 +331,8 @@ MODELS: tuple[type[BaseModel], ...] = (
     Transferred,
     CodeBatch,
     CodePage,
+    Alerts,
+    AutoTopupRule,
     WebhookAck,
 )
 
@@ -381,6 +423,19 @@ RESPONSES: dict[tuple[str, str], tuple[dict[str, dict[str, Any]], tuple[int, ...
         (*_USER, *_BODY),
     ),
     ("get", "/account"): ({"200": _ok(Account, "The account.")}, (*_USER, 404)),
+    ("get", "/account/alerts"): ({"200": _ok(Alerts, "The threshold.")}, (*_USER, 404)),
+    ("put", "/account/alerts"): (
+        {"200": _ok(Alerts, "The threshold, set (null: none).")},
+        (*_USER, *_BODY, 404),
+    ),
+    ("get", "/account/auto-topup"): (
+        {"200": _ok(AutoTopupRule, "The rule, or {enabled: false}.")},
+        (*_USER, 404, 502),
+    ),
+    ("put", "/account/auto-topup"): (
+        {"200": _ok(AutoTopupRule, "The rule (no_saved_card: 400 when enabling without one).")},
+        (*_USER, *_BODY, 404, 502),
+    ),
     ("get", "/ledger"): ({"200": _ok(LedgerPage, "Ledger entries, newest first.")}, (*_USER, 400)),
     ("get", "/usage"): ({"200": _ok(UsagePage, "Usage records, newest first.")}, (*_USER, 400)),
     ("get", "/usage/summary"): (

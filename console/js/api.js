@@ -137,6 +137,11 @@ export function createApi({ baseUrl, getToken, onUnauthorized }) {
     createAccount: (referralCode) =>
       request("POST", "/account", { body: referralCode ? { referral_code: referralCode } : {} }),
     getAccount: () => data("GET", "/account"),
+    getAlerts: () => data("GET", "/account/alerts"),
+    putAlerts: (threshold) =>
+      data("PUT", "/account/alerts", { body: { low_balance_threshold: threshold } }),
+    getAutoTopup: () => data("GET", "/account/auto-topup"),
+    putAutoTopup: (rule) => data("PUT", "/account/auto-topup", { body: rule }),
     listLedger: (cursor) => page("/ledger", cursor),
     usageSummary: (groupBy, from, to) =>
       data("GET", "/usage/summary", { query: { group_by: groupBy, from, to } }),

@@ -189,6 +189,8 @@ export function setupTopup(ctx) {
     const products = isProductBased(choice);
     amountGroup.hidden = products;
     productGroup.hidden = !products;
+    // Only a Stripe card can be saved for auto top-up.
+    $("#save-card-row").hidden = choice?.method.id !== "stripe";
     if (products) renderProducts(choice);
     else renderPresets();
     renderSummary();
@@ -203,6 +205,7 @@ export function setupTopup(ctx) {
     if (result.error) return null;
     const payload = { amount: result.amount, method: choice.method.id };
     if (choice.channel) payload.channel = choice.channel;
+    if (choice.method.id === "stripe" && $("#topup-save-card").checked) payload.save_card = true;
     return payload;
   }
 

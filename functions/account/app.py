@@ -1,15 +1,18 @@
-"""Account function: POST /account, GET /account, GET /ledger, GET /usage, GET /grants, and
-the usage insight routes GET /usage/summary and GET /ledger/export."""
+"""Account function: POST /account, GET /account, GET /ledger, GET /usage, GET /grants, the
+usage insight routes GET /usage/summary and GET /ledger/export, and the alert and auto
+top-up settings (routes_alerts)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import routes_alerts
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import accounts, grant_history
+from billing.errors import InvalidAmount
 from billing.http import (
     RequestBody,
     json_response,
@@ -23,7 +26,8 @@ from billing.referral import signup
 from billing.usage import history, summary
 
 logger = Logger()
-router = make_router()
+router = make_router(field_codes={"amount": InvalidAmount()})
+router.include_router(routes_alerts.router)
 
 
 class CreateAccount(RequestBody):

@@ -27,6 +27,8 @@ class Checkout(RequestBody):
     amount: int | None = None
     channel: str | None = Field(default=None, min_length=1, max_length=32)
     product_id: str | None = Field(default=None, min_length=1, max_length=64)
+    # Stripe: keep the card for off-session payments (auto top-up).
+    save_card: bool = False
 
 
 @router.get("/topup/options")
@@ -46,6 +48,7 @@ def create_checkout(body: Checkout) -> Response[str]:
             amount=body.amount,
             channel=body.channel,
             product_id=body.product_id,
+            save_card=body.save_card,
         )
         return Reply(201, orders.render_order(order))
 

@@ -20,6 +20,23 @@ Routes under ``/_local/sandbox/stripe``:
                                           ?deliver=false records it (signed when sent) without
                                           sending it, for a test to deliver later, out of order
   POST /redeliver/<event id>              send an event again, freshly signed (as Stripe retries)
+  POST /v1/customers                      create a customer (``metadata[user_id]`` names the user)
+  GET  /v1/payment_methods                a customer's saved cards (``customer``, ``type=card``)
+  POST /v1/payment_intents                an off-session payment of a saved card (``confirm``,
+                                          ``off_session``): answered by the card behaviour
+                                          chosen for the customer's user (below)
+and ``POST /_local/sandbox/cards/<user_id>`` ``{"behaviour": "succeed" | "decline" |
+"requires_action"}`` chooses how that user's saved cards answer off-session payments.
+
+Saving a card: a session created with ``customer`` and
+``payment_intent_data[setup_future_usage]=off_session`` attaches a card payment method to the
+customer when it is paid (as Stripe does). Off-session payments answer as Stripe documents
+(https://docs.stripe.com/payments/save-and-reuse): success is a ``succeeded`` PaymentIntent and
+a ``payment_intent.succeeded`` webhook; a decline is HTTP 402 ``card_error`` ``card_declined``,
+an authentication the customer must give is HTTP 402 ``card_error``
+``authentication_required``, each with the PaymentIntent in the error and a
+``payment_intent.payment_failed`` webhook. Webhooks of off-session payments are sent just after
+the answer, from another thread (Stripe sends them on its own schedule).
 
 Refunds are partial when asked: ``{"type": "charge.refunded", "amount": <minor units>}`` refunds
 that much more of the charge (default: all that is left; more than is left is refused, as
@@ -64,6 +81,12 @@ _lock = threading.Lock()
 _idempotency: dict[tuple[int, str, str], tuple[str, int, str]] = {}
 # (port, event id) -> raw body, for redelivery
 _sent: dict[tuple[int, str], bytes] = {}
+# (port, customer id) -> customer; (port, customer id) -> its payment methods, newest last
+_customers: dict[tuple[int, str], dict[str, Any]] = {}
+_payment_methods: dict[tuple[int, str], list[dict[str, Any]]] = {}
+# (port, user id) -> how that user's saved cards answer off-session payments
+_behaviours: dict[tuple[int, str], str] = {}
+BEHAVIOURS = ("succeed", "decline", "requires_action")
 
 
 def _random_id(prefix: str, length: int = 24) -> str:
@@ -226,6 +249,7 @@ def _session_from(ctx: SandboxContext, params: Mapping[str, Any]) -> dict[str, A
         "currency": currency,
         "client_reference_id": params.get("client_reference_id"),
         "metadata": metadata,
+        "customer": params.get("customer") or None,
         "payment_intent": None,
         "success_url": params.get("success_url"),
         "cancel_url": params.get("cancel_url"),
@@ -264,6 +288,12 @@ def create_session(ctx: SandboxContext, request: Request) -> Response:
     session = _session_from(ctx, params)
     if isinstance(session, Response):
         return session
+    customer = session.get("customer")
+    if customer is not None:
+        with _lock:
+            known = (ctx.port, str(customer)) in _customers
+        if not known:
+            return _stripe_error(400, f"No such customer: '{customer}'", param="customer")
     payment_intent_data = params.get("payment_intent_data")
     pi_metadata = (
         (payment_intent_data or {}).get("metadata")
@@ -282,6 +312,9 @@ def create_session(ctx: SandboxContext, request: Request) -> Response:
             "description": str(first_price["product_data"]["name"]),
             "session_id": session["id"],
             "payment_intent_metadata": pi_metadata if isinstance(pi_metadata, dict) else {},
+            "setup_future_usage": (payment_intent_data or {}).get("setup_future_usage")
+            if isinstance(payment_intent_data, dict)
+            else None,
             "status": "open",
         },
     )
@@ -332,6 +365,9 @@ def _complete(ctx: SandboxContext, order_id: str, outcome: str) -> dict[str, Any
             session["payment_intent"] = _random_id("pi_")
             event_type = "checkout.session.async_payment_failed"
         ctx.store.update(order_id, session=session, status=outcome, charge_id=_random_id("ch_"))
+        saves = current.data.get("setup_future_usage") in ("off_session", "on_session")
+        if outcome == "paid" and saves and session.get("customer"):
+            _attach_card(ctx.port, str(session["customer"]))
     sent = _send_event(ctx, event_type, session)
     return {
         "order_id": order_id,
@@ -443,6 +479,214 @@ def redeliver(ctx: SandboxContext, request: Request, event_id: str) -> Response:
     return json_response({"event_id": event_id, **_deliver(ctx, raw)})
 
 
+# ------------------------------------------------------------ customers, cards, intents
+
+
+def _attach_card(port: int, customer_id: str) -> None:
+    """Keep the card just paid with on the customer (call with _lock held)."""
+    _payment_methods.setdefault((port, customer_id), []).append(
+        {
+            "id": _random_id("pm_"),
+            "object": "payment_method",
+            "type": "card",
+            "customer": customer_id,
+            "card": {"brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2034},
+            "created": int(time.time()),
+            "livemode": False,
+        }
+    )
+
+
+def _idempotent(
+    ctx: SandboxContext, request: Request, api_key: str, raw: str, create: Any
+) -> Response:
+    """Stripe's idempotency: the same key and parameters replay the first answer (errors
+    too); other parameters under the key are refused."""
+    key = request.headers.get("Idempotency-Key")
+    fingerprint = hashlib.sha256((request.path + "?" + raw).encode()).hexdigest()
+    if key:
+        with _lock:
+            seen = _idempotency.get((ctx.port, api_key, key))
+        if seen is not None:
+            if seen[0] != fingerprint:
+                return _stripe_error(
+                    400,
+                    "Keys for idempotent requests can only be used with the same "
+                    "parameters they were first used with.",
+                    kind="idempotency_error",
+                )
+            response = Response(seen[2], status=seen[1], mimetype="application/json")
+            response.headers["Idempotent-Replayed"] = "true"
+            return response
+    response = create()
+    if key and response.status_code < 500:
+        with _lock:
+            _idempotency.setdefault(
+                (ctx.port, api_key, key),
+                (fingerprint, response.status_code, response.get_data(as_text=True)),
+            )
+    return response
+
+
+def create_customer(ctx: SandboxContext, request: Request) -> Response:
+    api_key = _authorised(ctx, request)
+    if api_key is None:
+        return _stripe_error(401, "Invalid API Key provided.")
+    raw = request.get_data(as_text=True)
+    try:
+        params = decode_form(raw)
+    except ValueError as exc:
+        return _stripe_error(400, str(exc))
+
+    def create() -> Response:
+        metadata = params.get("metadata") if isinstance(params.get("metadata"), dict) else {}
+        customer = {
+            "id": _random_id("cus_", 14),
+            "object": "customer",
+            "created": int(time.time()),
+            "email": params.get("email"),
+            "metadata": metadata,
+            "livemode": False,
+        }
+        with _lock:
+            _customers[(ctx.port, str(customer["id"]))] = customer
+        return json_response(customer)
+
+    return _idempotent(ctx, request, api_key, raw, create)
+
+
+def list_payment_methods(ctx: SandboxContext, request: Request) -> Response:
+    if _authorised(ctx, request) is None:
+        return _stripe_error(401, "Invalid API Key provided.")
+    customer = request.args.get("customer", "")
+    if request.args.get("type", "card") != "card":
+        return _stripe_error(400, "This sandbox lists card payment methods only.", param="type")
+    limit = _int(request.args.get("limit", "10")) or 10
+    with _lock:
+        if customer and (ctx.port, customer) not in _customers:
+            return _stripe_error(404, f"No such customer: '{customer}'", param="customer")
+        methods = list(reversed(_payment_methods.get((ctx.port, customer), [])))
+    return json_response(
+        {
+            "object": "list",
+            "url": "/v1/payment_methods",
+            "has_more": len(methods) > limit,
+            "data": methods[:limit],
+        }
+    )
+
+
+def set_card_behaviour(ctx: SandboxContext, request: Request, user_id: str) -> Response:
+    body = request.get_json(silent=True)
+    behaviour = body.get("behaviour") if isinstance(body, dict) else None
+    if behaviour == "success":
+        behaviour = "succeed"
+    if behaviour not in BEHAVIOURS:
+        return json_response(
+            {"error": {"code": "invalid_request", "message": f"behaviour is one of {BEHAVIOURS}"}},
+            400,
+        )
+    with _lock:
+        _behaviours[(ctx.port, user_id)] = str(behaviour)
+    return json_response({"user_id": user_id, "behaviour": behaviour})
+
+
+def _later(ctx: SandboxContext, event_type: str, obj: Mapping[str, Any]) -> None:
+    def send() -> None:
+        time.sleep(0.05)
+        try:
+            _send_event(ctx, event_type, obj)
+        except Exception:  # the stack logs it; Stripe would retry
+            import logging
+
+            logging.getLogger("local.sandbox").exception("stripe webhook %s failed", event_type)
+
+    threading.Thread(target=send, daemon=True).start()
+
+
+def create_payment_intent(ctx: SandboxContext, request: Request) -> Response:
+    api_key = _authorised(ctx, request)
+    if api_key is None:
+        return _stripe_error(401, "Invalid API Key provided.")
+    raw = request.get_data(as_text=True)
+    try:
+        params = decode_form(raw)
+    except ValueError as exc:
+        return _stripe_error(400, str(exc))
+
+    def create() -> Response:
+        amount = _int(params.get("amount"))
+        currency = str(params.get("currency") or "").lower()
+        if amount is None or amount < 1:
+            return _stripe_error(400, "amount must be a positive integer.", param="amount")
+        if not re.fullmatch(r"[a-z]{3}", currency):
+            return _stripe_error(400, "currency is required.", param="currency")
+        if params.get("confirm") != "true" or params.get("off_session") != "true":
+            return _stripe_error(400, "This sandbox supports confirm=true with off_session=true.")
+        customer_id = str(params.get("customer") or "")
+        method_id = str(params.get("payment_method") or "")
+        with _lock:
+            customer = _customers.get((ctx.port, customer_id))
+            methods = _payment_methods.get((ctx.port, customer_id), [])
+            if customer is None:
+                return _stripe_error(404, f"No such customer: '{customer_id}'", param="customer")
+            if not any(m["id"] == method_id for m in methods):
+                return _stripe_error(
+                    400,
+                    f"The payment method {method_id!r} does not belong to the customer.",
+                    param="payment_method",
+                )
+            user_id = str((customer.get("metadata") or {}).get("user_id") or "")
+            behaviour = _behaviours.get((ctx.port, user_id), "succeed")
+        metadata = params.get("metadata") if isinstance(params.get("metadata"), dict) else {}
+        intent: dict[str, Any] = {
+            "id": _random_id("pi_"),
+            "object": "payment_intent",
+            "amount": amount,
+            "amount_received": 0,
+            "currency": currency,
+            "customer": customer_id,
+            "payment_method": method_id,
+            "description": params.get("description"),
+            "metadata": metadata,
+            "created": int(time.time()),
+            "livemode": False,
+        }
+        if behaviour == "succeed":
+            intent.update(
+                status="succeeded", amount_received=amount, latest_charge=_random_id("ch_")
+            )
+            _later(ctx, "payment_intent.succeeded", intent)
+            return json_response(intent)
+        if behaviour == "decline":
+            code, decline, message = "card_declined", "generic_decline", "Your card was declined."
+        else:
+            code, decline, message = (
+                "authentication_required",
+                "authentication_required",
+                "Your card was declined. This transaction requires authentication.",
+            )
+        intent.update(
+            status="requires_payment_method",
+            last_payment_error={"type": "card_error", "code": code, "decline_code": decline},
+        )
+        _later(ctx, "payment_intent.payment_failed", intent)
+        return json_response(
+            {
+                "error": {
+                    "type": "card_error",
+                    "code": code,
+                    "decline_code": decline,
+                    "message": message,
+                    "payment_intent": intent,
+                }
+            },
+            402,
+        )
+
+    return _idempotent(ctx, request, api_key, raw, create)
+
+
 # ------------------------------------------------------------ the hosted page
 
 _PAGE = """<!doctype html>
@@ -527,7 +771,24 @@ PROVIDER = register(
             Rule("/pay/<session_id>", methods=["GET", "POST"], endpoint=pay_page),
             Rule("/events/<session_id>", methods=["POST"], endpoint=send_event),
             Rule("/redeliver/<event_id>", methods=["POST"], endpoint=redeliver),
+            Rule("/v1/customers", methods=["POST"], endpoint=create_customer),
+            Rule("/v1/payment_methods", methods=["GET"], endpoint=list_payment_methods),
+            Rule("/v1/payment_intents", methods=["POST"], endpoint=create_payment_intent),
         ],
         pay=pay,
+    )
+)
+
+
+def _no_session(ctx: SandboxContext, order_id: str, outcome: str) -> dict[str, Any]:
+    return {"order_id": order_id, "error": "cards hold no sessions"}
+
+
+# POST /_local/sandbox/cards/<user_id>: how a user's saved Stripe cards answer (API.md).
+CARDS = register(
+    SandboxProvider(
+        name="cards",
+        rules=[Rule("/<user_id>", methods=["POST"], endpoint=set_card_behaviour)],
+        pay=_no_session,
     )
 )

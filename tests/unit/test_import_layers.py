@@ -27,6 +27,8 @@ SUBDOMAIN_DEPENDENCIES: dict[str, frozenset[str]] = {
     "referral": frozenset(),
     "usage": frozenset(),
     "ops": frozenset(),
+    "events": frozenset({"autotopup"}),  # the ledger's stream also drives auto top-up
+    "autotopup": frozenset({"payments"}),  # an auto top-up is an off-session Stripe order
 }
 
 

@@ -13,6 +13,10 @@ from tests.support.stack import ROOT
 API_MD_ROUTES = {
     ("post", "/account"),
     ("get", "/account"),
+    ("get", "/account/alerts"),
+    ("put", "/account/alerts"),
+    ("get", "/account/auto-topup"),
+    ("put", "/account/auto-topup"),
     ("get", "/ledger"),
     ("get", "/usage"),
     ("get", "/usage/summary"),

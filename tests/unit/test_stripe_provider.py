@@ -289,6 +289,44 @@ def test_other_verified_events_are_unsupported(event: dict[str, Any]) -> None:
         PROVIDER.parse_webhook(request(body, signature(body)), SECRETS)
 
 
+def intent_event(event_type: str, **metadata: str) -> dict[str, Any]:
+    intent = {
+        "id": "pi_auto_1",
+        "object": "payment_intent",
+        "amount": 1000,
+        "amount_received": 1000 if event_type == "payment_intent.succeeded" else 0,
+        "currency": "usd",
+        "metadata": metadata,
+    }
+    return {"id": "evt_pi", "object": "event", "type": event_type, "data": {"object": intent}}
+
+
+def test_an_auto_top_ups_intent_events_map_to_paid_and_failed() -> None:
+    body = raw(intent_event("payment_intent.succeeded", order_id=ORDER, auto="true"))
+    [paid] = PROVIDER.parse_webhook(request(body, signature(body)), SECRETS)
+    assert (paid.type, paid.order_id, paid.amount, paid.currency) == (
+        EventType.PAID,
+        ORDER,
+        Decimal("10.00"),
+        "USD",
+    )
+    assert paid.provider_payment_id == "pi_auto_1"
+    body = raw(intent_event("payment_intent.payment_failed", order_id=ORDER, auto="true"))
+    [failed] = PROVIDER.parse_webhook(request(body, signature(body)), SECRETS)
+    assert failed.type is EventType.FAILED and failed.amount is None
+
+
+@pytest.mark.parametrize(
+    "event_type", ["payment_intent.succeeded", "payment_intent.payment_failed"]
+)
+def test_a_checkout_sessions_intent_events_are_not_acted_on(event_type: str) -> None:
+    # A card declined inside an open Checkout Session must not fail its order: the session's
+    # own events say what happened.
+    body = raw(intent_event(event_type, order_id=ORDER))
+    with pytest.raises(UnsupportedEvent):
+        PROVIDER.parse_webhook(request(body, signature(body)), SECRETS)
+
+
 # ------------------------------------------------------------ creating a session
 
 

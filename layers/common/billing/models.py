@@ -125,6 +125,10 @@ class Order(Model):
     # provider refund ids already counted in it (providers that report each refund apart).
     refunded_money = UnicodeAttribute(null=True)
     refund_ids = UnicodeSetAttribute(null=True)
+    # Auto top-up: an off-session payment of a saved card (billing.autotopup); save_card: a
+    # checkout that saves the card for those.
+    auto = BooleanAttribute(null=True)
+    save_card = BooleanAttribute(null=True)
 
     by_user = OrdersByUser()
     by_payment = OrdersByPayment()

@@ -155,8 +155,10 @@ def checkout(
     amount: int | None,
     channel: str | None = None,
     product_id: str | None = None,
+    save_card: bool = False,
 ) -> Order:
     """Create a pending order for exactly the quoted price and ask its provider for a payment.
+    With save_card (Stripe only), the card paid with is kept for off-session payments.
 
     Raises MethodUnavailable, InvalidAmount, InvalidRequest (nothing written), AccountNotFound,
     or ProviderError (the order is then `failed`).
@@ -164,8 +166,11 @@ def checkout(
     settings = load_settings()
     creds = provider_secrets()
     provider, config = require_method(settings, creds, method)
+    if save_card and method != "stripe":
+        raise InvalidRequest("save_card is available with method stripe only.")
     priced = quote(settings, method, config, amount=amount, channel=channel, product_id=product_id)
     accounts.get_account(user_id)  # credit needs an account: refuse before writing anything
+    customer_id = _stripe_customer(user_id, creds) if save_card else None
 
     moment = clock.now()
     at = clock.iso(moment)
@@ -186,6 +191,7 @@ def checkout(
         expires_at=clock.iso(moment + timedelta(seconds=settings.limits.order_ttl_seconds)),
         pending_shard=pending_shard(order_id),
         updated_at=at,
+        save_card=True if save_card else None,
     )
     order.save(condition=Order.order_id.does_not_exist())
 
@@ -205,6 +211,7 @@ def checkout(
         channel=priced.channel,
         product_id=priced.product_id,
         test_mode=config.test_mode,
+        customer_id=customer_id,
     )
     try:
         session = provider.create_payment(request, creds)
@@ -226,6 +233,17 @@ def checkout(
     return order
 
 
+def _stripe_customer(user_id: str, creds: dict[str, str]) -> str:
+    """The user's Stripe customer (created once), for a checkout that saves the card."""
+    from billing.payments import customers
+    from billing.payments.providers.stripe import PROVIDER as STRIPE
+
+    known = customers.find(user_id)
+    if known is not None:
+        return known
+    return customers.store(user_id, STRIPE.create_customer(user_id, creds))
+
+
 def pending_shard(order_id: str) -> str:
     number = int(hashlib.sha256(order_id.encode()).hexdigest()[:8], 16) % PENDING_SHARDS
     return f"p#{number}"
@@ -240,6 +258,11 @@ def is_overdue(order: Order, at: str | None = None) -> bool:
     """A pending order past its lifetime (it reads as expired even before the sweep)."""
     deadline = expires_at(order)
     return order.status == PENDING and deadline is not None and (at or clock.iso()) > deadline
+
+
+def mark_failed(order: Order, reason: str) -> None:
+    """A pending order whose payment was refused: failed (nothing was paid)."""
+    _mark_failed(order, reason)
 
 
 def _mark_failed(order: Order, reason: str) -> None:
@@ -310,6 +333,10 @@ def render_order(order: Order) -> dict[str, Any]:
         rendered["product_id"] = order.product_id
     if order.expires_at:
         rendered["expires_at"] = order.expires_at
+    if order.auto:
+        rendered["auto"] = True
+    if order.save_card:
+        rendered["save_card"] = True
     reason = EXPIRED_BY_TTL if overdue else order.failure_reason
     if reason:
         rendered["failure_reason"] = reason

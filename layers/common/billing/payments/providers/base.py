@@ -37,6 +37,8 @@ class CheckoutRequest:
     channel: str | None = None
     product_id: str | None = None
     test_mode: bool = True
+    # Stripe: the user's customer, when the checkout saves the card for off-session use.
+    customer_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 
 from billing import money
 from billing.errors import ProviderError
+from billing.payments import AutoCharge
 from billing.payments.providers import http_client
 from billing.payments.providers.base import (
     CheckoutRequest,
@@ -89,7 +91,7 @@ class StripeProvider:
     def checkout_params(self, request: CheckoutRequest) -> dict[str, Any]:
         """The Checkout Session: one line item priced at exactly pay_money (minor units)."""
         order = {"order_id": request.order_id}
-        return {
+        params: dict[str, Any] = {
             "mode": "payment",
             "line_items": [
                 {
@@ -109,6 +111,14 @@ class StripeProvider:
             "success_url": request.success_url,
             "cancel_url": request.cancel_url,
         }
+        if request.customer_id:
+            # Save the card for off-session payments (auto top-up) on the user's customer.
+            params["customer"] = request.customer_id
+            params["payment_intent_data"] = {
+                "metadata": order,
+                "setup_future_usage": "off_session",
+            }
+        return params
 
     def create_payment(self, request: CheckoutRequest, secrets: dict[str, str]) -> PaymentSession:
         import stripe
@@ -138,6 +148,109 @@ class StripeProvider:
         if not session.url or not session.id:
             raise ProviderError()
         return PaymentSession(pay_url=str(session.url), session_id=str(session.id))
+
+    def _checked_key(self, secrets: dict[str, str], test_mode: bool = True) -> str:
+        api_key = secrets.get("stripe_secret_key", "")
+        mode = _key_mode(api_key)
+        if mode is not None and mode != test_mode:
+            logger.error("stripe key mode does not match the method's test_mode")
+            raise ProviderError("The payment method is misconfigured.")
+        return api_key
+
+    def create_customer(self, user_id: str, secrets: dict[str, str]) -> str:
+        """A customer for the user (one per user: the idempotency key names the user)."""
+        import stripe
+
+        try:
+            customer = _client(self._checked_key(secrets)).v1.customers.create(
+                params={"metadata": {"user_id": user_id}},
+                options={"idempotency_key": f"customer-{user_id}"},
+            )
+        except stripe.StripeError as exc:
+            logger.warning("stripe refused the customer", extra={"stripe_code": exc.code})
+            raise ProviderError() from exc
+        if not customer.id:
+            raise ProviderError()
+        return str(customer.id)
+
+    def _cards(self, customer_id: str, secrets: dict[str, str]) -> list[Any]:
+        listed = _client(self._checked_key(secrets)).v1.payment_methods.list(
+            params={"customer": customer_id, "type": "card", "limit": 1}
+        )
+        return list(listed.data)
+
+    def saved_card(self, customer_id: str, secrets: dict[str, str]) -> dict[str, Any] | None:
+        """The customer's newest saved card ({"id", "brand", "last4"}), or None."""
+        import stripe
+
+        try:
+            cards = self._cards(customer_id, secrets)
+        except stripe.StripeError as exc:
+            logger.warning("stripe refused the card list", extra={"stripe_code": exc.code})
+            raise ProviderError() from exc
+        if not cards:
+            return None
+        method = cards[0].to_dict()  # SDK objects are not dicts
+        card = method.get("card") or {}
+        return {"id": str(method["id"]), "brand": card.get("brand"), "last4": card.get("last4")}
+
+    def charge_off_session(
+        self,
+        *,
+        customer_id: str,
+        order_id: str,
+        pay_money: Decimal,
+        currency: str,
+        description: str,
+        test_mode: bool,
+        secrets: dict[str, str],
+    ) -> AutoCharge:
+        """One off-session PaymentIntent for exactly pay_money on the saved card (idempotency
+        key per order). A decline or a card that needs the customer (authentication) is a
+        refusal; a transport error or a Stripe outage raises (the caller retries)."""
+        import stripe
+
+        card = self.saved_card(customer_id, secrets)
+        if card is None:
+            return AutoCharge(False, "no_saved_card", "No card is saved for off-session payments.")
+        order = {"order_id": order_id, "auto": "true"}
+        try:
+            intent = _client(self._checked_key(secrets, test_mode)).v1.payment_intents.create(
+                params={
+                    "amount": money.to_minor(pay_money, currency, "stripe"),
+                    "currency": currency.lower(),
+                    "customer": customer_id,
+                    "payment_method": card["id"],
+                    "off_session": True,
+                    "confirm": True,
+                    "description": description,
+                    "metadata": order,
+                },
+                options={"idempotency_key": f"auto-{order_id}"},
+            )
+        except stripe.CardError as exc:
+            code = str(exc.code or "card_declined")
+            if code == "authentication_required":
+                code = "requires_action"
+            return AutoCharge(False, code, exc.user_message or "The card was declined.")
+        except stripe.StripeError as exc:
+            if (
+                exc.http_status is not None
+                and 400 <= exc.http_status < 500
+                and exc.http_status != 429
+            ):
+                logger.warning(
+                    "stripe refused the off-session payment",
+                    extra={"order_id": order_id, "stripe_code": exc.code},
+                )
+                return AutoCharge(False, str(exc.code or "provider_refused"), "Stripe refused it.")
+            raise
+        status = str(intent.status)
+        if status in ("succeeded", "processing"):
+            return AutoCharge(True, provider_payment_id=str(intent.id))
+        if status == "requires_action":
+            return AutoCharge(False, "requires_action", "The card needs the customer to confirm.")
+        return AutoCharge(False, "card_declined", "The card was declined.")
 
     def parse_webhook(self, request: WebhookRequest, secrets: dict[str, str]) -> list[PaymentEvent]:
         import stripe
@@ -177,6 +290,13 @@ _SESSION_EVENTS = {
 }
 
 
+# Off-session payments (auto top-up) have no session: their intent's events say it.
+_INTENT_EVENTS = {
+    "payment_intent.succeeded": EventType.PAID,
+    "payment_intent.payment_failed": EventType.FAILED,
+}
+
+
 def map_event(event: Mapping[str, Any]) -> PaymentEvent:
     """A verified Stripe event as a PaymentEvent; UnsupportedEvent for anything we ignore."""
     event_id = text_or_id(event.get("id"))
@@ -209,6 +329,27 @@ def map_event(event: Mapping[str, Any]) -> PaymentEvent:
             else None,
             currency=currency,
             provider_payment_id=payment_intent,
+            detail=detail,
+        )
+    if kind in _INTENT_EVENTS:
+        order_id = _metadata_order(obj)
+        metadata = obj.get("metadata")
+        auto = isinstance(metadata, Mapping) and metadata.get("auto") == "true"
+        if order_id is None or not auto:
+            # A Checkout Session's intent: its session events say what happened (a failed
+            # attempt inside an open session must not fail the order).
+            raise UnsupportedEvent(kind)
+        event_type = _INTENT_EVENTS[kind]
+        return PaymentEvent(
+            provider="stripe",
+            event_id=event_id,
+            type=event_type,
+            order_id=order_id,
+            amount=minor_amount(obj.get("amount_received"), currency, "stripe")
+            if event_type is EventType.PAID
+            else None,
+            currency=currency,
+            provider_payment_id=text_or_id(obj.get("id")),
             detail=detail,
         )
     if kind == "charge.refunded":
