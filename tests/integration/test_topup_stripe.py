@@ -446,6 +446,7 @@ def test_orders_are_private_and_paginated(stack: LocalStack) -> None:
     assert stolen.status_code == 404 and stolen.json()["error"]["code"] == "not_found"
     for missing in ("ord_doesnotexist", "x" * 300):
         assert stack.request("GET", f"/topups/{missing}", token=owner_token).status_code == 404
+    time.sleep(stack.index_lag)  # the list reads the by_user index, which lags its writes
     assert stack.request("GET", "/topups", token=other_token).json()["items"] == []
 
     page = stack.request("GET", "/topups?limit=1", token=owner_token).json()
