@@ -1,10 +1,12 @@
 """Account function: POST /account, GET /account, GET /ledger, GET /usage, and the usage
-insight routes GET /usage/summary and GET /ledger/export."""
+insight routes GET /usage/summary and GET /ledger/export; the spend limit routes (/limits) are
+in routes_limits."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import routes_limits
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
@@ -24,6 +26,7 @@ from billing.usage import history, summary
 
 logger = Logger()
 router = make_router()
+router.include_router(routes_limits.router)
 
 
 class CreateAccount(RequestBody):
