@@ -66,7 +66,7 @@ def test_valid_scopes(scope: str) -> None:
 @pytest.mark.parametrize(
     "scope",
     ["", "Account", "accounts", "key:", "key", "key:a b", "key:a#b", "key:" + "k" * 129,
-     "user:x", "key:\u00e9", "key:a\n"],
+     "user:x", "key:\u00e9", "key:a\n", "key:a/b", "key:a%2Fb"],
 )  # fmt: skip
 def test_bad_scopes_are_refused(scope: str) -> None:
     with pytest.raises(InvalidRequest):

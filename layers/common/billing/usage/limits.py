@@ -30,9 +30,9 @@ Period = Literal["day", "week", "month", "total"]
 PERIODS: tuple[str, ...] = get_args(Period)
 ACCOUNT_SCOPE = "account"
 KEY_PREFIX = "key:"
-# Key ids as usage events carry them (1 to 128 characters), printable, no spaces and no '#'
-# (the counter's sort key joins scope and window with it).
-KEY_ID = re.compile(r"[!-\"$-~]{1,128}")
+# Key ids (1 to 128 characters) of letters, digits and . _ : @ + = ~ - : safe in a URL path and
+# free of '#' (the counter's sort key joins scope and window with it).
+KEY_ID = re.compile(r"[A-Za-z0-9._:@+=~-]{1,128}")
 MAX_QUOTA = 10**18
 MAX_LIMITS = 50  # per account: the definitions live on the account item
 # Counter items outlive their window (late settles and releases still find them).
@@ -61,8 +61,7 @@ def parse_scope(text: str) -> str:
     if text.startswith(KEY_PREFIX) and is_valid_key_id(text[len(KEY_PREFIX) :]):
         return text
     raise InvalidRequest(
-        "scope must be 'account' or 'key:<key_id>' (1 to 128 printable characters, no spaces "
-        "or '#')."
+        "scope must be 'account' or 'key:<key_id>' (1 to 128 letters, digits or . _ : @ + = ~ -)."
     )
 
 
