@@ -167,6 +167,28 @@ class UsageSummary(_Body):
     total: UsageTotals
 
 
+class SpendLimit(_Body):
+    """A spend limit with the spend of its current window (UTC)."""
+
+    scope: str = Field(description="`account` or `key:<key_id>`.")
+    max_quota: int
+    period: Literal["day", "week", "month", "total"]
+    spent: int
+    remaining: int
+    window: str
+    window_start: str | None
+    window_end: str | None
+
+
+class SpendLimits(_Body):
+    limits: list[SpendLimit]
+
+
+class LimitDeleted(_Body):
+    scope: str
+    deleted: bool
+
+
 class UnbilledUsage(_Body):
     """Usage that happened but could not be billed (unknown model, no account)."""
 
@@ -322,6 +344,9 @@ MODELS: tuple[type[BaseModel], ...] = (
     GrantPage,
     UsagePage,
     UsageSummary,
+    SpendLimit,
+    SpendLimits,
+    LimitDeleted,
     UnbilledUsage,
     UnbilledUsagePage,
     TopupOptions,
@@ -449,6 +474,30 @@ RESPONSES: dict[tuple[str, str], tuple[dict[str, dict[str, Any]], tuple[int, ...
     ("get", "/grants"): (
         {"200": _ok(GrantPage, "Credit grants, newest first.")},
         (*_USER, 400, 404),
+    ),
+    ("get", "/limits"): (
+        {"200": _ok(SpendLimits, "The caller's spend limits with their windows' spend.")},
+        (*_USER, 404),
+    ),
+    ("put", "/limits/{scope}"): (
+        {"200": _ok(SpendLimit, "The limit as set.")},
+        (*_USER, *_BODY, 404),
+    ),
+    ("delete", "/limits/{scope}"): (
+        {"200": _ok(LimitDeleted, "The limit is gone (deleted: whether there was one).")},
+        (*_USER, 400, 404),
+    ),
+    ("get", "/admin/accounts/{user_id}/limits"): (
+        {"200": _ok(SpendLimits, "Any user's spend limits with their windows' spend.")},
+        (*_USER, 403, 404),
+    ),
+    ("put", "/admin/accounts/{user_id}/limits/{scope}"): (
+        {"200": _ok(SpendLimit, "The limit as set (audited).")},
+        (*_USER, *_BODY, 403, 404),
+    ),
+    ("delete", "/admin/accounts/{user_id}/limits/{scope}"): (
+        {"200": _ok(LimitDeleted, "The limit is gone (audited).")},
+        (*_USER, 400, 403, 404),
     ),
     ("get", "/topup/options"): ({"200": _ok(TopupOptions, "What can be bought, and how.")}, _USER),
     ("post", "/checkout"): (

@@ -1,12 +1,13 @@
 """Account function: POST /account, GET /account, GET /ledger, GET /usage, GET /grants, the
-usage insight routes GET /usage/summary and GET /ledger/export, and the alert and auto
-top-up settings (routes_alerts)."""
+usage insight routes GET /usage/summary and GET /ledger/export, the alert and auto top-up
+settings (routes_alerts) and the spend limits (routes_limits)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import routes_alerts
+import routes_limits
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
@@ -28,6 +29,7 @@ from billing.usage import history, summary
 logger = Logger()
 router = make_router(field_codes={"amount": InvalidAmount()})
 router.include_router(routes_alerts.router)
+router.include_router(routes_limits.router)
 
 
 class CreateAccount(RequestBody):

@@ -7,6 +7,7 @@ from typing import Any
 
 import routes_accounts
 import routes_codes
+import routes_limits
 import routes_topups
 import routes_usage
 from aws_lambda_powertools import Logger
@@ -18,6 +19,7 @@ logger = Logger()
 router = make_router()
 router.include_router(routes_accounts.router)
 router.include_router(routes_codes.router)
+router.include_router(routes_limits.router)
 router.include_router(routes_topups.router)
 router.include_router(routes_usage.router)
 

@@ -11,7 +11,8 @@ adjustments (and their retries under the same Idempotency-Key), usage metering (
 reserve, settle, release, duplicates, batches) and referral transfers (and their retries),
 inviters moving all their rewards to their balance before the invitee's refund, promo grants
 (admin adjustments and codes with priority and expiry) and moves of the billing clock that
-expire them (the sweeper writes off what they still hold). Every example
+expire them (the sweeper writes off what they still hold), spend limits (set, replaced,
+deleted; per account and per API key, usage carrying key ids). Every example
 starts with an inviter, its invitee and a credited order of the invitee, so the refund and
 transfer rules always have something to work on.
 
@@ -28,6 +29,10 @@ after each provider delivery, so each step ends in a known state). After EVERY s
 - credit grants: sum(grants.remaining) == quota == sum(ledger deltas); every quota entry
   carries grants summing to its delta, each grant's remaining is the sum of its deltas, no
   grant but the overdraft is negative, and none that expired still holds quota.
+- each spend-limit window's counter equals the model's and the sum of what its usage records
+  count in it (charged or settled quota, open holds); a charge or reserve never takes it
+  above its limit (only settles, or a limit lowered below the spend, leave it above).
+  Limits here are `total` ones, so that the windows do not depend on when the test runs.
 At the end of each example, the reconciliation (billing.ops.reconciliation) of every account of
 the example must find no difference.
 
@@ -66,6 +71,7 @@ from tests.support.api import (
     User,
     drain,
     pay,
+    plain,
     post_stripe,
     replay_notification,
     session_id,
@@ -102,6 +108,7 @@ MIN_TRANSFER = int(REFERRAL.get("min_transfer", UNIT))
 METHODS = ("stripe", "epay", "creem", "waffo")
 REFUNDABLE = {"stripe", "creem", "waffo"}  # the sandboxes that can send a refund
 MODELS = ("gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet", "free-model", "dall-e-3")
+KEY_IDS = st.sampled_from([None, "k1", "k2", "k3"])
 MAX_USERS = 4
 MAX_ORDERS = 7
 REDEEM_FAILURE_BUDGET = 8  # below the limit (10 per user and per address)
@@ -129,6 +136,8 @@ class MUser:
     paid_orders: int = 0
     redeem_failures: int = 0
     settled: set[str] = field(default_factory=set)  # request ids whose settle may go negative
+    limits: dict[str, int] = field(default_factory=dict)  # scope -> max_quota (period total)
+    spent: dict[str, int] = field(default_factory=dict)  # counter key -> spend
 
     @property
     def user_id(self) -> str:
@@ -207,6 +216,7 @@ class MRequest:
     status: str  # charged, reserved, settled, released
     hold: int = 0
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    counters: list[str] = field(default_factory=list)  # spend-limit counters it counts in
 
 
 class BillingMachine(RuleBasedStateMachine):
@@ -721,9 +731,15 @@ class BillingMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------ metering
 
     def _event(
-        self, user: MUser, action: str, request_id: str, model: str, tokens: tuple[int, int]
+        self,
+        user: MUser,
+        action: str,
+        request_id: str,
+        model: str,
+        tokens: tuple[int, int],
+        key_id: str | None = None,
     ) -> dict[str, Any]:
-        return {
+        event = {
             "action": action,
             "request_id": request_id,
             "user_id": user.user_id,
@@ -731,6 +747,14 @@ class BillingMachine(RuleBasedStateMachine):
             "prompt_tokens": tokens[0],
             "completion_tokens": tokens[1],
         }
+        if key_id is not None:
+            event["key_id"] = key_id
+        return event
+
+    @staticmethod
+    def _in_force(user: MUser, key_id: str | None) -> list[str]:
+        scopes = ["account"] + ([f"key:{key_id}"] if key_id else [])
+        return [f"{scope}#total" for scope in scopes if scope in user.limits]
 
     def _expect(self, user: MUser, event: dict[str, Any], result: dict[str, Any]) -> None:
         """Check one metering result against the model, then update the model."""
@@ -756,6 +780,7 @@ class BillingMachine(RuleBasedStateMachine):
             assert (result["quota"], result["balance"]) == (closing["quota"], closing["balance"])
             return
         price = int(result["quota"])
+        in_force = self._in_force(user, event.get("key_id"))
         if action in ("charge", "reserve"):
             if price > 0 and user.quota - user.held - price < 0:
                 assert (result["status"], result.get("error")) == (
@@ -763,20 +788,41 @@ class BillingMachine(RuleBasedStateMachine):
                     "insufficient_quota",
                 ), result
                 return
+            over = [
+                key
+                for key in in_force
+                if price > 0 and user.spent.get(key, 0) + price > user.limits[key.split("#")[0]]
+            ]
+            if over:
+                assert (result["status"], result.get("error")) == ("rejected", "limit_exceeded")
+                assert f"{result['limit']}#total" in over, (result, over)
+                return
+            counted = in_force if price > 0 else []
+            for key in counted:
+                user.spent[key] = user.spent.get(key, 0) + price
             if action == "charge":
                 user.quota -= price
                 user.used += price
                 user.requests += 1
-                record = MRequest(user, "charged")
+                record = MRequest(user, "charged", counters=counted)
             else:
                 user.held += price
-                record = MRequest(user, "reserved", hold=price)
+                record = MRequest(user, "reserved", hold=price, counters=counted)
             self.requests[rid] = record
         else:
             # A settle bills the usage whatever came before (over the hold if one is open,
             # in full otherwise); a release with no hold before it closes the request.
             hold = record.hold if record is not None else 0
             user.held -= hold
+            # A settle or release of an open hold moves the counters its reserve counted in;
+            # a settle with no hold counts in the limits in force now.
+            reserved = record is not None and record.status == "reserved"
+            moved = record.counters if reserved and record is not None else []
+            if action == "settle" and not reserved:
+                moved = in_force
+            delta = (price - hold) if action == "settle" else -hold
+            for key in moved:
+                user.spent[key] = user.spent.get(key, 0) + delta
             if action == "settle":
                 user.quota -= price
                 user.used += price
@@ -788,6 +834,7 @@ class BillingMachine(RuleBasedStateMachine):
                 record = self.requests[rid] = MRequest(user, "released")
             record.status = "settled" if action == "settle" else "released"
             record.hold = 0
+            record.counters = list(moved) if action == "settle" else record.counters
         assert (
             result["status"]
             == {
@@ -812,7 +859,8 @@ class BillingMachine(RuleBasedStateMachine):
         self, action: str, model: str, tokens: tuple[int, int], data: st.DataObject
     ) -> None:
         user = data.draw(st.sampled_from(self.users))
-        event = self._event(user, action, uuid.uuid4().hex, model, tokens)
+        key_id = data.draw(KEY_IDS)
+        event = self._event(user, action, uuid.uuid4().hex, model, tokens, key_id)
         self._expect(user, event, self.api.meter(event))
 
     @precondition(lambda self: bool(self.requests))
@@ -837,11 +885,79 @@ class BillingMachine(RuleBasedStateMachine):
     ) -> None:
         """One invocation with several charges (aggregated per account by the domain)."""
         owners = [data.draw(st.sampled_from(self.users)) for _ in range(count)]
-        events = [self._event(u, "charge", uuid.uuid4().hex, model, tokens) for u in owners]
+        events = [
+            self._event(u, "charge", uuid.uuid4().hex, model, tokens, data.draw(KEY_IDS))
+            for u in owners
+        ]
         results = self.api.meter({"events": events})["results"]
         assert len(results) == count
         for user, event, result in zip(owners, events, results, strict=True):
             self._expect(user, event, result)
+
+    # ------------------------------------------------------------ spend limits
+
+    @rule(
+        scope=st.sampled_from(["account", "key:k1", "key:k2"]),
+        max_quota=st.one_of(st.integers(0, 200_000), st.integers(0, 3 * UNIT)),
+        data=st.data(),
+    )
+    def set_limit(self, scope: str, max_quota: int, data: st.DataObject) -> None:
+        """Set or replace a limit (a `total` one keeps its window's spend)."""
+        user = data.draw(st.sampled_from(self.users))
+        response = user.user.call(
+            "PUT", f"/limits/{scope}", json={"max_quota": max_quota, "period": "total"}
+        )
+        assert response.status_code == 200, response.text
+        user.limits[scope] = max_quota
+        spent = user.spent.get(f"{scope}#total", 0)
+        assert (response.json()["max_quota"], response.json()["spent"]) == (max_quota, spent)
+        tally("limit set")
+
+    @precondition(lambda self: any(u.limits for u in self.users))
+    @rule(data=st.data())
+    def delete_limit(self, data: st.DataObject) -> None:
+        user = data.draw(st.sampled_from([u for u in self.users if u.limits]))
+        scope = data.draw(st.sampled_from(sorted(user.limits)))
+        response = user.user.call("DELETE", f"/limits/{scope}")
+        assert response.status_code == 200 and response.json()["deleted"] is True, response.text
+        del user.limits[scope]
+        tally("limit deleted")
+
+    @invariant()
+    def limit_windows(self) -> None:
+        client, names = self.tables.client, self.tables.names
+        for user in self.users:
+            items = client.query(
+                TableName=names["LimitCountersTable"],
+                KeyConditionExpression="user_id = :u",
+                ExpressionAttributeValues={":u": {"S": user.user_id}},
+                ConsistentRead=True,
+            )["Items"]
+            stored = {item["counter"]["S"]: int(item["spent"]["N"]) for item in items}
+            assert {k: v for k, v in stored.items() if v} == {
+                k: v for k, v in user.spent.items() if v
+            }, (user.user_id, stored, user.spent)
+            # Each counter is the sum of what its usage records count in it.
+            counted: dict[str, int] = {}
+            for rid, request in self.requests.items():
+                if request.owner is not user or not request.counters:
+                    continue
+                record = plain(
+                    client.get_item(
+                        TableName=names["UsageTable"],
+                        Key={"request_id": {"S": rid}},
+                        ConsistentRead=True,
+                    )["Item"]
+                )
+                amount = {"charged": "quota", "settled": "quota", "reserved": "hold_quota"}.get(
+                    record["status"]
+                )
+                assert sorted(record.get("limit_counters") or []) == sorted(request.counters)
+                for key in request.counters:
+                    counted[key] = counted.get(key, 0) + (int(record[amount]) if amount else 0)
+            assert {k: v for k, v in counted.items() if v} == {
+                k: v for k, v in stored.items() if v
+            }, (user.user_id, counted, stored)
 
     # ------------------------------------------------------------ referral
 

@@ -35,6 +35,12 @@ API_MD_ROUTES = {
     ("post", "/admin/accounts/{user_id}/adjust"),
     ("get", "/admin/accounts/{user_id}/ledger/export"),  # an extension (README)
     ("get", "/admin/unbilled-usage"),
+    ("get", "/limits"),
+    ("put", "/limits/{scope}"),
+    ("delete", "/limits/{scope}"),
+    ("get", "/admin/accounts/{user_id}/limits"),
+    ("put", "/admin/accounts/{user_id}/limits/{scope}"),
+    ("delete", "/admin/accounts/{user_id}/limits/{scope}"),
     ("post", "/admin/unbilled-usage/{request_id}/remeter"),
     ("post", "/webhooks/stripe"),
     ("get", "/webhooks/epay"),

@@ -101,6 +101,13 @@ class InsufficientQuota(DomainError):
     message = "The balance is too low."
 
 
+class LimitExceeded(DomainError):
+    """A charge or reserve would take a spend limit's window above its max_quota."""
+
+    code = "limit_exceeded"
+    message = "A spend limit of the account or key would be exceeded."
+
+
 class ProviderError(DomainError):
     """The payment provider refused or could not be reached."""
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from pynamodb.attributes import (
     BooleanAttribute,
+    ListAttribute,
     MapAttribute,
     NumberAttribute,
     UnicodeAttribute,
@@ -56,6 +57,9 @@ class Account(Model):
     # Credit grants (billing.grants): grant_id -> compact fields; quota == sum of remaining.
     # Absent on accounts made before grants existed (tools/migrate_grants.py).
     grants = MapAttribute[str, Any](null=True)
+    # Spend limits: scope -> {max_quota, period, updated_at}. On the account item because
+    # metering reads it anyway (no extra read per charge); a change bumps `version`.
+    limits = MapAttribute[str, Any](null=True)
 
 
 class ReferralCode(Model):
@@ -245,11 +249,26 @@ class UsageRecord(Model):
     results = MapAttribute[str, Any](default=dict)  # action -> first result, for duplicates
     hold_shard = UnicodeAttribute(null=True)
     hold_expires_at = UnicodeAttribute(null=True)
+    # The spend-limit counters (`<scope>#<window>`) this request's spend is counted in.
+    limit_counters = ListAttribute[UnicodeAttribute](of=UnicodeAttribute, null=True)
     created_at = UnicodeAttribute()
     updated_at = UnicodeAttribute(null=True)
 
     by_user = UsageByUser()
     open_holds = OpenHolds()
+
+
+class LimitCounter(Model):
+    """The spend of one spend-limit window: (user, `<scope>#<window>`)."""
+
+    class Meta:
+        table_name = _table("LIMIT_COUNTERS_TABLE")
+        region = _REGION
+
+    user_id = UnicodeAttribute(hash_key=True)
+    counter = UnicodeAttribute(range_key=True)
+    spent = NumberAttribute(default=0)
+    expires_at = NumberAttribute(null=True)  # epoch seconds; DynamoDB TTL after the window
 
 
 class RateLimit(Model):

@@ -62,6 +62,7 @@ class EventBody(BaseModel):
     prompt_tokens: Tokens
     completion_tokens: Tokens
     group: Name | None = None
+    key_id: Name | None = None  # the API key the gateway served (spend limits per key)
 
     def to_event(self) -> UsageEvent:
         return UsageEvent(
@@ -72,6 +73,7 @@ class EventBody(BaseModel):
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             group=self.group,
+            key_id=self.key_id,
         )
 
 

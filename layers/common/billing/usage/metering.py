@@ -59,10 +59,16 @@ from pynamodb.exceptions import PynamoDBException
 
 from billing import clock, ledger
 from billing import grants as grant_math
-from billing.errors import AccountNotFound, DomainError, InsufficientQuota, InvalidEvent
-from billing.models import Account, UsageRecord
+from billing.errors import (
+    AccountNotFound,
+    DomainError,
+    InsufficientQuota,
+    InvalidEvent,
+    LimitExceeded,
+)
+from billing.models import Account, LimitCounter, UsageRecord
 from billing.settings import Settings, load_settings
-from billing.usage import pricing
+from billing.usage import limits, pricing
 
 Result = dict[str, Any]
 
@@ -113,6 +119,7 @@ class UsageEvent:
     prompt_tokens: int
     completion_tokens: int
     group: str | None = None
+    key_id: str | None = None  # the API key the gateway served (spend limits per key)
 
 
 @dataclass
@@ -153,6 +160,7 @@ class _Pending:
     hold: int = 0  # the hold a settle replaces or a release drops
     from_status: str = Status.RESERVED.value  # status the record must still have (if any)
     expire: bool = False  # a release by the sweeper
+    counters: list[str] = field(default_factory=list)  # spend-limit counters it moves
     prefetch: bool = False  # read the record before writing (a repeat within the batch)
     # Stored with the result: a record carrying it was written by this very call (a retry
     # of a transaction that had in fact committed), which is no duplicate.
@@ -424,14 +432,18 @@ def _meter_user(
     user_id = account.user_id
     remaining = list(pendings)
     attempt = 0
+    # After a chunk's spend-limit condition failed, its events go one per transaction, so
+    # that exactly those that fit (in request order) are charged.
+    one_by_one = 0
     while remaining:
         if timer.out_of_time():
             raise _OutOfTime()
-        chunk = _admit(account, remaining, settings, now)
+        chunk = _admit(account, remaining, settings, now, single=one_by_one > 0)
         if not chunk.changes:
             # Only refusals: nothing to write, and they were decided on a current read.
             _record_results(chunk.decided, results, now)
             remaining = remaining[chunk.taken :]
+            one_by_one = max(0, one_by_one - chunk.taken)
             continue
         try:
             with timer.step():
@@ -447,7 +459,22 @@ def _meter_user(
             with timer.step():
                 account = ledger.read_account(user_id)
             continue
-        except (ledger.DuplicateEntry, ledger.ConditionFailed):
+        except (ledger.DuplicateEntry, ledger.ConditionFailed) as exc:
+            if isinstance(exc, ledger.ConditionFailed) and exc.label.startswith(LIMIT_LABEL):
+                if len(chunk.admitted) > 1:
+                    one_by_one = chunk.taken  # nothing was written: one at a time now
+                    continue
+                # The one event admitted does not fit its limit's window: refused.
+                scope = limits.scope_of(exc.label.removeprefix(LIMIT_LABEL))
+                over = {id(p) for p in chunk.admitted}
+                refused = [
+                    (p, _over_limit(p, scope, int(account.quota)) if id(p) in over else result)
+                    for p, result in chunk.decided
+                ]
+                _record_results(refused, results, now)
+                remaining = remaining[chunk.taken :]
+                one_by_one = max(0, one_by_one - chunk.taken)
+                continue
             # A usage record of the chunk exists already or changed under us: read them all
             # (one call), settle the events they decide, and retry the rest.
             attempt += 1
@@ -466,6 +493,7 @@ def _meter_user(
         _record_results(chunk.decided, results, now)
         account = applied.accounts[user_id]
         remaining = remaining[chunk.taken :]
+        one_by_one = max(0, one_by_one - chunk.taken)
 
 
 def _record_results(
@@ -505,13 +533,20 @@ class _Chunk:
 
 
 def _admit(
-    account: Account, remaining: Sequence[_Pending], settings: Settings, now: datetime | None
+    account: Account,
+    remaining: Sequence[_Pending],
+    settings: Settings,
+    now: datetime | None,
+    *,
+    single: bool = False,
 ) -> _Chunk:
     """Decide events in input order against the account as read, up to one transaction.
 
     The ledger checks that the available balance ends at or above zero whenever a chunk
     holds a debit or a new hold; a settle that would end it below zero therefore starts a
     new chunk when the current one holds such an item (the settle itself may go below).
+    Spend limits in force add one counter update per window to the transaction (module
+    billing.usage.limits); `single` admits one event only (after a limit refused a chunk).
     """
     moment = now or clock.now()
     at = clock.iso(moment)
@@ -529,18 +564,42 @@ def _admit(
     charge_sum = settle_sum = settle_holds = hold_delta = 0
     floor_checked = False
     taken = 0
+    in_force = limits.stored_limits(account.limits)
+    moves = limits.CounterMoves()
     for p in remaining:
-        if len(ops) >= MAX_RECORDS_PER_TRANSACTION:
+        if single and admitted:
+            break
+        counted = _counted(p, in_force, moment)
+        if len(ops) + 1 + moves.keys_after(counted) > MAX_RECORDS_PER_TRANSACTION:
             break
         event = p.event
         result: Result
+        if event.action in (Action.CHARGE, Action.RESERVE):
+            assert p.quote is not None
+            amount = p.quote.quota
+            if amount > 0 and quota - held - amount < 0:
+                decided.append((p, _insufficient(p, amount, quota)))
+                taken += 1
+                continue
+            over = [key for key, limit in counted.items() if amount > limit.max_quota]
+            if over:
+                # More than the limit allows in a whole window: refused without a write.
+                decided.append((p, _over_limit(p, limits.scope_of(over[0]), quota)))
+                taken += 1
+                continue
+            if amount > 0:
+                for key, limit in counted.items():
+                    moves.add(key, amount, limit=limit.max_quota)
+                p.counters = list(counted)
+        else:
+            amount = _counter_delta(p)
+            if amount:
+                for key in counted:
+                    moves.add(key, amount)
+            p.counters = list(counted)
         if event.action is Action.CHARGE:
             assert p.quote is not None
             price = p.quote.quota
-            if price > 0 and quota - held - price < 0:
-                decided.append((p, _insufficient(p, price, quota)))
-                taken += 1
-                continue
             quota -= price
             charge_sum += price
             charged.append(p)
@@ -550,10 +609,6 @@ def _admit(
         elif event.action is Action.RESERVE:
             assert p.quote is not None
             hold = p.quote.quota
-            if hold > 0 and quota - held - hold < 0:
-                decided.append((p, _insufficient(p, hold, quota)))
-                taken += 1
-                continue
             held += hold
             hold_delta += hold
             floor_checked = floor_checked or hold > 0
@@ -626,7 +681,69 @@ def _admit(
         changes.append(
             ledger.Change(user_id=user_id, entry_id=None, counters={"held_quota": hold_delta})
         )
+    ops.extend(_counter_op(user_id, move) for move in moves.moves.values())
     return _Chunk(decided, changes, ops, admitted, taken)
+
+
+# ---------------------------------------------------------------- spend limits
+
+LIMIT_LABEL = "limit:"
+
+
+def _reserved(p: _Pending) -> bool:
+    """Whether p closes an open hold (whose record says which counters it counted in)."""
+    return p.record is not None and p.from_status == Status.RESERVED.value
+
+
+def _counted(
+    p: _Pending, in_force: Mapping[str, limits.Limit], moment: datetime
+) -> dict[str, limits.Limit]:
+    """The counters p moves (by counter key; the limit matters for charges and reserves).
+
+    A settle or release of a hold moves the counters its reserve counted in, whatever the
+    limits are now; anything else counts in the windows in force now."""
+    action = p.event.action
+    if action is Action.RELEASE or (action is Action.SETTLE and _reserved(p)):
+        if not _reserved(p):
+            return {}  # a release with no hold counts nothing
+        assert p.record is not None
+        return {str(key): limits.Limit("", 0, "total") for key in p.record.limit_counters or []}
+    return limits.limits_in_force(in_force, p.event.key_id, moment)
+
+
+def _counter_delta(p: _Pending) -> int:
+    """A settle's or release's move of its counters (no condition: the usage happened)."""
+    if p.event.action is Action.RELEASE:
+        return -p.hold
+    return _price(p) - p.hold
+
+
+def _counter_op(user_id: str, move: limits.CounterMove) -> ledger.TxOp:
+    actions: list[Any] = [LimitCounter.spent.add(move.total)]
+    expires_at = limits.counter_expiry(move.key)
+    if expires_at is not None:
+        actions.append(LimitCounter.expires_at.set(expires_at))
+    bound = move.bound
+    condition = None
+    if bound is not None:
+        # An absent counter is an empty window: it fits when the bound is not negative.
+        condition = LimitCounter.spent <= bound
+        if bound >= 0:
+            condition = LimitCounter.spent.does_not_exist() | condition
+    return ledger.TxOp(
+        label=LIMIT_LABEL + move.key,
+        op="update",
+        model=LimitCounter(user_id, move.key),
+        condition=condition,
+        actions=actions,
+    )
+
+
+def _over_limit(p: _Pending, scope: str, balance: int) -> Result:
+    return {
+        **rejected(p.request_id, LimitExceeded(), quota=_price(p), balance=balance),
+        "limit": scope,
+    }
 
 
 def _usage_change(
@@ -721,6 +838,8 @@ def _new_record(
         results={p.event.action.value: {**result, "attempt": p.attempt}},
         hold_shard=hold_shard(p.request_id) if expires_at else None,
         hold_expires_at=expires_at,
+        key_id=p.event.key_id,
+        limit_counters=p.counters or None,
         created_at=at,
         updated_at=at,
         **_quote_fields(p.quote),
@@ -746,6 +865,7 @@ def _tombstone(p: _Pending, result: Result, at: str) -> ledger.TxOp:
         hold_quota=0,
         status=Status.RELEASED.value,
         results={p.event.action.value: {**result, "attempt": p.attempt}},
+        key_id=p.event.key_id,
         created_at=at,
         updated_at=at,
     )
@@ -787,6 +907,8 @@ def _settle_record(p: _Pending, result: Result, at: str) -> ledger.TxOp:
         UsageRecord.prompt_tokens.set(p.event.prompt_tokens),
         UsageRecord.completion_tokens.set(p.event.completion_tokens),
     ]
+    if p.counters:
+        actions.append(UsageRecord.limit_counters.set(p.counters))  # type: ignore[arg-type]
     for name, value in fields.items():
         attribute = getattr(UsageRecord, name)
         actions.append(attribute.remove() if value is None else attribute.set(value))
