@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode
 
+from local import fast_dynamodb
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from werkzeug.serving import BaseWSGIServer
@@ -447,6 +449,7 @@ class EmbeddedAws:
                 return None  # every AWS call would be a line; /_local/stats counts them
 
         _copy_tables_once_per_transaction()
+        fast_dynamodb.install()
         self.app = SerializedApp(DomainDispatcherApplication(create_backend_app), self.registry)
         self._server = make_server(
             "127.0.0.1", 0, self.app, threaded=True, request_handler=QuietHandler
