@@ -1,10 +1,11 @@
 """local.fast_dynamodb answers every read exactly as unpatched moto does.
 
 One table with a sort key, a local and a global index (whose sort key repeats, so moto's
-tie-break by the table key matters), string and number keys, and a key-only table whose
-items hold binary, sets, lists and maps; every Query and Scan is run page by page (Limit and
-ExclusiveStartKey), and GetItem and BatchGetItem once, with moto's own code and then with
-the patch, and the answers must be identical.
+tie-break by the table key matters), string and number keys, a key-only table whose items
+hold binary, sets, lists and maps, and a table keyed by numbers (which sort as numbers);
+every Query and Scan is run page by page (Limit and ExclusiveStartKey), and GetItem and
+BatchGetItem once, with moto's own code and then with the patch, and the answers must be
+identical. So must the item size limit on writes.
 """
 
 from __future__ import annotations
@@ -65,6 +66,21 @@ def dynamodb() -> Iterator[Any]:
             AttributeDefinitions=[{"AttributeName": "user_id", "AttributeType": "S"}],
             KeySchema=[{"AttributeName": "user_id", "KeyType": "HASH"}],
         )
+        client.create_table(
+            TableName="numbers",
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[
+                {"AttributeName": "n", "AttributeType": "N"},
+                {"AttributeName": "m", "AttributeType": "N"},
+            ],
+            KeySchema=[
+                {"AttributeName": "n", "KeyType": "HASH"},
+                {"AttributeName": "m", "KeyType": "RANGE"},
+            ],
+        )
+        for n in ("-10", "-2.5", "0", "3", "10", "100"):  # numeric, not lexical, order
+            for m in ("-1", "2", "11"):
+                client.put_item(TableName="numbers", Item={"n": {"N": n}, "m": {"N": m}})
         for user in range(7):
             client.put_item(
                 TableName="accounts",
@@ -181,6 +197,15 @@ REQUESTS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("scan", {"TableName": "accounts"}),
+    ("scan", {"TableName": "numbers", "ConsistentRead": True}),
+    (
+        "scan",
+        {
+            "TableName": "numbers",
+            "FilterExpression": "m > :m",
+            "ExpressionAttributeValues": {":m": {"N": "0"}},
+        },
+    ),
 ]
 
 
@@ -226,3 +251,26 @@ def test_every_query_and_scan_pages_exactly_as_moto_does(dynamodb: Any) -> None:
     assert sum(len(page["Items"]) for page in expected[0]) == 23  # the requests find data
     fast_dynamodb.install()
     assert answers(dynamodb) == expected
+
+
+def outcome(client: Any, padding: int) -> str:
+    """What a PutItem of an item of about `padding` bytes comes to (and what is stored)."""
+    key = {"user_id": {"S": f"big{padding}"}}
+    item = {**key, "a": {"S": "x" * (padding // 2)}, "b": {"S": "y" * (padding - padding // 2)}}
+    try:
+        client.put_item(TableName="accounts", Item=item)
+    except client.exceptions.ClientError as exc:
+        return f"{exc.response['Error']['Code']}: {exc.response['Error']['Message']}"
+    stored = client.get_item(TableName="accounts", Key=key, ConsistentRead=True)["Item"]
+    return f"stored {sum(len(v['S']) for k, v in stored.items() if k != 'user_id')}"
+
+
+def test_the_item_size_limit_is_where_moto_puts_it(dynamodb: Any) -> None:
+    # Around moto's 405,000-byte limit: the names and the key (18 bytes here) count too.
+    sizes = (404_980, 404_981, 404_982, 404_983, 404_990, 500_000)
+    expected = [outcome(dynamodb, size) for size in sizes]
+    assert expected[2] == "stored 404982" and expected[3].startswith("ValidationException")
+    for size in sizes:
+        dynamodb.delete_item(TableName="accounts", Key={"user_id": {"S": f"big{size}"}})
+    fast_dynamodb.install()
+    assert [outcome(dynamodb, size) for size in sizes] == expected
