@@ -12,6 +12,11 @@ SAM_VENV := .venv-sam
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SAM_STAMP := $(SAM_VENV)/.installed
+# LiteLLM's proxy (pinned in clients/python/requirements-litellm.txt) with our client, for
+# tests/integration/test_litellm.py and the LiteLLM bench; apart from .venv like .venv-sam.
+LITELLM_VENV := .venv-litellm
+LITELLM_STAMP := $(LITELLM_VENV)/.installed
+CLIENT_SOURCES := clients/python/pyproject.toml $(shell find clients/python/src -name '*.py' -o -name py.typed 2>/dev/null)
 export PYTHONPATH := $(CURDIR)/layers/common:$(CURDIR)
 export SAM_CLI_TELEMETRY := 0
 PYTEST_ARGS ?=
@@ -21,7 +26,7 @@ PYTHON312 = $(firstword $(foreach p,$(shell command -v python3.12 2>/dev/null) \
 	$(wildcard $(HOME)/.pyenv/versions/3.12.*/bin/python3.12 /root/.pyenv/versions/3.12.*/bin/python3.12),\
 	$(if $(shell $(p) -c 'import sys; print(sys.version_info[:2] == (3, 12))' 2>/dev/null | grep -x True),$(p))))
 
-.PHONY: dev test lint format template-lint unit integration e2e bench soak reconcile build openapi clean system-deps
+.PHONY: litellm-venv dev test lint format template-lint unit integration e2e bench soak reconcile build openapi clean system-deps lambda-runtime
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +40,27 @@ $(SAM_STAMP): infra/requirements-sam.txt
 	env -u PYTHONPATH $(SAM_VENV)/bin/pip install -q -r infra/requirements-sam.txt
 	touch $(SAM_STAMP)
 
-dev: $(STAMP)
+# The functions' runtime for the local stack: the template's Python (3.12) with the layer's
+# dependencies built for it and the runtime's boto3/botocore, cached in .lambda-runtime/.
+lambda-runtime: $(STAMP)
+	@test -n "$(PYTHON312)" || { echo "the local stack runs the functions on Python 3.12 (their runtime): install it as python3.12 on PATH or in ~/.pyenv/versions/3.12.* (e.g. pyenv install 3.12) and retry"; exit 1; }
+	PYTHON312="$(PYTHON312)" $(PY) -m local.python_runtime
+
+# The proxy and its dependencies once; our client again whenever its sources change.
+$(LITELLM_VENV)/.proxy: clients/python/requirements-litellm.txt
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install -q --upgrade pip
+	env -u PYTHONPATH $(LITELLM_VENV)/bin/pip install -q -r clients/python/requirements-litellm.txt
+	touch $@
+
+$(LITELLM_STAMP): $(LITELLM_VENV)/.proxy $(CLIENT_SOURCES)
+	env -u PYTHONPATH $(LITELLM_VENV)/bin/pip install -q './clients/python[litellm]' -r clients/python/requirements-litellm.txt
+	env -u PYTHONPATH $(LITELLM_VENV)/bin/pip install -q --no-deps --force-reinstall ./clients/python
+	touch $@
+
+litellm-venv: $(LITELLM_STAMP)
+
+dev: $(STAMP) lambda-runtime
 	$(PY) -m local
 
 # Chromium for the browser tests comes from Debian (never `playwright install`).
@@ -52,7 +77,7 @@ system-deps:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy layers/common/billing local bench tools
+	$(VENV)/bin/mypy layers/common/billing local bench tools clients/python/src
 	@for dir in functions/*/; do \
 		(cd $$dir && MYPYPATH=$(CURDIR)/layers/common $(CURDIR)/$(VENV)/bin/mypy \
 			--config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/.mypy_cache/$$(basename $$dir) .) || exit 1; \
@@ -66,22 +91,22 @@ template-lint: $(SAM_STAMP)
 	env -u PYTHONPATH $(SAM_VENV)/bin/cfn-lint infra/template.yaml
 	env -u PYTHONPATH $(SAM_VENV)/bin/sam validate --lint --template infra/template.yaml --region us-east-1
 
-test: $(STAMP) system-deps lint template-lint build
+test: $(STAMP) $(LITELLM_STAMP) system-deps lint template-lint build lambda-runtime
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: $(STAMP)
+integration: $(STAMP) $(LITELLM_STAMP) lambda-runtime
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-e2e: $(STAMP) system-deps
+e2e: $(STAMP) system-deps lambda-runtime
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) $(LITELLM_STAMP) lambda-runtime
 	PYTHON312="$(PYTHON312)" $(PY) bench/run.py
 
-soak: $(STAMP)
+soak: $(STAMP) lambda-runtime
 	STATEFUL_PROFILE=soak $(PY) -m pytest tests/property -o timeout=0 $(PYTEST_ARGS)
 
 openapi: $(STAMP)
@@ -97,4 +122,4 @@ build: $(STAMP) $(SAM_STAMP)
 	$(PY) tools/check_layer.py
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/artifacts
+	rm -rf $(VENV) $(SAM_VENV) $(LITELLM_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/artifacts .lambda-runtime

@@ -43,6 +43,7 @@ ORDER = [
     "redeem_calls",
     "account_calls",
     "metering",
+    "litellm_latency",
 ]
 
 
@@ -283,6 +284,34 @@ def layer_section(data: dict[str, Any]) -> Iterator[str]:
     yield f"Largest parts (MB): {_fmt(data['largest'])}."
 
 
+def litellm_latency_section(data: dict[str, Any]) -> Iterator[str]:
+    without, metered = data.get("without_callback", {}), data.get("with_callback", {})
+    added = data.get("added_ms", {})
+    yield "| proxied completion | p50 ms | p95 ms | mean ms |"
+    yield "|---|---|---|---|"
+    yield (
+        f"| LiteLLM proxy, no callback | {without.get('p50_ms')} | {without.get('p95_ms')} | "
+        f"{without.get('mean_ms')} |"
+    )
+    yield (
+        f"| LiteLLM proxy + quota_meter callback | {metered.get('p50_ms')} | "
+        f"{metered.get('p95_ms')} | {metered.get('mean_ms')} |"
+    )
+    yield f"| added by the callback | {added.get('p50')} | {added.get('p95')} | |"
+    alone = data.get("reserve_alone")
+    if alone:
+        yield (
+            "| for scale: one reserve Invoke from the bench process (local stack) | "
+            f"{alone.get('p50_ms')} | {alone.get('p95_ms')} | {alone.get('mean_ms')} |"
+        )
+    yield ""
+    yield (
+        f"{data.get('requests')} requests each after {data.get('warmup')} warm-up ones; "
+        f"{data.get('settled_requests')} of {data.get('expected_settled')} metered requests "
+        f"settled. {data.get('note', '')} ({data.get('cpus')} CPUs)."
+    )
+
+
 def generic_section(data: Any, prefix: str = "") -> Iterator[str]:
     """Any other result file: its figures as `path: value`, goals where it states them."""
     if isinstance(data, dict):
@@ -306,6 +335,10 @@ SECTIONS = {
     "import_profile": ("Where the import time goes", import_profile_section),
     "capacity": ("Consumed write capacity per operation", capacity_section),
     "throughput": ("Local end-to-end throughput", throughput_section),
+    "litellm_latency": (
+        "LiteLLM proxy: latency added by the metering callback (reserve + settle)",
+        litellm_latency_section,
+    ),
 }
 
 

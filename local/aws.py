@@ -14,15 +14,19 @@ import copy
 import io
 import json
 import logging
+import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode
 
 from local import fast_dynamodb
+from local.dynamodb_rules import DynamoRules
+from local.dynamodb_streams import DynamoStreams
+from local.strictness import Strictness
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -52,6 +56,8 @@ _ERROR_NAMESPACES = {
     "sqs": "com.amazonaws.sqs#",
     "ssm": "",
     "secretsmanager": "",
+    "dynamodbstreams": "com.amazonaws.dynamodb.v20120810#",
+    "events": "",
 }
 
 _TARGET_SERVICES = {
@@ -60,6 +66,7 @@ _TARGET_SERVICES = {
     "amazonsqs": "sqs",
     "amazonssm": "ssm",
     "secretsmanager": "secretsmanager",
+    "awsevents": "events",
 }
 
 _SQS_WRITES = {
@@ -252,7 +259,20 @@ def _error_response(call: CallInfo, fault: Fault) -> tuple[int, list[tuple[str, 
     return fault.http_status, [("Content-Type", "text/xml")], xml.encode()
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+# Decides whether a request may reach moto: None, or the error response to send instead
+# (local/iam: a function's request outside its policies gets the service's AccessDenied).
+ErrorResponse = tuple[int, list[tuple[str, str]], bytes]
+Authorizer = Callable[["WSGIEnvironment", CallInfo], ErrorResponse | None]
+# Sees each answered request (status line, body), e.g. EventBridge's PutEvents.
+Observer = Callable[[CallInfo, str, bytes], None]
 
 
 class SerializedApp:
@@ -264,15 +284,26 @@ class SerializedApp:
         self.lock = threading.Lock()
         self._sqs_activity = threading.Condition()
         self.default_receive_wait: dict[str, int] = {}
+        self.authorizer: Authorizer | None = None
+        self.dynamodb: DynamoRules | None = None  # AWS's strictness (local/dynamodb_rules.py)
+        self.streams: DynamoStreams | None = None  # DynamoDB Streams (local/dynamodb_streams.py)
+        self.observers: list[Observer] = []
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         call = identify(environ, body)
+        # IAM first, as in AWS: a refused request is neither counted nor hit by faults.
+        refused = self.authorizer(environ, call) if self.authorizer is not None else None
+        if refused is not None:
+            status, headers, payload = refused
+            headers = [*headers, ("Content-Length", str(len(payload)))]
+            start_response(f"{status} {_REASONS.get(status, 'Error')}", headers)
+            return [payload]
         fault = self.registry.record(call)
         if fault is not None:
             if fault.after_commit:
-                self._forward(environ, body)  # done, but the answer is lost (e.g. a timeout)
+                self._execute(call, environ, body)  # done, but the answer is lost
             status, headers, payload = _error_response(call, fault)
             headers.append(("Content-Length", str(len(payload))))
             start_response(f"{status} {_REASONS.get(status, 'Error')}", headers)
@@ -281,16 +312,39 @@ class SerializedApp:
             wait = self._receive_wait(call)
             if wait > 0:
                 return self._long_poll(environ, start_response, call, wait)
-        status_line, headers, payload = self._forward(environ, body)
+        status_line, headers, payload = self._execute(call, environ, body)
         if call.service == "sqs" and call.operation in _SQS_WRITES:
             with self._sqs_activity:
                 self._sqs_activity.notify_all()
+        for observer in self.observers:
+            try:
+                observer(call, status_line, payload)
+            except Exception:  # an observer must never break the request it watches
+                log.exception("observer of %s.%s failed", call.service, call.operation)
         start_response(status_line, headers)
         return [payload]
+
+    def _execute(
+        self, call: CallInfo, environ: WSGIEnvironment, body: bytes
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
+        rules = self.dynamodb
+        if rules is not None and call.service == "dynamodb" and rules.handles(call.operation):
+            return rules(call.operation, environ, body, call.internal)
+        streams = self.streams
+        if streams is not None and call.service == "dynamodbstreams":
+            return streams(call.operation, body)  # never moto's own streams (see there)
+        return self._forward(environ, body)
 
     def _forward(
         self, environ: WSGIEnvironment, body: bytes
     ) -> tuple[str, list[tuple[str, str]], bytes]:
+        with self.lock:
+            return self.forward_unlocked(environ, body)
+
+    def forward_unlocked(
+        self, environ: WSGIEnvironment, body: bytes
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
+        """Into moto; the caller holds the lock."""
         captured: dict[str, Any] = {}
 
         def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -301,15 +355,14 @@ class SerializedApp:
         environ = dict(environ)
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
-        with self.lock:
-            result = self.app(environ, capture)
-            try:
-                # Consume the whole response under the lock: it may be generated lazily.
-                payload = b"".join(result)
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
+        result = self.app(environ, capture)
+        try:
+            # Consume the whole response under the lock: it may be generated lazily.
+            payload = b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
         return captured["status"], captured["headers"], payload
 
     def _receive_wait(self, call: CallInfo) -> int:
@@ -422,18 +475,24 @@ def _copy_tables_once_per_transaction() -> None:
 
     models.copy = shim  # type: ignore[assignment]
     models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+    # The stack records stream changes itself (local/dynamodb_streams.py); moto's own
+    # records would only cost a JSON dump per write and grow without bound.
+    from moto.dynamodb.models.table import StreamShard
+
+    StreamShard.add = lambda self, old, new: None  # type: ignore[method-assign]
     _moto_patched = True
 
 
 class EmbeddedAws:
     """moto's server on 127.0.0.1 and a free port, in a daemon thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, strictness: Strictness | None = None) -> None:
+        self.strictness = strictness  # None: read from os.environ at start
         self.registry = Registry()
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.app: SerializedApp | None = None
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[tuple[str, str], Any] = {}
         self._clients_lock = threading.Lock()
 
     def start(self) -> str:
@@ -451,6 +510,12 @@ class EmbeddedAws:
         _copy_tables_once_per_transaction()
         fast_dynamodb.install()
         self.app = SerializedApp(DomainDispatcherApplication(create_backend_app), self.registry)
+        if self.strictness is None:
+            self.strictness = Strictness.from_environ(os.environ)
+        self.app.streams = DynamoStreams(self.strictness.stream_shards, self.app.lock)
+        self.app.dynamodb = DynamoRules(
+            self.strictness, self.app.forward_unlocked, self.app.lock, self.app.streams
+        )
         self._server = make_server(
             "127.0.0.1", 0, self.app, threaded=True, request_handler=QuietHandler
         )
@@ -466,30 +531,56 @@ class EmbeddedAws:
             raise RuntimeError("embedded AWS not started")
         return f"http://127.0.0.1:{self._server.server_port}"
 
-    def client(self, service: str) -> Any:
+    def client(self, service: str, credentials: tuple[str, str, str] | None = None) -> Any:
         """A boto3 client for the stack's own use (tagged as internal); clients are
-        thread-safe and slow to make, so there is one per service."""
-        with self._clients_lock:
-            if service not in self._clients:
-                self._clients[service] = self._new_client(service)
-            return self._clients[service]
+        thread-safe and slow to make, so there is one per service and credentials.
 
-    def _new_client(self, service: str) -> Any:
+        Without credentials it is the account's admin ("testing"); with a function's
+        (access key, secret, session token) it has exactly that function's permissions, as
+        Lambda's pollers do."""
+        key = (service, credentials[0] if credentials else "")
+        with self._clients_lock:
+            if key not in self._clients:
+                self._clients[key] = self._new_client(service, credentials)
+            return self._clients[key]
+
+    def set_authorizer(self, authorizer: Authorizer | None) -> None:
+        if self.app is None:
+            raise RuntimeError("embedded AWS not started")
+        self.app.authorizer = authorizer
+
+    def _new_client(self, service: str, credentials: tuple[str, str, str] | None) -> Any:
         import boto3
         from botocore.config import Config
 
+        access_key, secret_key, token = credentials or ("testing", "testing", None)
         return boto3.session.Session().client(
             service,
             endpoint_url=self.endpoint,
             region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",  # noqa: S106 - moto's fixed dummy credentials
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            aws_session_token=token,
             config=Config(
                 user_agent_extra=INTERNAL_USER_AGENT,
                 retries={"mode": "standard", "max_attempts": 5},
                 max_pool_connections=32,
             ),
         )
+
+    @property
+    def streams(self) -> DynamoStreams:
+        if self.app is None or self.app.streams is None:
+            raise RuntimeError("embedded AWS not started")
+        return self.app.streams
+
+    def observe(self, observer: Observer) -> None:
+        if self.app is None:
+            raise RuntimeError("embedded AWS not started")
+        self.app.observers.append(observer)
+
+    def strict_stats(self) -> dict[str, Any]:
+        return self.app.dynamodb.stats() if self.app and self.app.dynamodb else {}
 
     def set_default_receive_wait(self, queue_name: str, seconds: int) -> None:
         if self.app is not None:

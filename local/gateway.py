@@ -24,6 +24,7 @@ from werkzeug.wrappers import Request, Response
 
 from local.auth import Unauthorized, authorize
 from local.aws import Fault
+from local.clock import ClockError
 from local.routes import Route, find_route
 from local.template import ACCOUNT_ID, HTTP_API_ID, STACK_NAME
 
@@ -96,6 +97,9 @@ class Gateway:
                 Rule("/_local/stats/reset", endpoint="stats_reset", methods=["POST"]),
                 Rule("/_local/schedules/<function>/<event>", endpoint="schedule", methods=["POST"]),
                 Rule("/_local/reload", endpoint="reload", methods=["POST"]),
+                Rule("/_local/clock", endpoint="clock", methods=["GET", "POST"]),
+                Rule("/_local/iam", endpoint="iam", methods=["GET"]),
+                Rule("/_local/events", endpoint="events", methods=["GET", "DELETE"]),
             ]
         )
 
@@ -309,6 +313,52 @@ class Gateway:
             mimetype="application/json",
         )
 
+    def local_iam(self, request: Request) -> Response:
+        """Every IAM refusal (function, action, resource, time) and allowed calls per function."""
+        return json_response(self.stack.iam_report())
+
+    def local_events(self, request: Request) -> Response:
+        """GET: the events put on the buses, newest first (?limit=1..1000, default 100;
+        ?type= a detail-type, ?source=, ?bus=); DELETE: forget them."""
+        bridge = self.stack.event_bridge
+        assert bridge is not None
+        if request.method == "DELETE":
+            bridge.clear()
+            return json_response({"events": [], "total": 0})
+        unknown = sorted(set(request.args) - {"limit", "type", "source", "bus"})
+        limit_text = request.args.get("limit", "100")
+        if unknown or not (limit_text.isascii() and limit_text.isdigit()):
+            message = f"unknown parameters {unknown}" if unknown else "limit is 1..1000"
+            return json_response({"error": {"code": "invalid_request", "message": message}}, 400)
+        limit = int(limit_text)
+        if not 1 <= limit <= 1000:
+            message = "limit is 1..1000"
+            return json_response({"error": {"code": "invalid_request", "message": message}}, 400)
+        return json_response(
+            bridge.events(
+                limit=limit,
+                detail_type=request.args.get("type"),
+                source=request.args.get("source"),
+                bus=request.args.get("bus"),
+            )
+        )
+
+    def local_clock(self, request: Request) -> Response:
+        """GET: the billing clock; POST {"advance_seconds"}: move it forward (never back) for
+        every function, then run the schedules that came due (local/clock.py)."""
+        if request.method == "GET":
+            return json_response(self.stack.clock.describe())
+        body = request.get_json(silent=True, force=True)
+        extra = sorted(set(body) - {"advance_seconds"}) if isinstance(body, dict) else []
+        if not isinstance(body, dict) or "advance_seconds" not in body or extra:
+            message = 'the body is {"advance_seconds": <whole seconds>}'
+            return json_response({"error": {"code": "invalid_request", "message": message}}, 400)
+        try:
+            moved = self.stack.advance_clock(body["advance_seconds"])
+        except ClockError as exc:
+            return json_response({"error": {"code": "invalid_request", "message": str(exc)}}, 400)
+        return json_response(moved)
+
     def local_reload(self, request: Request) -> Response:
         assert self.stack.runtime is not None
         self.stack.runtime.recycle()
@@ -324,6 +374,11 @@ class Gateway:
         name = _function_name(unquote(parts[3]))
         runtime = self.stack.runtime
         assert runtime is not None
+        iam = self.stack.iam
+        # Authorized before anything else, as in AWS (even for a function that does not exist).
+        refused = iam.check_invoke(request.headers.get("Authorization", ""), name) if iam else None
+        if refused is not None:
+            return Response(refused[2], status=refused[0], headers=refused[1]), "lambda"
         if name not in runtime:
             return _lambda_error(
                 404, "ResourceNotFoundException", f"Function not found: {_function_arn(name)}"
@@ -356,12 +411,8 @@ class Gateway:
         if invocation_type == "DryRun":
             return Response(status=204, headers=base_headers), name
         if invocation_type == "Event":
-            threading.Thread(
-                target=runtime.invoke,
-                args=(name, payload, request_id),
-                name=f"event-{name}",
-                daemon=True,
-            ).start()
+            assert self.stack.async_invoker is not None
+            self.stack.async_invoker.submit(name, payload, request_id)  # retried as Lambda does
             return Response(status=202, headers=base_headers), name
         result = runtime.invoke(name, payload, request_id)
         headers = dict(base_headers)

@@ -1,11 +1,18 @@
 """Event sources: SQS event source mappings and EventBridge schedules.
 
-One poller thread per ``Type: SQS`` function event (LOCAL_POLLER_THREADS for more), behaving
-like Lambda's: long-poll, gather up to BatchSize within MaximumBatchingWindowInSeconds,
-invoke, then delete what succeeded (ReportBatchItemFailures honoured). Failed messages are
-made visible again after LOCAL_RETRY_DELAY_SECONDS (default 1) instead of the queue's full
-VisibilityTimeout: a local speed-up so that retries and the redrive to the DLQ (done by moto
-on the receive after maxReceiveCount) happen in seconds.
+Per ``Type: SQS`` function event, LOCAL_POLLER_THREADS batches run at once (default 3, as
+Lambda's event source scales out; ScalingConfig.MaximumConcurrency caps it), each behaving
+like Lambda's poller: long-poll, gather up to BatchSize within
+MaximumBatchingWindowInSeconds, invoke, then delete what succeeded (ReportBatchItemFailures
+honoured). How messages are ordered, duplicated and made visible again after a failure is
+local/queue_delivery.py: standard queues reorder and redeliver, FIFO queues keep their
+group order, failures come back after the queue's VisibilityTimeout (times LOCAL_TIME_SCALE);
+the redrive to the DLQ is moto's (on the receive after maxReceiveCount).
+
+As in AWS, a poller receives and deletes with the function's own role (its credentials), so a
+role without sqs:ReceiveMessage or sqs:DeleteMessage fails here as it would there. Releasing a
+failed message early in a fast mode (ChangeMessageVisibility) is not something Lambda does, so
+the stack does it with its own client.
 """
 
 from __future__ import annotations
@@ -13,17 +20,21 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
+import random
 import re
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
+from botocore.exceptions import ClientError
+
+from local.clock import BillingClock
+from local.queue_delivery import Arranger, Releases, is_copy
 from local.runtime import InvokeResult
+from local.strictness import Strictness
 from local.template import ACCOUNT_ID, REGION, STACK_NAME, FunctionSpec, Template
 
 log = logging.getLogger("local.pollers")
@@ -31,6 +42,7 @@ log = logging.getLogger("local.pollers")
 Invoke = Callable[[str, str], InvokeResult]
 
 _FIFO_ATTRIBUTES = ("MessageGroupId", "MessageDeduplicationId", "SequenceNumber")
+_RECEIVED = "_local_received"  # when the poller received a message (monotonic)
 
 
 @dataclass
@@ -46,6 +58,8 @@ class PollerStats:
     messages: int = 0
     deleted: int = 0
     failed: int = 0
+    duplicates: int = 0
+    held_back: int = 0
 
 
 @dataclass
@@ -60,8 +74,11 @@ class SqsPoller:
     report_failures: bool
     enabled: bool
     invoke: Invoke
-    sqs: Any
-    retry_delay: int
+    sqs: Any  # signed with the function's credentials: receive and delete
+    arranger: Arranger
+    visibility_timeout: float  # the queue's, in seconds
+    time_scale: float = 1.0
+    stack_sqs: Any = None  # the stack's own client: the fast-mode release
     fault: PollerFault = field(default_factory=PollerFault)
     stats: PollerStats = field(default_factory=PollerStats)
     stop_event: threading.Event = field(default_factory=threading.Event)
@@ -69,8 +86,11 @@ class SqsPoller:
     threads: int = 1
     _threads: list[threading.Thread] = field(default_factory=list)
     _fault_lock: threading.Lock = field(default_factory=threading.Lock)
+    _releases: Releases | None = None
 
     def start(self) -> None:
+        if self.time_scale < 1:
+            self._releases = Releases(self._make_visible, f"{self.function_id}-{self.event_name}")
         for index in range(self.threads):
             thread = threading.Thread(
                 target=self._run,
@@ -82,6 +102,8 @@ class SqsPoller:
 
     def stop(self) -> None:
         self.stop_event.set()
+        if self._releases is not None:
+            self._releases.stop()
 
     def join(self, timeout: float) -> None:
         for thread in self._threads:
@@ -108,9 +130,19 @@ class SqsPoller:
         self.ready.set()
         while not self.stop_event.is_set():
             try:
-                messages = self._gather()
-                if messages:
-                    self._process(messages)
+                batch = self.arranger.batch(self._gather(), self.batch_size)
+                if batch:
+                    self._process(batch)
+            except ClientError as exc:
+                # e.g. AccessDenied: the function's role may not receive (logged by local/iam)
+                code = exc.response.get("Error", {}).get("Code", "?")
+                log.warning(
+                    "poller %s/%s: %s from SQS; retrying in 5 s",
+                    self.function_id,
+                    self.event_name,
+                    code,
+                )
+                self.stop_event.wait(5)
             except Exception:
                 log.exception("poller %s/%s failed; retrying", self.function_id, self.event_name)
                 self.stop_event.wait(1)
@@ -124,6 +156,9 @@ class SqsPoller:
             MessageAttributeNames=["All"],
         )
         messages: list[dict[str, Any]] = response.get("Messages", [])
+        now = time.monotonic()
+        for message in messages:
+            message[_RECEIVED] = now
         return messages
 
     def _gather(self) -> list[dict[str, Any]]:
@@ -147,6 +182,8 @@ class SqsPoller:
         with self._fault_lock:
             self.stats.batches += 1
             self.stats.messages += len(messages)
+            self.stats.duplicates = self.arranger.duplicates
+            self.stats.held_back = self.arranger.held_back
         event = {"Records": [self._record(m) for m in messages]}
         result = self.invoke(self.function_id, json.dumps(event))
         by_id = {m["MessageId"]: m for m in messages}
@@ -162,20 +199,39 @@ class SqsPoller:
             failed = self._failed_ids(result.payload, set(by_id))
         else:
             failed = set()
+        # A duplicate delivery is not the poller's to delete or retry: its first delivery is.
+        copies = {mid for mid, m in by_id.items() if is_copy(m)}
+        for mid in sorted(copies & failed):
+            log.info(
+                "%s: a duplicate delivery of %s failed; its first delivery's outcome stands",
+                self.function_id,
+                mid,
+            )
         if self._take_die_fault():
             log.warning(
                 "%s: injected poller death; %d messages left undeleted",
                 self.function_id,
                 len(messages),
             )
-            self._retry_later(list(by_id.values()))
+            self._retry_later([m for mid, m in by_id.items() if mid not in copies])
             return
-        succeeded = [m for mid, m in by_id.items() if mid not in failed]
-        self._delete(succeeded)
-        self._retry_later([by_id[mid] for mid in failed])
+        succeeded = [m for mid, m in by_id.items() if mid not in failed and mid not in copies]
+        try:
+            self._delete(succeeded)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "?")
+            log.warning(
+                "%s: could not delete %d processed messages (%s); they will be delivered again",
+                self.function_id,
+                len(succeeded),
+                code,
+            )
+            failed |= {m["MessageId"] for m in succeeded}
+            succeeded = []
+        self._retry_later([by_id[mid] for mid in failed - copies])
         with self._fault_lock:
             self.stats.deleted += len(succeeded)
-            self.stats.failed += len(failed)
+            self.stats.failed += len(failed - copies)
 
     def _failed_ids(self, payload: str, ids: set[str]) -> set[str]:
         # Lambda's rules: null/empty response or list = all succeeded; anything malformed or
@@ -218,16 +274,21 @@ class SqsPoller:
             )
 
     def _retry_later(self, messages: list[dict[str, Any]]) -> None:
+        """Failed messages come back when the queue's VisibilityTimeout since their receive
+        has passed: by themselves in AWS time, released early in a fast mode."""
+        if self._releases is None or not messages:
+            return
+        when = max(m.get(_RECEIVED, time.monotonic()) for m in messages)
+        self._releases.at(when + self.visibility_timeout * self.time_scale, messages)
+
+    def _make_visible(self, messages: list[dict[str, Any]]) -> None:
+        client = self.stack_sqs or self.sqs
         for start in range(0, len(messages), 10):
             chunk = messages[start : start + 10]
-            self.sqs.change_message_visibility_batch(
+            client.change_message_visibility_batch(
                 QueueUrl=self.queue_url,
                 Entries=[
-                    {
-                        "Id": str(i),
-                        "ReceiptHandle": m["ReceiptHandle"],
-                        "VisibilityTimeout": self.retry_delay,
-                    }
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
                     for i, m in enumerate(chunk)
                 ],
             )
@@ -296,14 +357,41 @@ def rate_seconds(expression: str) -> int | None:
 
 @dataclass
 class Schedule:
+    """A schedule rule: EventBridge invokes its function asynchronously (so Lambda's async
+    retries apply) and at least once: with duplicate_probability an event is delivered a
+    second time, the same event (same id) at about the same moment."""
+
     function_id: str
     event_name: str
     expression: str
     input: str | None
     enabled: bool
     invoke: Invoke
+    submit: Callable[[str, str, str], None] | None = None  # asynchronous invocation
+    duplicate_probability: float = 0.0
+    rng: random.Random = field(default_factory=random.Random)
+    duplicates: int = 0
+    clock: BillingClock = field(default_factory=BillingClock)
+    last_run: float | None = None  # billing time (local/clock.py) of the last delivery
+    started: float = field(default=0.0, init=False)
     stop_event: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+
+    @property
+    def period(self) -> int | None:
+        return rate_seconds(self.expression)
+
+    def due(self) -> bool:
+        """True when a rate(...) schedule's period has passed in billing time since its last
+        delivery (or since the stack started): POST /_local/clock then runs it."""
+        period = self.period
+        if period is None or not self.enabled:
+            return False
+        since = self.last_run if self.last_run is not None else self.started
+        return self.clock.timestamp() - since >= period
+
+    def __post_init__(self) -> None:
+        self.started = self.clock.timestamp()
 
     def payload(self) -> str:
         if self.input is not None:
@@ -316,15 +404,44 @@ class Schedule:
                 "detail-type": "Scheduled Event",
                 "source": "aws.events",
                 "account": ACCOUNT_ID,
-                "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "time": self.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "region": REGION,
                 "resources": [f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/{rule}"],
                 "detail": {},
             }
         )
 
+    def _twice(self) -> bool:
+        if self.rng.random() < self.duplicate_probability:
+            self.duplicates += 1
+            log.info("%s/%s: this event is delivered twice", self.function_id, self.event_name)
+            return True
+        return False
+
     def run_once(self) -> InvokeResult:
-        return self.invoke(self.function_id, self.payload())
+        """Run now (POST /_local/schedules/...): the first delivery's result, after any
+        duplicate delivery (run at the same time) has finished too."""
+        payload = self.payload()
+        self.last_run = self.clock.timestamp()
+        duplicate: threading.Thread | None = None
+        if self._twice():
+            duplicate = threading.Thread(
+                target=self.invoke, args=(self.function_id, payload), daemon=True
+            )
+            duplicate.start()
+        result = self.invoke(self.function_id, payload)
+        if duplicate is not None:
+            duplicate.join()
+        return result
+
+    def fire(self) -> None:
+        payload = self.payload()
+        self.last_run = self.clock.timestamp()
+        for _ in range(2 if self._twice() else 1):
+            if self.submit is not None:
+                self.submit(self.function_id, payload, str(uuid.uuid4()))
+            else:
+                self.invoke(self.function_id, payload)
 
     def start(self) -> bool:
         period = rate_seconds(self.expression)
@@ -345,14 +462,7 @@ class Schedule:
         def loop() -> None:
             while not self.stop_event.wait(period):
                 try:
-                    result = self.run_once()
-                    if result.function_error:
-                        log.warning(
-                            "%s/%s: scheduled run failed: %s",
-                            self.function_id,
-                            self.event_name,
-                            result.error_type,
-                        )
+                    self.fire()
                 except Exception:
                     log.exception("%s/%s: scheduled run failed", self.function_id, self.event_name)
 
@@ -370,11 +480,15 @@ class Schedule:
 
 
 def build_pollers(
-    template: Template, functions: list[FunctionSpec], invoke: Invoke, sqs: Any
+    template: Template,
+    functions: list[FunctionSpec],
+    invoke: Invoke,
+    sqs_for: Callable[[str], Any],
+    stack_sqs: Any,
+    strictness: Strictness,
 ) -> list[SqsPoller]:
-    retry_delay = int(os.environ.get("LOCAL_RETRY_DELAY_SECONDS", "1"))
-    # Lambda runs several batches of a queue at once; locally one at a time unless asked.
-    threads = max(1, int(os.environ.get("LOCAL_POLLER_THREADS", "1")))
+    """sqs_for: function logical id -> an SQS client signed with that function's credentials;
+    stack_sqs: the stack's own client."""
     pollers = []
     for function in functions:
         for event in function.events:
@@ -382,8 +496,15 @@ def build_pollers(
                 continue
             props = event.properties
             queue_id = template.queue_by_arn(str(props["Queue"]))
+            queue = template.resolve(template.resources[queue_id].properties)
+            fifo = str(queue.get("FifoQueue", False)).lower() == "true"
             batch_size = int(props.get("BatchSize", 10))
             window = float(props.get("MaximumBatchingWindowInSeconds", 0))
+            scaling = props.get("ScalingConfig") or {}
+            threads = strictness.poller_threads
+            if scaling.get("MaximumConcurrency") is not None:
+                threads = min(threads, int(scaling["MaximumConcurrency"]))
+            name = f"{function.logical_id}/{event.name}"
             pollers.append(
                 SqsPoller(
                     function_id=function.logical_id,
@@ -397,15 +518,30 @@ def build_pollers(
                     in (props.get("FunctionResponseTypes") or []),
                     enabled=str(props.get("Enabled", True)).lower() != "false",
                     invoke=invoke,
-                    sqs=sqs,
-                    retry_delay=retry_delay,
-                    threads=threads,
+                    sqs=sqs_for(function.logical_id),
+                    stack_sqs=stack_sqs,
+                    arranger=Arranger(
+                        fifo=fifo,
+                        shuffle=strictness.sqs_shuffle,
+                        duplicate_probability=strictness.sqs_duplicate_probability,
+                        rng=strictness.random(f"sqs:{name}"),
+                    ),
+                    visibility_timeout=float(queue.get("VisibilityTimeout", 30)),
+                    time_scale=strictness.time_scale,
+                    threads=max(1, threads),
                 )
             )
     return pollers
 
 
-def build_schedules(functions: list[FunctionSpec], invoke: Invoke) -> list[Schedule]:
+def build_schedules(
+    functions: list[FunctionSpec],
+    invoke: Invoke,
+    strictness: Strictness,
+    submit: Callable[[str, str, str], None] | None = None,
+    clock: BillingClock | None = None,
+) -> list[Schedule]:
+    clock = clock or BillingClock()
     schedules = []
     for function in functions:
         for event in function.events:
@@ -423,6 +559,10 @@ def build_schedules(functions: list[FunctionSpec], invoke: Invoke) -> list[Sched
                     input=props.get("Input"),
                     enabled=str(enabled).lower() != "false" and state != "DISABLED",
                     invoke=invoke,
+                    submit=submit,
+                    duplicate_probability=strictness.schedule_duplicate_probability,
+                    rng=strictness.random(f"schedule:{function.logical_id}/{event.name}"),
+                    clock=clock,
                 )
             )
     return schedules

@@ -1,6 +1,9 @@
-"""Creates the template's tables, queues, parameters and secrets in the embedded AWS.
+"""Creates the template's tables (their streams), queues, SNS topics, EventBridge buses,
+parameters and secrets in the embedded AWS.
 
-Other resource types (Cognito, alarms, SNS, layers, HttpApi, IAM) have no local effect.
+Other resource types (Cognito, alarms, layers, HttpApi) have no local effect; EventBridge
+rules are the stack's own (local/eventbridge.py); IAM is not provisioned but enforced
+(local/iam).
 Secrets are filled from the environment (``Metadata.Local.FromEnvironment``) with the dev
 defaults below; see local/README.md.
 """
@@ -18,10 +21,12 @@ from typing import Any
 
 from local.aws import EmbeddedAws
 from local.template import (
+    EVENT_BUS_TYPE,
     PARAMETER_TYPE,
     QUEUE_TYPE,
     SECRET_TYPE,
     TABLE_TYPE,
+    TOPIC_TYPE,
     Resource,
     Template,
     TemplateError,
@@ -116,6 +121,9 @@ class Provisioned:
     queues: dict[str, str] = field(default_factory=dict)  # logical id -> queue URL
     parameters: dict[str, str] = field(default_factory=dict)  # logical id -> name
     secrets: dict[str, str] = field(default_factory=dict)  # logical id -> ARN
+    streams: dict[str, str] = field(default_factory=dict)  # table logical id -> stream ARN
+    topics: dict[str, str] = field(default_factory=dict)  # logical id -> topic ARN
+    event_buses: dict[str, str] = field(default_factory=dict)  # logical id -> bus name
 
 
 class Provisioner:
@@ -133,10 +141,12 @@ class Provisioner:
         self.result = Provisioned()
 
     def run(self) -> Provisioned:
-        types = (TABLE_TYPE, QUEUE_TYPE, PARAMETER_TYPE, SECRET_TYPE)
+        types = (TABLE_TYPE, QUEUE_TYPE, TOPIC_TYPE, EVENT_BUS_TYPE, PARAMETER_TYPE, SECRET_TYPE)
         creators = {
             TABLE_TYPE: self.create_table,
             QUEUE_TYPE: self.create_queue,
+            TOPIC_TYPE: self.create_topic,
+            EVENT_BUS_TYPE: self.create_event_bus,
             PARAMETER_TYPE: self.create_parameter,
             SECRET_TYPE: self.create_secret,
         }
@@ -186,7 +196,10 @@ class Provisioner:
                 "StreamViewType": props["StreamSpecification"]["StreamViewType"],
             }
         client = self.aws.client("dynamodb")
-        client.create_table(**request)
+        created = client.create_table(**request)["TableDescription"]
+        if created.get("LatestStreamArn"):
+            self.template.set_physical(resource.logical_id, StreamArn=created["LatestStreamArn"])
+            self.result.streams[resource.logical_id] = created["LatestStreamArn"]
         ttl = props.get("TimeToLiveSpecification")
         if ttl and str(ttl.get("Enabled")).lower() == "true":
             client.update_time_to_live(
@@ -234,6 +247,26 @@ class Provisioner:
         if url != expected:
             self.template.set_physical(resource.logical_id, Ref=url, QueueUrl=url)
         self.result.queues[resource.logical_id] = url
+
+    # ------------------------------------------------------------ SNS and EventBridge
+
+    def create_topic(self, resource: Resource) -> None:
+        # Only what changes delivery; subscriptions and encryption have no local effect.
+        props = resource.properties
+        name = self.template.topic_name(resource.logical_id)
+        attributes = {}
+        if _true(self.template.resolve(props.get("FifoTopic", False))):
+            attributes["FifoTopic"] = "true"
+            if "ContentBasedDeduplication" in props:
+                value = self.template.resolve(props["ContentBasedDeduplication"])
+                attributes["ContentBasedDeduplication"] = _attribute_string(value)
+        arn = self.aws.client("sns").create_topic(Name=name, Attributes=attributes)["TopicArn"]
+        self.result.topics[resource.logical_id] = arn
+
+    def create_event_bus(self, resource: Resource) -> None:
+        name = self.template.event_bus_name(resource.logical_id)
+        self.aws.client("events").create_event_bus(Name=name)
+        self.result.event_buses[resource.logical_id] = name
 
     # ------------------------------------------------------------ SSM
 

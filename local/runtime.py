@@ -1,10 +1,13 @@
 """The Lambda runtime emulation: a pool of worker processes per function.
 
-Each worker is a spawned process (see local/worker.py) with exactly the environment the
-template gives the function plus what Lambda itself sets, and sys.path = code dir, layers,
-then the interpreter's own paths. Idle workers are reused (warm starts); new ones are spawned
-up to the function's concurrency limit; callers wait beyond it. A handler exception is a
-function error and the worker lives on; a timeout kills the worker, as Lambda does.
+Each worker is a process of the function's runtime (local/worker.py under the interpreter
+local/python_runtime.py prepares) with exactly the environment the template gives the
+function plus what Lambda itself sets, and sys.path = code dir, layers (with their built
+dependencies), the runtime's boto3/botocore, then the standard library. Idle workers are
+reused (warm starts); new ones are spawned up to the function's concurrency limit; callers
+wait beyond it. A handler exception is a function error and the worker lives on; a timeout
+kills the worker, as Lambda does, and so does going over MemorySize (local/memory_limit.py).
+An invocation that takes more than half its Timeout gets a warning line.
 """
 
 from __future__ import annotations
@@ -12,20 +15,25 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import multiprocessing
 import os
+import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
-from multiprocessing.context import SpawnProcess
-from multiprocessing.reduction import send_handle
-from typing import Any, BinaryIO
+from pathlib import Path
+from typing import IO, Any
 
 from local import worker as worker_module
+from local.clock import BillingClock
+from local.memory_limit import MemoryWatch
+from local.python_runtime import PreparedRuntime
 from local.template import REGION, FunctionSpec
 
 log = logging.getLogger("local.runtime")
@@ -33,7 +41,13 @@ log = logging.getLogger("local.runtime")
 # Generous on purpose: on a busy machine, importing a handler's dependencies in several
 # workers at once can take far longer than Lambda's 10 s init limit.
 INIT_TIMEOUT_SECONDS = float(os.environ.get("LOCAL_INIT_TIMEOUT", "120"))
-_SPAWN = multiprocessing.get_context("spawn")
+WORKER_SCRIPT = Path(worker_module.__file__).resolve()
+# How Lambda names the signal that ended a runtime ("Runtime exited with error: signal: ...").
+_SIGNALS = {
+    signal.SIGKILL: "killed",
+    signal.SIGSEGV: "segmentation fault",
+    signal.SIGABRT: "aborted",
+}
 
 
 @dataclass(frozen=True)
@@ -65,7 +79,7 @@ class OutputMux:
             self.stream.write(f"[{prefix}] {line.rstrip()}\n")
             self.stream.flush()
 
-    def follow(self, prefix: str, reader: BinaryIO) -> None:
+    def follow(self, prefix: str, reader: IO[bytes]) -> None:
         def pump() -> None:
             with reader:
                 for raw in reader:
@@ -74,53 +88,90 @@ class OutputMux:
         threading.Thread(target=pump, name=f"output-{prefix}", daemon=True).start()
 
 
-def _runtime_prefixes() -> list[str]:
-    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    return sorted({os.path.realpath(p) for p in prefixes})
-
-
 class WorkerDied(Exception):
     pass
+
+
+class WorkerProcess:
+    """The process of one worker (the interface runtime.py needs of it)."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill(self) -> None:
+        if self.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.kill()
+
+    def join(self, timeout: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout)
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.popen.poll()
 
 
 class Worker:
     """One execution environment (process) of a function."""
 
-    def __init__(self, spec: dict[str, Any], name: str, output: OutputMux) -> None:
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        name: str,
+        output: OutputMux,
+        memory: MemoryWatch | None = None,
+    ) -> None:
         self.spec = spec
         self.name = name
         self.output = output
-        self.process: SpawnProcess | None = None
+        self.memory = memory
+        self.process: WorkerProcess | None = None
         self.conn: Connection | None = None
         self.invocations = 0
+        self.out_of_memory = False  # killed by the memory watch
+        self.memory_used = 0  # bytes, when it was killed
+
+    def _killed_for_memory(self, used: int) -> None:
+        self.out_of_memory = True
+        self.memory_used = used
 
     def start(self) -> dict[str, Any] | None:
-        """Spawn and initialize; returns the init error (Lambda-style dict) if init failed."""
+        """Start and initialize; returns the init error (Lambda-style dict) if init failed."""
         try:
             return self._start()
         except (OSError, EOFError, ValueError):
             self.kill()
+            if self.out_of_memory:
+                return _out_of_memory(None)
             return _runtime_exit_error(None, "the worker was stopped during init")
 
     def _start(self) -> dict[str, Any] | None:
-        parent, child = _SPAWN.Pipe()
-        process = _SPAWN.Process(
-            target=worker_module.serve, args=(child, self.spec), name=self.name, daemon=True
-        )
-        process.start()
-        child.close()
-        self.process, self.conn = process, parent
-        read_fd, write_fd = os.pipe()
+        parent, child = socket.socketpair()
         try:
-            send_handle(parent, write_fd, process.pid)
-        except OSError:
-            os.close(read_fd)
-            self.kill()
-            return _runtime_exit_error(None, "the worker exited before it started")
+            popen = subprocess.Popen(  # noqa: S603 - the runtime's interpreter
+                [self.spec["python"], "-I", "-S", str(WORKER_SCRIPT), str(child.fileno())],
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=self.spec["environment"],
+            )
         finally:
-            os.close(write_fd)
-        self.output.follow(self.spec["function_name"], os.fdopen(read_fd, "rb"))
-        if not parent.poll(INIT_TIMEOUT_SECONDS):
+            child.close()
+        self.process = WorkerProcess(popen)
+        self.conn = Connection(parent.detach())
+        assert popen.stdout is not None
+        self.output.follow(self.spec["function_name"], popen.stdout)
+        if self.memory is not None:
+            limit = int(self.spec["memory_size"]) * 1024 * 1024
+            self.memory.watch(popen.pid, limit, self._killed_for_memory)
+        self.conn.send(("spec", self.spec))
+        if not self.conn.poll(INIT_TIMEOUT_SECONDS):
             self.kill()
             return {
                 "errorMessage": f"Init timed out after {INIT_TIMEOUT_SECONDS:.2f} seconds",
@@ -128,10 +179,12 @@ class Worker:
                 "stackTrace": [],
             }
         try:
-            kind, payload = parent.recv()
+            kind, payload = self.conn.recv()
         except (EOFError, OSError):
             self.kill()
-            return _runtime_exit_error(process.exitcode, "the worker exited during init")
+            if self.out_of_memory:
+                return _out_of_memory(None)
+            return _runtime_exit_error(self.process.exitcode, "the worker exited during init")
         if kind != "ready":
             self.kill()
             error: dict[str, Any] = json.loads(payload)
@@ -142,13 +195,16 @@ class Worker:
     def alive(self) -> bool:
         return self.process is not None and self.process.is_alive()
 
-    def invoke(self, request_id: str, payload: str, timeout: float) -> tuple[str, str] | None:
-        """Send one invocation; None if it timed out (the worker is then killed)."""
+    def invoke(
+        self, request_id: str, payload: str, timeout: float, clock_offset: float = 0.0
+    ) -> tuple[str, str] | None:
+        """Send one invocation; None if it timed out (the worker is then killed).
+        clock_offset: the billing clock's offset (local/clock.py) the handler runs under."""
         assert self.conn is not None
         deadline = time.time() + timeout
         self.invocations += 1
         try:
-            self.conn.send(("invoke", request_id, payload, deadline))
+            self.conn.send(("invoke", request_id, payload, deadline, clock_offset))
             if not self.conn.poll(timeout):
                 self.kill()
                 return None
@@ -172,20 +228,39 @@ class Worker:
             self.process.kill()
 
     def kill(self) -> None:
-        if self.process is not None and self.process.is_alive():
-            self.process.kill()
+        if self.process is not None:
+            if self.process.is_alive():
+                self.process.kill()
             self.process.join(timeout=5)
+            if self.memory is not None:
+                self.memory.forget(self.process.pid)
         if self.conn is not None:
             self.conn.close()
             self.conn = None
 
 
 def _runtime_exit_error(exit_code: int | None, detail: str) -> dict[str, Any]:
-    status = f"exit status {exit_code}" if exit_code is not None else "signal"
+    if exit_code is None:
+        status = "signal"
+    elif exit_code < 0:
+        status = (
+            f"signal: {_SIGNALS.get(signal.Signals(-exit_code), signal.Signals(-exit_code).name)}"
+        )
+    else:
+        status = f"exit status {exit_code}"
     return {
         "errorMessage": f"Runtime exited with error: {status} ({detail})",
         "errorType": "Runtime.ExitError",
         "stackTrace": [],
+    }
+
+
+def _out_of_memory(request_id: str | None) -> dict[str, Any]:
+    # What Lambda answers when a function goes over its MemorySize: the sandbox is killed.
+    prefix = f"RequestId: {request_id} " if request_id else ""
+    return {
+        "errorMessage": f"{prefix}Error: Runtime exited with error: signal: killed",
+        "errorType": "Runtime.OutOfMemory",
     }
 
 
@@ -199,9 +274,18 @@ class FunctionPool:
         output: OutputMux,
         max_instances: int,
         spawn_slots: threading.Semaphore | None = None,
+        credentials: tuple[str, str, str] = ("testing", "testing", "testing"),
+        *,
+        python: PreparedRuntime,
+        memory: MemoryWatch | None = None,
+        clock: BillingClock | None = None,
     ) -> None:
         self.function = function
+        self.clock = clock or BillingClock()
+        self.credentials = credentials
         self.output = output
+        self.python = python
+        self.memory = memory
         self.max_instances = function.reserved_concurrency or max_instances
         self.spawn_slots = spawn_slots or threading.Semaphore(2)
         self._idle: list[Worker] = []
@@ -227,9 +311,11 @@ class FunctionPool:
             # set them), so they are applied after the template's variables.
             "AWS_REGION": REGION,
             "AWS_DEFAULT_REGION": REGION,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_SESSION_TOKEN": "testing",
+            # The function's own credentials: the embedded AWS authorizes them against
+            # exactly its policies (local/iam).
+            "AWS_ACCESS_KEY_ID": self.credentials[0],
+            "AWS_SECRET_ACCESS_KEY": self.credentials[1],
+            "AWS_SESSION_TOKEN": self.credentials[2],
             "AWS_EXECUTION_ENV": f"AWS_Lambda_{fn.runtime}",
             "AWS_LAMBDA_FUNCTION_NAME": fn.logical_id,
             "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
@@ -260,7 +346,9 @@ class FunctionPool:
             "code_dir": str(fn.code_dir),
             "layer_dirs": [str(p) for p in fn.layer_dirs],
             "environment": environment,
-            "runtime_prefixes": _runtime_prefixes(),
+            "python": self.python.interpreter,
+            "layer_paths": self.python.layer_paths(fn.layer_dirs),
+            "runtime_paths": [str(self.python.runtime_dir)],
         }
 
     # ------------------------------------------------------------ workers
@@ -269,7 +357,7 @@ class FunctionPool:
         with self._cond:
             self._spawned += 1
             name = f"{self.function.logical_id}-{self._spawned}"
-        worker = Worker(self.spec, name, self.output)
+        worker = Worker(self.spec, name, self.output, self.memory)
         # Few processes initialize at once: they compete for the same CPUs.
         with self.spawn_slots:
             with self._cond:
@@ -386,16 +474,28 @@ class FunctionPool:
             return self._result(json.dumps(acquired), True, request_id, started)
         worker = acquired
         timeout = float(self.function.timeout)
+        began = time.monotonic()
         try:
-            reply = worker.invoke(request_id, payload, timeout)
+            reply = worker.invoke(request_id, payload, timeout, self.clock.offset)
         except WorkerDied:
             exit_code = worker.process.exitcode if worker.process is not None else None
+            out_of_memory = worker.out_of_memory
             self._release(worker)
-            error = _runtime_exit_error(exit_code, "the worker process died")
-            error["requestId"] = request_id
-            self.output.write_line(self.function.logical_id, f"worker died: {error}")
+            if out_of_memory:
+                error = _out_of_memory(request_id)
+                self.output.write_line(self.function.logical_id, error["errorMessage"])
+                self.output.write_line(
+                    self.function.logical_id,
+                    f"Runtime.OutOfMemory: Memory Size: {self.function.memory_size} MB "
+                    f"Max Memory Used: {worker.memory_used // (1024 * 1024)} MB",
+                )
+            else:
+                error = _runtime_exit_error(exit_code, "the worker process died")
+                error["requestId"] = request_id
+                self.output.write_line(self.function.logical_id, f"worker died: {error}")
             return self._result(json.dumps(error), True, request_id, started)
         self._release(worker)
+        self._warn_if_slow(request_id, time.monotonic() - began, timeout)
         if reply is None:
             now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
             message = f"{now} {request_id} Task timed out after {timeout:.2f} seconds"
@@ -404,6 +504,15 @@ class FunctionPool:
             return self._result(json.dumps(error), True, request_id, started)
         kind, body = reply
         return self._result(body, kind != "ok", request_id, started)
+
+    def _warn_if_slow(self, request_id: str, seconds: float, timeout: float) -> None:
+        # Half the Timeout is the margin an operator wants: past it, a busier day times out.
+        if timeout / 2 < seconds < timeout:
+            self.output.write_line(
+                self.function.logical_id,
+                f"WARNING: invocation {request_id} took {seconds:.2f} s, more than half of "
+                f"its Timeout ({timeout:g} s)",
+            )
 
     def _result(self, payload: str, error: bool, request_id: str, started: float) -> InvokeResult:
         if error:
@@ -454,13 +563,32 @@ class Runtime:
         aws_endpoint: str,
         output: OutputMux | None = None,
         max_instances: int | None = None,
+        credentials: Callable[[str], tuple[str, str, str]] | None = None,
+        *,
+        python: dict[str, PreparedRuntime],
+        memory_limit: bool = True,
+        clock: BillingClock | None = None,
     ) -> None:
+        """credentials: function logical id -> (access key, secret key, session token)."""
         self.output = output or OutputMux()
+        self.clock = clock or BillingClock()
         limit = max_instances or int(os.environ.get("LOCAL_MAX_INSTANCES", "6"))
         base = {"AWS_ENDPOINT_URL": aws_endpoint}
         slots = threading.Semaphore(max(2, os.cpu_count() or 2))
+        self.memory = MemoryWatch() if memory_limit else None
         self.pools = {
-            f.logical_id: FunctionPool(f, base, self.output, limit, slots) for f in functions
+            f.logical_id: FunctionPool(
+                f,
+                base,
+                self.output,
+                limit,
+                slots,
+                credentials(f.logical_id) if credentials else ("testing", "testing", "testing"),
+                python=python[f.runtime],
+                memory=self.memory,
+                clock=self.clock,
+            )
+            for f in functions
         }
 
     def __contains__(self, function: str) -> bool:
@@ -497,3 +625,5 @@ class Runtime:
             thread.start()
         for thread in threads:
             thread.join(timeout=10)
+        if self.memory is not None:
+            self.memory.stop()

@@ -6,15 +6,21 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from local.async_invoke import AsyncInvoker, async_configs
 from local.auth import DEV_AUDIENCE, DevIssuer
 from local.aws import EmbeddedAws
+from local.clock import BillingClock
+from local.deploy_checks import check as check_deploy_rules
+from local.eventbridge import EventBridge, build_event_bridge
 from local.gateway import Gateway
+from local.iam.enforcer import Enforcer
 from local.pollers import Schedule, SqsPoller, build_pollers, build_schedules
 from local.provision import Provisioned, Provisioner, local_environment, waffo_keys
+from local.python_runtime import PreparedRuntime, RuntimeUnavailable, prepare
 from local.routes import HttpApi, Route, read_apis, read_routes
 from local.runtime import OutputMux, Runtime
 from local.sandbox import (
@@ -24,7 +30,15 @@ from local.sandbox import (
     WaffoSandboxKeys,
     load_providers,
 )
-from local.template import EMULATED_EVENT_TYPES, PARAMETER_TYPE, Template, TemplateError
+from local.stream_pollers import StreamPoller, build_stream_pollers
+from local.strictness import Strictness, StrictnessError
+from local.template import (
+    EMULATED_EVENT_TYPES,
+    PARAMETER_TYPE,
+    FunctionSpec,
+    Template,
+    TemplateError,
+)
 
 log = logging.getLogger("local")
 
@@ -87,8 +101,13 @@ class Stack:
         self.routes: list[Route] = []
         self.api: HttpApi | None = None
         self.pollers: list[SqsPoller] = []
+        self.stream_pollers: list[StreamPoller] = []
+        self.event_bridge: EventBridge | None = None
         self.schedules: list[Schedule] = []
+        self.async_invoker: AsyncInvoker | None = None
         self.provisioned = Provisioned()
+        self.iam: Enforcer | None = None
+        self.clock = BillingClock()
         self.console_dir = options.root / "console"
 
     def say(self, message: str) -> None:
@@ -142,21 +161,35 @@ class Stack:
     def start(self) -> None:
         template = self.template or self.load_template()
         settings = self._settings_overrides(template)
+        try:
+            strictness = Strictness.from_environ(self.environ)
+        except StrictnessError as exc:
+            raise TemplateError(str(exc)) from exc
+        self.aws.strictness = strictness
         endpoint = self.aws.start()
         template.aws_endpoint = endpoint
         self.say(f"embedded AWS (moto) on {endpoint}")
+        self.say(f"as strict as AWS: {strictness.describe()}")
 
         keys = waffo_keys(self.environ)
         credentials = local_environment(self.environ, keys)
         provider_env = {**self.environ, **credentials}
         self.provisioned = Provisioner(template, self.aws, provider_env, settings).run()
+        provisioned = self.provisioned
         self.say(
-            f"provisioned {len(self.provisioned.tables)} tables, "
-            f"{len(self.provisioned.queues)} queues, {len(self.provisioned.parameters)} "
-            f"parameters, {len(self.provisioned.secrets)} secrets"
+            f"provisioned {len(provisioned.tables)} tables ({len(provisioned.streams)} with "
+            f"streams), {len(provisioned.queues)} queues, {len(provisioned.topics)} topics, "
+            f"{len(provisioned.event_buses)} event buses, {len(provisioned.parameters)} "
+            f"parameters, {len(provisioned.secrets)} secrets"
         )
 
+        # IAM from here on: each function's calls are checked against its own role.
+        iam = self.iam = Enforcer.from_template(template, self.provisioned.secrets)
+        self.aws.set_authorizer(iam.check_aws_request)
+        self.say(f"IAM enforced for {len(iam.roles)} functions (each with its own credentials)")
+
         functions = [template.function(fid) for fid in template.function_ids()]
+        check_deploy_rules(template, functions)
         for function in functions:
             for event in function.events:
                 if event.type not in EMULATED_EVENT_TYPES:
@@ -166,7 +199,28 @@ class Stack:
                         event.name,
                         event.type,
                     )
-        self.runtime = Runtime(functions, endpoint, self.output)
+        self.runtime = Runtime(
+            functions,
+            endpoint,
+            self.output,
+            credentials=self._credentials,
+            python=self._lambda_runtimes(functions),
+            memory_limit=strictness.memory_limit,
+            clock=self.clock,
+        )
+        self.async_invoker = AsyncInvoker(
+            self.runtime.invoke,
+            async_configs(template),
+            retries=strictness.async_retries,
+            time_scale=strictness.time_scale,
+        )
+        # Every PutEvents the embedded AWS accepts is recorded and routed to its rules.
+        self.event_bridge = build_event_bridge(
+            template, functions, self.async_invoker.submit, self.aws.client("sqs")
+        )
+        self.aws.observe(self.event_bridge.observe)
+        if self.event_bridge.rules:
+            self.say(f"EventBridge: {len(self.event_bridge.rules)} rules with an event pattern")
         apis = read_apis(template)
         self.routes = read_routes(template, apis)
         used = {route.api for route in self.routes}
@@ -198,15 +252,39 @@ class Stack:
             log.warning("sandbox modules that failed to load: %s", ", ".join(failed))
 
         self.runtime.prewarm()
-        sqs = self.aws.client("sqs")
-        self.pollers = build_pollers(template, functions, self.runtime.invoke, sqs)
+        self.pollers = build_pollers(
+            template,
+            functions,
+            self.runtime.invoke,
+            lambda function_id: self.aws.client("sqs", self._credentials(function_id)),
+            self.aws.client("sqs"),
+            strictness,
+        )
         for poller in self.pollers:
             if poller.enabled:
                 poller.start()
         for poller in self.pollers:
             if poller.enabled and not poller.ready.wait(10):
                 raise RuntimeError(f"poller {poller.function_id}/{poller.event_name} did not start")
-        self.schedules = build_schedules(functions, self.runtime.invoke)
+        self.stream_pollers = build_stream_pollers(
+            template,
+            functions,
+            self.runtime.invoke,
+            lambda function_id, service: self.aws.client(service, self._credentials(function_id)),
+            lambda arn: template.queue_url(template.queue_by_arn(arn)),
+            self.aws.streams.wait_for_records,
+            strictness,
+        )
+        for stream_poller in self.stream_pollers:
+            if stream_poller.enabled:
+                stream_poller.start()
+        for stream_poller in self.stream_pollers:
+            # LATEST means from here: the shard iterators exist before the stack is ready.
+            if stream_poller.enabled and not stream_poller.ready.wait(10):
+                raise RuntimeError(f"stream poller {stream_poller.source.name} did not start")
+        self.schedules = build_schedules(
+            functions, self.runtime.invoke, strictness, self.async_invoker.submit, self.clock
+        )
         if self.environ.get("LOCAL_SCHEDULES", "1") != "0":
             for schedule in self.schedules:
                 if schedule.start():
@@ -216,7 +294,44 @@ class Stack:
                     )
         self.ready.set()
 
+    def advance_clock(self, seconds: object) -> dict[str, Any]:
+        """Move the billing clock forward (ClockError if the amount is not allowed), then run
+        every schedule that came due, each once, before answering."""
+        self.clock.advance(seconds)
+        ran = []
+        for schedule in self.schedules:
+            if schedule.due():
+                result = schedule.run_once()
+                ran.append(
+                    {
+                        "schedule": f"{schedule.function_id}/{schedule.event_name}",
+                        "function_error": result.function_error,
+                    }
+                )
+        return {**self.clock.describe(), "ran": ran}
+
+    def _credentials(self, function_id: str) -> tuple[str, str, str]:
+        assert self.iam is not None
+        own = self.iam.credentials(function_id)
+        return own.access_key_id, own.secret_access_key, own.session_token
+
+    def _lambda_runtimes(self, functions: list[FunctionSpec]) -> dict[str, PreparedRuntime]:
+        """Each runtime the functions use, with their layers' dependencies built for it."""
+        layers: dict[str, list[Path]] = {}
+        for function in functions:
+            layers.setdefault(function.runtime, []).extend(function.layer_dirs)
+        try:
+            return {
+                runtime: prepare(self.options.root, runtime, dirs, self.environ, self.say)
+                for runtime, dirs in layers.items()
+            }
+        except RuntimeUnavailable as exc:
+            raise TemplateError(str(exc)) from exc
+
     # ------------------------------------------------------------ control
+
+    def iam_report(self) -> dict[str, Any]:
+        return self.iam.report() if self.iam is not None else {"enforced": False}
 
     def health(self) -> dict[str, Any]:
         template = self.template
@@ -233,11 +348,22 @@ class Stack:
             "parameters": dict(self.provisioned.parameters),
             "secrets": dict(self.provisioned.secrets),
             "pollers": [f"{p.function_id}/{p.event_name}" for p in self.pollers if p.enabled],
+            "streams": dict(self.provisioned.streams),
+            "stream_pollers": {
+                p.source.name: p.describe() for p in self.stream_pollers if p.enabled
+            },
+            "topics": dict(self.provisioned.topics),
+            "event_buses": dict(self.provisioned.event_buses),
+            "event_rules": [rule.describe() for rule in self.event_bridge.rules]
+            if self.event_bridge
+            else [],
             "schedules": [f"{s.function_id}/{s.event_name}" for s in self.schedules],
             "routes": [f"{r.route_key} -> {r.function}" for r in self.routes],
             "sandbox": sorted(self.sandbox.providers) if self.sandbox else [],
             "outputs": template.outputs(),
             "skipped_resources": sorted(template.skipped),
+            "clock": self.clock.describe(),
+            "strict": asdict(self.aws.strictness) if self.aws.strictness else {},
         }
 
     def stats(self) -> dict[str, Any]:
@@ -245,6 +371,17 @@ class Stack:
         stats["invocations"] = self.runtime.invocation_counts() if self.runtime else {}
         stats["pollers"] = {
             f"{p.function_id}/{p.event_name}": vars(p.stats).copy() for p in self.pollers
+        }
+        stats["streams"] = {p.source.name: vars(p.stats).copy() for p in self.stream_pollers}
+        stats["stream_records"] = self.aws.streams.stats() if self.aws.app else {}
+        stats["events"] = vars(self.event_bridge.stats).copy() if self.event_bridge else {}
+        stats["strict"] = {
+            "dynamodb": self.aws.strict_stats(),
+            "async_retries": self.async_invoker.retried if self.async_invoker else 0,
+            "async_discarded": self.async_invoker.discarded if self.async_invoker else 0,
+            "schedule_duplicates": {
+                f"{s.function_id}/{s.event_name}": s.duplicates for s in self.schedules
+            },
         }
         return stats
 
@@ -257,6 +394,12 @@ class Stack:
         for poller in self.pollers:
             poller.stats.batches = poller.stats.messages = 0
             poller.stats.deleted = poller.stats.failed = 0
+            poller.stats.duplicates = poller.stats.held_back = 0
+            poller.arranger.duplicates = poller.arranger.held_back = 0
+        for stream_poller in self.stream_pollers:
+            stream_poller.reset_stats()
+        if self.event_bridge is not None:
+            self.event_bridge.reset_stats()
 
     def faults(self) -> dict[str, Any]:
         return {
@@ -297,10 +440,16 @@ class Stack:
         self.ready.clear()
         for schedule in self.schedules:
             schedule.stop()
+        if self.async_invoker is not None:
+            self.async_invoker.stop()
         for poller in self.pollers:
             poller.stop()
+        for stream_poller in self.stream_pollers:
+            stream_poller.stop()
         for poller in self.pollers:
             poller.join(timeout=5)
+        for stream_poller in self.stream_pollers:
+            stream_poller.join(timeout=5)
         self.gateway.shutdown()
         if self.runtime is not None:
             self.runtime.close()

@@ -38,8 +38,19 @@ QUEUE_TYPE = "AWS::SQS::Queue"
 PARAMETER_TYPE = "AWS::SSM::Parameter"
 SECRET_TYPE = "AWS::SecretsManager::Secret"  # noqa: S105 - a type name
 HTTP_API_TYPE = "AWS::Serverless::HttpApi"
+EVENT_BUS_TYPE = "AWS::Events::EventBus"
+RULE_TYPE = "AWS::Events::Rule"
+TOPIC_TYPE = "AWS::SNS::Topic"
 LAYER_TYPES = ("AWS::Serverless::LayerVersion", "AWS::Lambda::LayerVersion")
-EMULATED_EVENT_TYPES = ("HttpApi", "SQS", "Schedule", "ScheduleV2")
+EMULATED_EVENT_TYPES = (
+    "HttpApi",
+    "SQS",
+    "Schedule",
+    "ScheduleV2",
+    "DynamoDB",
+    "EventBridgeRule",
+    "CloudWatchEvent",
+)
 
 
 class TemplateError(Exception):
@@ -402,6 +413,12 @@ class Template:
             return HTTP_API_ID
         if kind == FUNCTION_TYPE:
             return name
+        if kind == EVENT_BUS_TYPE:
+            return self.event_bus_name(name)
+        if kind == TOPIC_TYPE:
+            return self.topic_arn(name)
+        if kind == RULE_TYPE:
+            return self.rule_name(name)
         if kind in LAYER_TYPES:
             layer_name = self.resolve(resource.properties.get("LayerName", name))
             return f"arn:{PARTITION}:lambda:{REGION}:{ACCOUNT_ID}:layer:{layer_name}:1"
@@ -417,6 +434,26 @@ class Template:
         kind = resource.type
         if kind == TABLE_TYPE and attribute == "Arn":
             return f"arn:{PARTITION}:dynamodb:{REGION}:{ACCOUNT_ID}:table/{self.table_name(name)}"
+        if kind == TABLE_TYPE and attribute == "StreamArn":
+            if not resource.properties.get("StreamSpecification"):
+                raise TemplateError(
+                    f"!GetAtt {name}.StreamArn: {name} has no StreamSpecification, so it has no "
+                    f"stream (CloudFormation: Attribute: StreamArn was not found for resource: "
+                    f"{name})"
+                )
+            raise TemplateError(f"!GetAtt {name}.StreamArn: the stream exists once provisioned")
+        if kind == EVENT_BUS_TYPE:
+            if attribute == "Arn":
+                return self.event_bus_arn(self.event_bus_name(name))
+            if attribute == "Name":
+                return self.event_bus_name(name)
+        if kind == TOPIC_TYPE:
+            if attribute == "TopicArn":
+                return self.topic_arn(name)
+            if attribute == "TopicName":
+                return self.topic_name(name)
+        if kind == RULE_TYPE and attribute == "Arn":
+            return self.rule_arn(name)
         if kind == QUEUE_TYPE:
             if attribute == "Arn":
                 return self.queue_arn(name)
@@ -470,6 +507,41 @@ class Template:
             if self.queue_arn(resource.logical_id) == arn:
                 return resource.logical_id
         raise TemplateError(f"no queue in the template has the ARN {arn}")
+
+    def event_bus_name(self, logical_id: str) -> str:
+        props = self._resource(logical_id).properties
+        if "Name" not in props:
+            raise TemplateError(f"{logical_id}: an AWS::Events::EventBus needs a Name")
+        return str(self.resolve(props["Name"]))
+
+    @staticmethod
+    def event_bus_arn(name: str) -> str:
+        if name.startswith("arn:"):
+            return name
+        return f"arn:{PARTITION}:events:{REGION}:{ACCOUNT_ID}:event-bus/{name}"
+
+    def topic_name(self, logical_id: str) -> str:
+        props = self._resource(logical_id).properties
+        fifo = str(self.resolve(props.get("FifoTopic", False))).lower() == "true"
+        if "TopicName" in props:
+            return str(self.resolve(props["TopicName"]))
+        return f"{STACK_NAME}-{logical_id}" + (".fifo" if fifo else "")
+
+    def topic_arn(self, logical_id: str) -> str:
+        return f"arn:{PARTITION}:sns:{REGION}:{ACCOUNT_ID}:{self.topic_name(logical_id)}"
+
+    def rule_name(self, logical_id: str) -> str:
+        props = self._resource(logical_id).properties
+        if "Name" in props:
+            return str(self.resolve(props["Name"]))
+        return f"{STACK_NAME}-{logical_id}"
+
+    def rule_arn(self, logical_id: str) -> str:
+        props = self._resource(logical_id).properties
+        bus = str(self.resolve(props.get("EventBusName", "default"))).rsplit("/", 1)[-1]
+        prefix = "" if bus == "default" else f"{bus}/"
+        name = self.rule_name(logical_id)
+        return f"arn:{PARTITION}:events:{REGION}:{ACCOUNT_ID}:rule/{prefix}{name}"
 
     def parameter_name(self, logical_id: str) -> str:
         props = self._resource(logical_id).properties

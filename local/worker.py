@@ -1,8 +1,11 @@
-"""The inside of one Lambda execution environment: a spawned process that imports one
-handler and serves invocations sent over a Pipe.
+"""The inside of one Lambda execution environment: a process of the function's own runtime
+(``python3.12 -I -S local/worker.py FD``) that imports one handler and serves invocations
+sent over the connection on FD.
 
-Standard library only, so that the function sees no module of the stack beyond this one,
-and an environment and sys.path built from the template alone.
+Run as a script and standard library only, so that the function sees no module of the
+stack, and an environment and sys.path built from the template alone (see
+local/python_runtime.py): code dir, each layer (source, then its built dependencies), the
+runtime's boto3/botocore, then the interpreter's standard library.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import sys
 import time
 import traceback
 from multiprocessing.connection import Connection
-from multiprocessing.reduction import recv_handle
 from typing import Any
 
 
@@ -114,14 +116,13 @@ class _InitError(Exception):
         self.error = error
 
 
+CLOCK_OFFSET_VARIABLE = "BILLING_CLOCK_OFFSET_SECONDS"  # as local/clock.py (stdlib only here)
+
+
 def serve(conn: Connection, spec: dict[str, Any]) -> None:
-    """Process entry point: set up the environment, import the handler, serve invocations."""
+    """Set up the environment, import the handler, serve invocations."""
     # Ctrl-C reaches the whole process group; the stack decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    output_fd = recv_handle(conn)
-    os.dup2(output_fd, 1)
-    os.dup2(output_fd, 2)
-    os.close(output_fd)
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
@@ -129,8 +130,9 @@ def serve(conn: Connection, spec: dict[str, Any]) -> None:
 
     os.environ.clear()
     os.environ.update(spec["environment"])
-    runtime_paths = [p for p in sys.path if _is_runtime_path(p, spec["runtime_prefixes"])]
-    sys.path[:] = [spec["code_dir"], *spec["layer_dirs"], *runtime_paths]
+    standard_library = [p for p in sys.path if p]  # -I -S: the interpreter's own only
+    sys.path[:] = [spec["code_dir"], *spec["layer_paths"], *spec["runtime_paths"]]
+    sys.path += standard_library
     with contextlib.suppress(OSError):  # no code yet: the import below reports it
         os.chdir(spec["code_dir"])
     time.tzset()
@@ -149,7 +151,12 @@ def serve(conn: Connection, spec: dict[str, Any]) -> None:
             return
         if message[0] == "stop":
             return
-        _, request_id, payload, deadline = message
+        _, request_id, payload, deadline, clock_offset = message
+        # The billing clock (local/clock.py): billing.clock reads it; unset in AWS.
+        if clock_offset:
+            os.environ[CLOCK_OFFSET_VARIABLE] = repr(float(clock_offset))
+        else:
+            os.environ.pop(CLOCK_OFFSET_VARIABLE, None)
         conn.send(_invoke(handler, spec, request_id, payload, deadline))
 
 
@@ -179,9 +186,12 @@ def _invoke(
         return ("error", json.dumps(error))
 
 
-def _is_runtime_path(path: str, prefixes: list[str]) -> bool:
-    """The interpreter's own paths (stdlib, site-packages), not the project or PYTHONPATH."""
-    if not path:
-        return False
-    real = os.path.realpath(path)
-    return any(real == p or real.startswith(p + os.sep) for p in prefixes)
+def main() -> None:
+    conn = Connection(int(sys.argv[1]))
+    kind, spec = conn.recv()
+    if kind == "spec":
+        serve(conn, spec)
+
+
+if __name__ == "__main__":
+    main()

@@ -254,6 +254,39 @@ _ERRORS: dict[int, dict[str, Any]] = {
     502: _ok(Error, "provider_error: the payment provider refused or is unreachable."),
     503: _ok(Error, "The event could not be queued; the provider must deliver it again."),
 }
+# The POSTs that move quota or money take an Idempotency-Key (API.md, Conventions).
+IDEMPOTENT = {
+    ("post", "/checkout"),
+    ("post", "/referral/transfer"),
+    ("post", "/admin/accounts/{user_id}/adjust"),
+}
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+    "description": "One per submission, reused on its retries (per caller, kept 24 h): the "
+    "same key and body again return the first result and write nothing.",
+}
+_IDEMPOTENCY_409 = {
+    **_ok(
+        Error,
+        "idempotency_key_reused: the key was used with another body; "
+        "idempotency_key_in_progress: its first request still runs (retry after Retry-After).",
+    ),
+    "headers": {
+        "Retry-After": {
+            "schema": {"type": "string"},
+            "description": "With idempotency_key_in_progress: seconds before retrying.",
+        }
+    },
+}
+_REPLAYED = {
+    "Idempotent-Replayed": {
+        "schema": {"type": "string", "enum": ["true"]},
+        "description": "Present on the stored reply to a repeated Idempotency-Key.",
+    }
+}
 _USER = (401,)  # every authenticated route
 _BODY = (400, 413)  # every route with a JSON body
 
@@ -337,7 +370,8 @@ _PAGE_PARAMETERS = [
         "in": "query",
         "required": False,
         "schema": {"type": "string", "maxLength": 2048},
-        "description": "Opaque: the next_cursor of the previous page.",
+        "description": "Opaque: the next_cursor of the previous page of this list, for this "
+        "caller (any other cursor is 400 invalid_request).",
     },
 ]
 _WEBHOOK_INPUTS: dict[str, dict[str, Any]] = {
@@ -476,12 +510,20 @@ def _operation(
     responses = {**successes, **{str(status): _ERRORS[status] for status in errors}}
     if path == "/webhooks/epay":
         responses.update(_EPAY_FAIL)
+    if key in IDEMPOTENT:
+        responses = {
+            status: {**response, "headers": _REPLAYED} if status in successes else response
+            for status, response in responses.items()
+        }
+        responses["409"] = _IDEMPOTENCY_409
     result = {name: value for name, value in operation.items() if name != "responses"}
     result["responses"] = dict(sorted(responses.items()))
     result["tags"] = [function_id]
     parameters = list(operation.get("parameters", []))
     if key in LISTS:
         parameters += _PAGE_PARAMETERS
+    if key in IDEMPOTENT:
+        parameters.append(_IDEMPOTENCY_KEY)
     provider = path.removeprefix("/webhooks/") if path.startswith("/webhooks/") else None
     if provider in _WEBHOOK_INPUTS:
         parameters.append(

@@ -12,6 +12,50 @@ export class ApiError extends Error {
 
 const NETWORK_MESSAGE = "Could not reach the server. Check your connection and try again.";
 const PAGE_SIZE = 10;
+// A request under an Idempotency-Key is retried with the same key when its outcome is unknown
+// (no answer, a server error, the first attempt still running): the server then answers the
+// first result instead of doing it twice.
+const KEYED_ATTEMPTS = 3;
+const RETRY_DELAY_MS = 500;
+const MAX_RETRY_DELAY_MS = 4000;
+
+/** A fresh Idempotency-Key: random, 32 hex digits (crypto.randomUUID needs a secure context). */
+export function newIdempotencyKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+/** True when the server may or may not have done it: retry with the same key, never a new one. */
+export function outcomeUnknown(error) {
+  return (
+    error instanceof ApiError &&
+    (error.status === 0 || error.status >= 500 || error.code === "idempotency_key_in_progress")
+  );
+}
+
+/**
+ * One Idempotency-Key per submission of a form. Submitting the same payload again while the
+ * last attempt's outcome is unknown is a retry of that submission (same key); once the server
+ * has answered (done or refused), or the payload changed, it is a new submission (new key).
+ */
+export class Submission {
+  #pending = null;
+
+  keyFor(payload) {
+    const fingerprint = JSON.stringify(payload);
+    if (this.#pending?.fingerprint !== fingerprint) {
+      this.#pending = { fingerprint, key: newIdempotencyKey() };
+    }
+    return this.#pending.key;
+  }
+
+  /** After an attempt: keep the key only if its outcome is unknown. */
+  finished(error = null) {
+    if (!outcomeUnknown(error)) this.#pending = null;
+  }
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Retry-After is either seconds or an HTTP date; the wait in whole seconds, or null. */
 export function parseRetryAfter(value, now = Date.now()) {
@@ -47,11 +91,25 @@ function withQuery(path, query) {
 export function createApi({ baseUrl, getToken, onUnauthorized }) {
   const root = String(baseUrl ?? "").replace(/\/+$/, "");
 
-  async function request(method, path, { body, query } = {}) {
+  async function request(method, path, { body, query, idempotencyKey } = {}) {
+    if (!idempotencyKey) return attempt(method, path, { body, query });
+    for (let tries = 1; ; tries += 1) {
+      try {
+        return await attempt(method, path, { body, query, idempotencyKey });
+      } catch (error) {
+        if (!outcomeUnknown(error) || tries >= KEYED_ATTEMPTS) throw error;
+        const backoff = RETRY_DELAY_MS * 2 ** (tries - 1);
+        await sleep(Math.min(MAX_RETRY_DELAY_MS, error.retryAfter ? error.retryAfter * 1000 : backoff));
+      }
+    }
+  }
+
+  async function attempt(method, path, { body, query, idempotencyKey }) {
     const headers = { Accept: "application/json" };
     const token = getToken();
     if (token) headers.Authorization = `Bearer ${token}`;
     if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (idempotencyKey) headers["Idempotency-Key"] = idempotencyKey;
     let response;
     try {
       response = await fetch(root + withQuery(path, query), {
@@ -80,11 +138,13 @@ export function createApi({ baseUrl, getToken, onUnauthorized }) {
     getAccount: () => data("GET", "/account"),
     listLedger: (cursor) => page("/ledger", cursor),
     getOptions: () => data("GET", "/topup/options"),
-    checkout: (payload) => data("POST", "/checkout", { body: payload }),
+    checkout: (payload, idempotencyKey) =>
+      data("POST", "/checkout", { body: payload, idempotencyKey }),
     listTopups: (cursor) => page("/topups", cursor),
     getTopup: (orderId) => data("GET", `/topups/${encodeURIComponent(orderId)}`),
     redeem: (code) => data("POST", "/redeem", { body: { code } }),
-    transferReferral: (quota) => data("POST", "/referral/transfer", { body: { quota } }),
+    transferReferral: (quota, idempotencyKey) =>
+      data("POST", "/referral/transfer", { body: { quota }, idempotencyKey }),
     createCodes: (payload) => data("POST", "/admin/redemption-codes", { body: payload }),
     listCodes: (cursor) => page("/admin/redemption-codes", cursor),
     disableCode: (codeId) =>

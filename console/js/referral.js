@@ -1,6 +1,7 @@
 // Referral: the user's link and code (copyable), reward quota, total earned, invited count,
 // and "Transfer to Balance" (POST /referral/transfer) with the minimum explained.
 
+import { Submission } from "./api.js";
 import { $, busy, clearStatus, copyText, setFieldError, showStatus } from "./dom.js";
 import { quotaAsMoney, quotaWithMoney } from "./format.js";
 import { formatQuota, parseWholeNumber, trimZeros } from "./money.js";
@@ -41,6 +42,7 @@ export function setupReferral(ctx) {
 
   const symbol = () => ctx.state.config.unitSymbol;
   const available = () => BigInt(ctx.state.account?.aff_quota ?? 0);
+  const submission = new Submission(); // a retried transfer moves the quota once
 
   async function copy(input, what) {
     const copied = await copyText(input.value, input);
@@ -58,14 +60,17 @@ export function setupReferral(ctx) {
       return;
     }
     const restore = busy(button, "Transferring…");
+    const idempotencyKey = submission.keyFor({ quota: result.quota });
     try {
-      await ctx.api.transferReferral(result.quota);
+      await ctx.api.transferReferral(result.quota, idempotencyKey);
+      submission.finished();
       restore();
       amountInput.value = "";
       showStatus(status, "success",
         `Moved ${quotaWithMoney(result.quota, ctx.state.options, symbol())} to your balance.`);
       await ctx.afterChange();
     } catch (error) {
+      submission.finished(error);
       restore();
       if (["transfer_below_minimum", "insufficient_aff_quota", "invalid_request"].includes(error.code)) {
         setFieldError(amountInput, amountError, error.message);

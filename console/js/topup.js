@@ -2,6 +2,7 @@
 // amount (presets + custom, validated as the server does), the exact price before paying,
 // then POST /checkout and off to the provider's page.
 
+import { Submission } from "./api.js";
 import { $, busy, clearStatus, el, setFieldError, showStatus } from "./dom.js";
 import {
   formatMoney,
@@ -85,6 +86,7 @@ export function setupTopup(ctx) {
   const submit = $("#topup-submit");
   const status = $("#topup-status");
   let choices = [];
+  const submission = new Submission(); // a retried submit gets the same order, never a second
 
   const options = () => ctx.state.options;
   const selectedChoice = () => {
@@ -215,13 +217,16 @@ export function setupTopup(ctx) {
       return undefined;
     }
     const restore = busy(submit, "Creating order…");
+    const idempotencyKey = submission.keyFor(payload);
     try {
-      const order = await ctx.api.checkout(payload);
+      const order = await ctx.api.checkout(payload, idempotencyKey);
+      submission.finished();
       if (!order.pay_url) throw new Error("The payment page address is missing; try again.");
       showStatus(status, "pending",
         `Order created: ${formatMoney(order.pay_money, order.currency)} to pay. Taking you to ${choice.method.name}…`);
       window.location.assign(order.pay_url);
     } catch (error) {
+      submission.finished(error);
       restore();
       if (error.code === "invalid_amount") {
         setFieldError(amountInput, amountError, error.message);

@@ -11,14 +11,15 @@ from billing import accounts
 from billing.http import RequestBody, json_response, make_router, page_params, principal
 from billing.referral import signup
 from billing.usage import history
-from pydantic import Field
 
 logger = Logger()
 router = make_router()
 
 
 class CreateAccount(RequestBody):
-    referral_code: str | None = Field(default=None, max_length=64)
+    # No length limit here: a code too long to exist is an unknown code (400
+    # invalid_referral_code for a new account, ignored for an existing one), as API.md says.
+    referral_code: str | None = None
 
 
 @router.post("/account")
@@ -41,15 +42,17 @@ def get_account() -> Response[str]:
 @router.get("/ledger")
 def list_ledger() -> Response[str]:
     user = principal(router)
-    page = page_params(router)
-    return json_response(200, accounts.list_ledger(user.user_id, page.limit, page.cursor))
+    page = page_params(router, "ledger", user.user_id)
+    return json_response(
+        200, page.seal(accounts.list_ledger(user.user_id, page.limit, page.cursor))
+    )
 
 
 @router.get("/usage")
 def list_usage() -> Response[str]:
     user = principal(router)
-    page = page_params(router)
-    return json_response(200, history.list_usage(user.user_id, page.limit, page.cursor))
+    page = page_params(router, "usage", user.user_id)
+    return json_response(200, page.seal(history.list_usage(user.user_id, page.limit, page.cursor)))
 
 
 @logger.inject_lambda_context(clear_state=True)

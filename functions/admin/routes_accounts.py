@@ -7,7 +7,8 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from billing import accounts
 from billing.auth import principal_from_event
 from billing.errors import InvalidRequest
-from billing.http import RequestBody, json_response
+from billing.http import RequestBody
+from billing.idempotency import Reply, idempotent
 from billing.ops import adjustments
 from pydantic import Field
 
@@ -25,11 +26,12 @@ def adjust_account(user_id: str, body: Adjust) -> Response[str]:
     admin.require_admin()
     if body.delta == 0:
         raise InvalidRequest("delta must not be zero.")
-    # A retried request with the same Idempotency-Key applies once; without one, each
-    # request (API Gateway's request id) is its own cause.
-    headers = router.current_event.headers or {}
-    cause = headers.get("idempotency-key") or router.current_event.request_context.request_id
-    if not cause or len(cause) > 128:
-        raise InvalidRequest("Idempotency-Key must be 1 to 128 characters.")
-    account = adjustments.adjust(admin.user_id, user_id, body.delta, body.reason, cause)
-    return json_response(200, accounts.render_account(account))
+
+    def apply(cause: str) -> Reply:
+        # The ledger entry's id comes from the cause: a retry applies once, even after its
+        # stored reply has expired.
+        account = adjustments.adjust(admin.user_id, user_id, body.delta, body.reason, cause)
+        return Reply(200, accounts.render_account(account))
+
+    request = {"user_id": user_id, **body.model_dump(mode="json")}
+    return idempotent(router, "admin_adjust", admin.user_id, request, apply)

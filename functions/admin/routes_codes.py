@@ -49,8 +49,10 @@ def create_codes(body: CreateCodes) -> Response[str]:
 @router.get("/admin/redemption-codes")
 def list_codes() -> Response[str]:
     admin = _admin()
-    page = page_params(router)
-    return json_response(200, code_admin.list_codes(admin.user_id, page.limit, page.cursor))
+    page = page_params(router, "redemption_codes", admin.user_id)
+    return json_response(
+        200, page.seal(code_admin.list_codes(admin.user_id, page.limit, page.cursor))
+    )
 
 
 @router.delete("/admin/redemption-codes/<code_id>")

@@ -9,6 +9,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing.errors import InvalidAmount
 from billing.http import RequestBody, json_response, make_router, page_params, principal
+from billing.idempotency import Reply, idempotent
 from billing.payments import orders, topup_options
 from billing.secrets import provider_secrets
 from billing.settings import load_settings
@@ -36,21 +37,26 @@ def get_options() -> Response[str]:
 @router.post("/checkout")
 def create_checkout(body: Checkout) -> Response[str]:
     user = principal(router)
-    order = orders.checkout(
-        user.user_id,
-        body.method,
-        amount=body.amount,
-        channel=body.channel,
-        product_id=body.product_id,
-    )
-    return json_response(201, orders.render_order(order))
+
+    def create(_cause: str) -> Reply:
+        order = orders.checkout(
+            user.user_id,
+            body.method,
+            amount=body.amount,
+            channel=body.channel,
+            product_id=body.product_id,
+        )
+        return Reply(201, orders.render_order(order))
+
+    # A retry under the same Idempotency-Key gets the same order, never a second one.
+    return idempotent(router, "checkout", user.user_id, body.model_dump(mode="json"), create)
 
 
 @router.get("/topups")
 def list_topups() -> Response[str]:
     user = principal(router)
-    page = page_params(router)
-    return json_response(200, orders.list_orders(user.user_id, page.limit, page.cursor))
+    page = page_params(router, "topups", user.user_id)
+    return json_response(200, page.seal(orders.list_orders(user.user_id, page.limit, page.cursor)))
 
 
 @router.get("/topups/<order_id>")

@@ -1,8 +1,12 @@
-"""Credit-payment function: credits verified payment events from the credit FIFO queue.
+"""Credit-payment function: credits verified payment events from the credit FIFO queue, and
+(on its schedule) expires pending orders past their lifetime.
 
-Powertools' FIFO batch processor stops at the first failing record and reports it and every
-record after it as failed (ReportBatchItemFailures), so the events of an order are never
-applied out of order; SQS retries them, and moves a message that keeps failing to the DLQ.
+The queue's message groups are orders: within a group, Powertools' FIFO batch processor stops
+at the first failing record and reports it and every later record of that group as failed
+(ReportBatchItemFailures), so an order's events are never applied out of order; the records of
+other groups in the batch are processed all the same (`skip_group_on_error`), so one order's
+poisoned event never holds back, nor pushes toward the DLQ, another order's credit. SQS
+retries the failed records and moves a message that keeps failing to the DLQ (alarm).
 """
 
 from __future__ import annotations
@@ -13,19 +17,29 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from billing.payments import crediting
+from billing.payments import crediting, orders
 from billing.payments.providers.base import PaymentEvent
 
 logger = Logger()
-processor = SqsFifoPartialProcessor()
+processor = SqsFifoPartialProcessor(skip_group_on_error=True)
 
 
 def record_handler(record: SQSRecord) -> None:
     crediting.apply_event(PaymentEvent.from_message(record.body))
 
 
+def _is_schedule(event: Any) -> bool:
+    return (
+        isinstance(event, dict)
+        and event.get("source") == "aws.events"
+        and event.get("detail-type") == "Scheduled Event"
+    )
+
+
 @logger.inject_lambda_context(clear_state=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if _is_schedule(event):
+        return orders.expire_overdue()
     return dict(
         process_partial_response(
             event=event, record_handler=record_handler, processor=processor, context=context

@@ -7,8 +7,8 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from billing.errors import InvalidRequest
-from billing.http import RequestBody, json_response, make_router, principal
+from billing.http import RequestBody, make_router, principal
+from billing.idempotency import Reply, idempotent
 from billing.referral import rewards as referral
 
 logger = Logger()
@@ -22,15 +22,15 @@ class Transfer(RequestBody):
 @router.post("/referral/transfer")
 def transfer(body: Transfer) -> Response[str]:
     user = principal(router)
-    # A retried request with the same Idempotency-Key moves the quota once; without one,
-    # each request (API Gateway's request id) is its own transfer.
-    headers = router.current_event.headers or {}
-    cause = headers.get("idempotency-key") or router.current_event.request_context.request_id
-    if not cause or len(cause) > 128:
-        raise InvalidRequest("Idempotency-Key must be 1 to 128 characters.")
-    account = referral.transfer(user.user_id, body.quota, f"{user.user_id}#{cause}")
-    logger.info("referral transfer", extra={"user_id": user.user_id, "quota": body.quota})
-    return json_response(200, {"aff_quota": int(account.aff_quota), "quota": int(account.quota)})
+
+    def move(cause: str) -> Reply:
+        # The ledger entries' ids come from the cause: a retry moves the quota once, even
+        # after its stored reply has expired.
+        account = referral.transfer(user.user_id, body.quota, f"{user.user_id}#{cause}")
+        logger.info("referral transfer", extra={"user_id": user.user_id, "quota": body.quota})
+        return Reply(200, {"aff_quota": int(account.aff_quota), "quota": int(account.quota)})
+
+    return idempotent(router, "referral_transfer", user.user_id, body.model_dump(mode="json"), move)
 
 
 @logger.inject_lambda_context(clear_state=True)

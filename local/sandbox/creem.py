@@ -13,15 +13,19 @@ Written from Creem's documentation (PROVIDERS.md), not from our code (no ``billi
   hex HMAC-SHA256 of the raw body keyed with the webhook secret; retried until a 200.
   ``checkout.completed`` carries the checkout (``request_id``, ``metadata``) and its ``order``
   (``status`` "paid", ``type`` "onetime", ``amount`` in minor units, ``currency``);
-  ``refund.created`` carries the refund (``refund_amount``, ``refund_currency``) with its
-  ``order`` and ``checkout``. Creem sends nothing when a checkout is abandoned.
+  ``refund.created`` carries the refund (its own ``id``, ``refund_amount``, ``refund_currency``)
+  with its ``order`` and ``checkout``; each refund of an order, partial or not, is its own
+  refund.created. Creem sends nothing when a checkout is abandoned.
 
 Routes under ``/_local/sandbox/creem``:
   POST /v1/checkouts                 create a checkout (CREEM_API_BASE points here)
   GET  /v1/checkouts?checkout_id=    retrieve one
   GET|POST /checkout/<checkout_id>   the hosted page; its form: outcome=paid|failed
   POST /events/<order_id>            {"type": "refund.created" | "checkout.completed",
-                                     "order"?: {...changes}}: send that event, freshly made
+                                     "order"?: {...changes}, "amount"?: <minor units>}: send
+                                     that event, freshly made (a refund of `amount`, default
+                                     all that is left; more than is left is refused);
+                                     ?deliver=false records it without sending it
   POST /redeliver/<notification id>  send a sent event again, byte for byte
   GET  /notifications/<order_id>     every webhook sent for the order, exactly as sent
 """
@@ -42,7 +46,8 @@ from werkzeug.routing import Rule
 from werkzeug.wrappers import Request, Response
 
 from local.sandbox import SandboxContext, SandboxProvider, WebhookResult, json_response, register
-from local.sandbox._support import Notification, Outbox, deliver, json_object, pay_page, random_id
+from local.sandbox._support import Notification, Outbox, json_object, pay_page, random_id
+from local.sandbox._support import deliver as send_until
 
 NAME = "creem"
 WEBHOOK_PATH = "/webhooks/creem"
@@ -208,14 +213,16 @@ def _checkout_completed(data: Mapping[str, Any], order: Mapping[str, Any]) -> di
     )
 
 
-def _refund_created(data: Mapping[str, Any], order: Mapping[str, Any]) -> dict[str, Any]:
+def _refund_created(
+    data: Mapping[str, Any], order: Mapping[str, Any], amount: int
+) -> dict[str, Any]:
     return _event(
         "refund.created",
         {
             "id": random_id("ref_", 22),
             "object": "refund",
             "status": "succeeded",
-            "refund_amount": order["amount"],
+            "refund_amount": amount,
             "refund_currency": order["currency"],
             "reason": "requested_by_customer",
             "transaction": {
@@ -239,7 +246,7 @@ def _refund_created(data: Mapping[str, Any], order: Mapping[str, Any]) -> dict[s
 
 
 def _send(
-    ctx: SandboxContext, order_id: str, event: Mapping[str, Any]
+    ctx: SandboxContext, order_id: str, event: Mapping[str, Any], *, deliver: bool = True
 ) -> tuple[Notification, WebhookResult]:
     raw = json.dumps(event, separators=(",", ":"))
     secret = ctx.credentials.get("CREEM_WEBHOOK_SECRET", "")
@@ -255,7 +262,9 @@ def _send(
         body=raw,
     )
     _outbox.add(ctx.port, notification)
-    result = deliver(notification, lambda reply: reply.status == 200, WEBHOOK_ATTEMPTS)
+    if not deliver:
+        return notification, WebhookResult(0, "", {})
+    result = send_until(notification, lambda reply: reply.status == 200, WEBHOOK_ATTEMPTS)
     return notification, result
 
 
@@ -346,16 +355,28 @@ def send_event(ctx: SandboxContext, request: Request, order_id: str) -> Response
         return json_response({"error": "the body must be a JSON object"}, 400)
     kind = body.get("type", "refund.created")
     changes = body.get("order") if isinstance(body.get("order"), dict) else {}
+    deliver = request.args.get("deliver", "true").lower() != "false"
     if kind == "refund.created":
-        if found.data["status"] != "paid":
-            return json_response({"error": "only a paid checkout can be refunded"}, 400)
-        event = _refund_created(found.data, _order(found.data, changes))
-        ctx.store.update(order_id, refunded=True)
+        order = _order(found.data, changes)
+        with _lock:
+            current = ctx.store.get(order_id)
+            data = current.data if current is not None else found.data
+            if data["status"] != "paid":
+                return json_response({"error": "only a paid checkout can be refunded"}, 400)
+            already = int(data.get("amount_refunded") or 0)
+            left = int(order["amount"]) - already
+            amount = body.get("amount", left)
+            if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+                return json_response({"error": "amount must be a positive integer"}, 400)
+            if amount > left:
+                return json_response({"error": f"only {left} is left to refund"}, 400)
+            ctx.store.update(order_id, amount_refunded=already + amount)
+        event = _refund_created(found.data, order, amount)
     elif kind == "checkout.completed":
         event = _checkout_completed(found.data, _order(found.data, changes))
     else:
         return json_response({"error": f"unsupported event type {kind!r}"}, 400)
-    notification, result = _send(ctx, order_id, event)
+    notification, result = _send(ctx, order_id, event, deliver=deliver)
     return json_response(_summary(order_id, event, notification, result))
 
 
@@ -363,7 +384,7 @@ def redeliver(ctx: SandboxContext, request: Request, notification_id: str) -> Re
     sent = _outbox.get(ctx.port, notification_id)
     if sent is None:
         return json_response({"error": "no such notification"}, 404)
-    result = deliver(sent, lambda reply: reply.status == 200, 1)
+    result = send_until(sent, lambda reply: reply.status == 200, 1)
     return json_response(
         {
             "notification_id": notification_id,

@@ -16,8 +16,16 @@ Routes under ``/_local/sandbox/stripe``:
   GET  /pay/<id>                          the hosted pay page (Pay / Fail buttons)
   POST /pay/<id>                          the page's form: outcome=paid|failed, then redirect
   POST /events/<id>                       {"type": "checkout.session.expired" | "charge.refunded"
-                                          | "charge.dispute.created" | ...}: send that event
+                                          | "charge.dispute.created" | ...}: send that event;
+                                          ?deliver=false records it (signed when sent) without
+                                          sending it, for a test to deliver later, out of order
   POST /redeliver/<event id>              send an event again, freshly signed (as Stripe retries)
+
+Refunds are partial when asked: ``{"type": "charge.refunded", "amount": <minor units>}`` refunds
+that much more of the charge (default: all that is left; more than is left is refused, as
+Stripe refuses it). As Stripe does, the event's charge carries the cumulative
+``amount_refunded`` and ``refunded: true`` only once all of it came back, so a redelivered
+older event says less than a newer one.
 """
 
 from __future__ import annotations
@@ -134,7 +142,9 @@ def _deliver(ctx: SandboxContext, raw: bytes) -> dict[str, Any]:
     return {"webhook_status": result.status, "webhook_body": result.body}
 
 
-def _send_event(ctx: SandboxContext, event_type: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+def _send_event(
+    ctx: SandboxContext, event_type: str, obj: Mapping[str, Any], *, deliver: bool = True
+) -> dict[str, Any]:
     event = {
         "id": _random_id("evt_"),
         "object": "event",
@@ -149,6 +159,8 @@ def _send_event(ctx: SandboxContext, event_type: str, obj: Mapping[str, Any]) ->
     raw = json.dumps(event, separators=(",", ":")).encode()
     with _lock:
         _sent[(ctx.port, str(event["id"]))] = raw
+    if not deliver:
+        return {"event_id": event["id"], "type": event_type, "webhook_status": None}
     return {"event_id": event["id"], "type": event_type, **_deliver(ctx, raw)}
 
 
@@ -334,7 +346,7 @@ def pay(ctx: SandboxContext, order_id: str, outcome: str) -> dict[str, Any]:
     return _complete(ctx, order_id, outcome)
 
 
-def _charge(data: Mapping[str, Any], refunded: bool) -> dict[str, Any]:
+def _charge(data: Mapping[str, Any], amount_refunded: int) -> dict[str, Any]:
     session = data["session"]
     amount = int(session["amount_total"])
     return {
@@ -342,16 +354,41 @@ def _charge(data: Mapping[str, Any], refunded: bool) -> dict[str, Any]:
         "object": "charge",
         "amount": amount,
         "amount_captured": amount,
-        "amount_refunded": amount if refunded else 0,
+        "amount_refunded": amount_refunded,
         "captured": True,
         "currency": session["currency"],
         "livemode": False,
         "metadata": dict(data.get("payment_intent_metadata") or {}),
         "paid": True,
         "payment_intent": session["payment_intent"],
-        "refunded": refunded,
+        "refunded": amount_refunded >= amount,
         "status": "succeeded",
     }
+
+
+def _refund(
+    ctx: SandboxContext, order_id: str, data: Mapping[str, Any], requested: Any
+) -> dict[str, Any] | Response:
+    """Refund `requested` minor units more of the charge (None: all that is left); returns the
+    charge as it is after the refund."""
+    amount = int(data["session"]["amount_total"])
+    with _lock:
+        current = ctx.store.get(order_id)
+        already = int((current.data if current else data).get("amount_refunded") or 0)
+        left = amount - already
+        if requested is None:
+            requested = left
+        if not isinstance(requested, int) or isinstance(requested, bool) or requested <= 0:
+            return _stripe_error(400, "amount must be a positive integer.", param="amount")
+        if requested > left:
+            return _stripe_error(
+                400,
+                f"Refund amount ({requested}) is greater than unrefunded amount on charge ({left})",
+                param="amount",
+            )
+        total = already + requested
+        ctx.store.update(order_id, amount_refunded=total)
+    return _charge(data, total)
 
 
 def send_event(ctx: SandboxContext, request: Request, session_id: str) -> Response:
@@ -362,6 +399,7 @@ def send_event(ctx: SandboxContext, request: Request, session_id: str) -> Respon
     order_id, data = found
     body = request.get_json(silent=True) or {}
     event_type = body.get("type") if isinstance(body, dict) else None
+    deliver = request.args.get("deliver", "true").lower() != "false"
     session = dict(data["session"])
     obj: dict[str, Any]
     if event_type == "checkout.session.expired":
@@ -373,9 +411,12 @@ def send_event(ctx: SandboxContext, request: Request, session_id: str) -> Respon
         if not session.get("payment_intent"):
             return _stripe_error(400, "The session has no payment yet.")
         if event_type == "charge.refunded":
-            obj = _charge(data, refunded=True)
+            refunded = _refund(ctx, order_id, data, body.get("amount"))
+            if isinstance(refunded, Response):
+                return refunded
+            obj = refunded
         else:
-            charge = _charge(data, refunded=False)
+            charge = _charge(data, int(data.get("amount_refunded") or 0))
             obj = {
                 "id": _random_id("dp_"),
                 "object": "dispute",
@@ -390,7 +431,8 @@ def send_event(ctx: SandboxContext, request: Request, session_id: str) -> Respon
             }
     else:
         return _stripe_error(400, f"Unsupported event type {event_type!r}.")
-    return json_response({"order_id": order_id, **_send_event(ctx, str(event_type), obj)})
+    sent = _send_event(ctx, str(event_type), obj, deliver=deliver)
+    return json_response({"order_id": order_id, **sent})
 
 
 def redeliver(ctx: SandboxContext, request: Request, event_id: str) -> Response:
@@ -439,6 +481,8 @@ def _major(amount: int, currency: str) -> str:
     }
     if currency.lower() in zero_decimal:
         return str(amount)
+    if currency.lower() in {"bhd", "jod", "kwd", "omr", "tnd"}:  # three-decimal on Stripe
+        return f"{amount // 1000}.{amount % 1000:03d}"
     return f"{amount // 100}.{amount % 100:02d}"
 
 

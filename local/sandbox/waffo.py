@@ -27,8 +27,15 @@ Routes under ``/_local/sandbox/waffo``:
                                      PAYMENT_NOTIFICATION (e.g. PAY_IN_PROGRESS, or a wrong
                                      amount, for tests); ``?deliver=false`` only signs and
                                      records it (returned as "notification", for a test to send)
-  POST /refund/<order_id>            {"refundStatus"?: "ORDER_FULLY_REFUNDED", ...}: send a
-                                     REFUND_NOTIFICATION (``?deliver=false`` as above)
+  POST /refund/<order_id>            {"refundAmount"?: "5.00", "refundStatus"?, ...}: refund
+                                     that much more of the order (default: all that is left;
+                                     more than is left is refused) and send its
+                                     REFUND_NOTIFICATION: its own acquiringRefundOrderId, and
+                                     refundStatus ORDER_PARTIALLY_REFUNDED until the whole
+                                     amount came back, then ORDER_FULLY_REFUNDED. An explicit
+                                     other refundStatus (REFUND_IN_PROGRESS, ...) refunds
+                                     nothing. ``?deliver=false`` as above
+  POST /redeliver/<notification id>  send a recorded notification again, byte for byte
   GET  /notifications/<order_id>     every notification sent for the order, exactly as sent
 """
 
@@ -222,9 +229,16 @@ def _prepare(
 
 
 def _send(
-    ctx: SandboxContext, order_id: str, data: Mapping[str, Any], body: Mapping[str, Any]
+    ctx: SandboxContext,
+    order_id: str,
+    data: Mapping[str, Any],
+    body: Mapping[str, Any],
+    *,
+    send: bool = True,
 ) -> tuple[Notification, WebhookResult, bool]:
     notification = _prepare(ctx, order_id, data, body)
+    if not send:
+        return notification, WebhookResult(0, "", {}), False
     result = deliver(notification, lambda reply: _reply_ok(ctx, reply), NOTIFY_ATTEMPTS)
     return notification, result, _reply_ok(ctx, result)
 
@@ -248,19 +262,62 @@ def _payment(data: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, A
     return {"eventType": "PAYMENT_NOTIFICATION", "result": result}
 
 
-def _refund(data: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+REFUNDED_STATES = ("ORDER_PARTIALLY_REFUNDED", "ORDER_FULLY_REFUNDED")
+
+
+def _minor(amount: str, currency: str) -> int | None:
+    """A Waffo amount string ("5.00"; "150000" for IDR) in minor units; None if malformed."""
+    if not _amount_ok(amount, currency) and amount not in ("0", "0.00", "0.000"):
+        return None
+    whole, _, fraction = amount.partition(".")
+    return int(whole + fraction)
+
+
+def _amount_text(minor: int, currency: str) -> str:
+    decimals = 0 if currency in ZERO_DECIMAL else 3 if currency in THREE_DECIMAL else 2
+    if decimals == 0:
+        return str(minor)
+    return f"{minor // 10**decimals}.{minor % 10**decimals:0{decimals}d}"
+
+
+def _refund(
+    ctx: SandboxContext, order_id: str, data: Mapping[str, Any], changes: Mapping[str, Any]
+) -> dict[str, Any] | Response:
+    """A refund of the order (this much more of it) and its notification, as Waffo sends it."""
     request = data["request"]
-    result = {
+    currency = str(request["orderCurrency"])
+    total = _minor(str(request["orderAmount"]), currency) or 0
+    result: dict[str, Any] = {
         "acquiringRefundOrderId": random_id("", 20, "0123456789"),
         "refundRequestId": random_id("rr", 20),
         "acquiringOrderId": data["acquiring_id"],
         "merchantOrderId": request["merchantOrderId"],
         "paymentRequestId": request["paymentRequestId"],
-        "refundStatus": "ORDER_FULLY_REFUNDED",
-        "refundAmount": request["orderAmount"],
-        "refundCurrency": request["orderCurrency"],
+        "refundCurrency": currency,
         "refundUpdatedAt": _now_iso(),
     }
+    with _lock:
+        current = ctx.store.get(order_id)
+        already = int(((current.data if current else data).get("refunded_minor")) or 0)
+        left = total - already
+        status = changes.get("refundStatus")
+        if status is not None and status not in REFUNDED_STATES:
+            # In progress, failed, ...: no money moves.
+            result.update({"refundAmount": _amount_text(left, currency), **changes})
+            return {"eventType": "REFUND_NOTIFICATION", "result": result}
+        amount_text = changes.get("refundAmount", _amount_text(left, currency))
+        amount = _minor(str(amount_text), currency)
+        if amount is None or amount <= 0:
+            return json_response({"error": "refundAmount must be a positive amount"}, 400)
+        if amount > left:
+            return json_response(
+                {"error": f"only {_amount_text(left, currency)} is left to refund"}, 400
+            )
+        ctx.store.update(order_id, refunded_minor=already + amount)
+    result["refundAmount"] = str(amount_text)
+    result["refundStatus"] = (
+        "ORDER_FULLY_REFUNDED" if already + amount == total else "ORDER_PARTIALLY_REFUNDED"
+    )
     result.update(changes)
     return {"eventType": "REFUND_NOTIFICATION", "result": result}
 
@@ -337,8 +394,15 @@ def _hook(ctx: SandboxContext, request: Request, order_id: str, kind: str) -> Re
     changes = json_object(request.get_data())
     if changes is None:
         return json_response({"error": "the body must be a JSON object"}, 400)
-    body = _payment(found.data, changes) if kind == "payment" else _refund(found.data, changes)
-    notification, result, verified = _send(ctx, order_id, found.data, body)
+    body = (
+        _payment(found.data, changes)
+        if kind == "payment"
+        else _refund(ctx, order_id, found.data, changes)
+    )
+    if isinstance(body, Response):
+        return body
+    send = request.args.get("deliver", "true").lower() != "false"
+    notification, result, verified = _send(ctx, order_id, found.data, body, send=send)
     return json_response(
         {
             "notification": notification.public(),
@@ -355,6 +419,14 @@ def refund(ctx: SandboxContext, request: Request, order_id: str) -> Response:
     return _hook(ctx, request, order_id, "refund")
 
 
+def redeliver(ctx: SandboxContext, request: Request, notification_id: str) -> Response:
+    sent = _outbox.get(ctx.port, notification_id)
+    if sent is None:
+        return json_response({"error": "no such notification"}, 404)
+    result = deliver(sent, lambda reply: _reply_ok(ctx, reply), 1)
+    return json_response(_summary(sent.order_id, sent, result, _reply_ok(ctx, result)))
+
+
 PROVIDER = register(
     SandboxProvider(
         name=NAME,
@@ -363,6 +435,7 @@ PROVIDER = register(
             Rule("/cashier/<acquiring_id>", methods=["GET", "POST"], endpoint=cashier),
             Rule("/notify/<order_id>", methods=["POST"], endpoint=notify),
             Rule("/refund/<order_id>", methods=["POST"], endpoint=refund),
+            Rule("/redeliver/<notification_id>", methods=["POST"], endpoint=redeliver),
             _outbox.listing_rule(),
         ],
         pay=pay,

@@ -549,6 +549,76 @@ def test_history_pages_through_orders_and_the_ledger(stack: LocalStack, page: Pa
     screenshot(page, "16-history-ledger")
 
 
+# ---------------------------------------------------------------- retries (Idempotency-Key)
+
+
+def lose_first_answer(seen: list[str | None]) -> Callable[[Route], None]:
+    """A route that lets the first request reach the server but loses its answer (a gateway
+    503, as when the integration times out), then lets the retries through; `seen` collects
+    each request's Idempotency-Key."""
+
+    def handle(route: Route) -> None:
+        seen.append(route.request.headers.get("idempotency-key"))
+        if len(seen) == 1:
+            route.fetch()  # the server does it ...
+            route.fulfill(status=503, json={"message": "Service Unavailable"})  # ... unheard
+        else:
+            route.continue_()
+
+    return handle
+
+
+def test_a_top_up_whose_answer_was_lost_is_retried_as_the_same_order(
+    stack: LocalStack, page: Page, console_log: ConsoleLog
+) -> None:
+    console_log.expect_http(503)
+    user = new_id("retrier")
+    api_account(stack, user)
+    seen: list[str | None] = []
+    page.route("**/checkout", lose_first_answer(seen))
+    sign_in(page, stack.base_url, user)
+    choose_method(page, "Stripe")
+    page.get_by_role("radio", name=re.compile(r"^10 ")).check()
+    page.get_by_role("button", name="Top Up").click()
+    page.wait_for_url(re.compile(r"/_local/sandbox/stripe/pay/"))
+    assert len(seen) == 2 and seen[0] and seen[1] == seen[0]  # one submission, one key
+    orders = stack.request("GET", "/topups", token=stack.token(user)).json()["items"]
+    assert len(orders) == 1 and orders[0]["pay_url"] == page.url
+
+
+def test_a_transfer_whose_answer_was_lost_moves_once_and_the_next_is_new(
+    stack: LocalStack, page: Page, console_log: ConsoleLog
+) -> None:
+    console_log.expect_http(503)
+    inviter = new_id("rewarded")
+    code = api_account(stack, inviter)["aff_code"]
+    invitee = new_id("buyer")
+    api_account(stack, invitee, referral_code=code)
+    api_paid_topup(stack, invitee, amount=20)  # a 10% rebate: 1,000,000 reward quota
+    wait_for(
+        lambda: api_get_account(stack, inviter)["aff_quota"] == 1_000_000,
+        timeout=30,
+        message="the referral rebate",
+    )
+    seen: list[str | None] = []
+    page.route("**/referral/transfer", lose_first_answer(seen))
+    sign_in(page, stack.base_url, inviter)
+    amount = page.get_by_label("Reward quota to transfer")
+    status = page.locator("#transfer-status")
+    for expected_balance in ("500,000", "1,000,000"):
+        amount.fill("500000")
+        page.get_by_role("button", name="Transfer to Balance").click()
+        expect(status).to_have_text("Moved 500,000 quota ($1.00) to your balance.")
+        expect(page.locator("#balance-quota")).to_have_text(expected_balance)
+        status.evaluate("node => { node.textContent = ''; }")
+    # the lost answer was retried under its key; the second transfer was a new submission
+    assert len(seen) == 3 and seen[0] and seen[1] == seen[0] and seen[2] not in (None, seen[0])
+    account = api_get_account(stack, inviter)
+    assert (account["quota"], account["aff_quota"]) == (1_000_000, 0)
+    page.get_by_role("tab", name="Ledger").click()
+    expect(page.locator("#ledger-body tr", has_text="Reward transfer")).to_have_count(4)
+
+
 # ---------------------------------------------------------------- OIDC (the AWS sign-in)
 
 COGNITO = "https://console-test.auth.us-east-1.amazoncognito.com"

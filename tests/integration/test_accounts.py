@@ -100,6 +100,36 @@ def test_unknown_referral_code_creates_nothing(stack: LocalStack) -> None:
     assert account_item(stack, user) is None
 
 
+@pytest.mark.parametrize("length", [65, 100, 60_000])
+def test_a_referral_code_longer_than_the_field_is_an_unknown_code(
+    stack: LocalStack, length: int
+) -> None:
+    """For a new account: 400 invalid_referral_code, nothing created (not a validation error:
+    the contract's code wins). Well-formed symbols too, and a real code padded out."""
+    inviter_token = stack.token(new_user())
+    inviter = stack.request("POST", "/account", token=inviter_token, json={}).json()
+    for code in ("A" * length, inviter["aff_code"] + "-" * (length - len(inviter["aff_code"]))):
+        user = new_user()
+        response = stack.request(
+            "POST", "/account", token=stack.token(user), json={"referral_code": code}
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "invalid_referral_code"
+        assert account_item(stack, user) is None
+    assert stack.request("GET", "/account", token=inviter_token).json()["aff_count"] == 0
+
+
+def test_a_too_long_referral_code_is_ignored_for_an_existing_account(stack: LocalStack) -> None:
+    user = new_user()
+    token = stack.token(user)
+    created = stack.request("POST", "/account", token=token, json={})
+    assert created.status_code == 201
+    for length in (65, 60_000):
+        again = stack.request("POST", "/account", token=token, json={"referral_code": "Z" * length})
+        assert again.status_code == 200, again.text
+        assert again.json() == created.json()
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -177,7 +207,7 @@ def test_ledger_lists_admin_adjustments_newest_first_with_pages(stack: LocalStac
             headers={"idempotency-key": f"{user}-{index}"},
         )
         assert response.status_code == 200, response.text
-    # a retried adjustment (same Idempotency-Key) applies once
+    # a retried adjustment (same Idempotency-Key) applies once and answers its first result
     retry = stack.request(
         "POST",
         f"/admin/accounts/{user}/adjust",
@@ -185,7 +215,7 @@ def test_ledger_lists_admin_adjustments_newest_first_with_pages(stack: LocalStac
         json={"delta": 1000, "reason": "step 0"},
         headers={"idempotency-key": f"{user}-0"},
     )
-    assert retry.status_code == 200 and retry.json()["quota"] == sum(deltas)
+    assert retry.status_code == 200 and retry.json()["quota"] == deltas[0]
 
     seen: list[dict[str, Any]] = []
     cursor = None
@@ -208,7 +238,7 @@ def test_ledger_lists_admin_adjustments_newest_first_with_pages(stack: LocalStac
 
 def test_ledger_paging_rejects_bad_limits_and_foreign_cursors(stack: LocalStack) -> None:
     token = stack.token(new_user())
-    for query in ("?limit=0", "?limit=101", "?limit=abc", "?cursor=%%%"):
+    for query in ("?limit=0", "?limit=101", "?limit=abc", "?limit=%C2%B2", "?cursor=%%%"):
         response = stack.request("GET", "/ledger" + query, token=token)
         assert response.status_code == 400, query
     import base64

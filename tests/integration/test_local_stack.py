@@ -37,6 +37,8 @@ def fx() -> Iterator[LocalStack]:
             "LOCAL_SANDBOX_PLUGINS": "tests.fixtures.local_stack.sandbox_fake",
             "LOCAL_MAX_INSTANCES": "3",
             "LOCAL_SCHEDULES": "0",
+            # These tests count deliveries; duplicates are test_local_stack_strict.py's.
+            "LOCAL_SQS_DUPLICATE_PROBABILITY": "0",
         },
     )
     try:
@@ -522,6 +524,7 @@ Globals:
     Environment: {Variables: {SHARED: shared, OVERRIDDEN: global}}
 Resources:
   Topic: {Type: AWS::SNS::Topic}
+  Alarm: {Type: AWS::CloudWatch::Alarm}
   Maybe: {Type: AWS::SQS::Queue, Condition: Either, Properties: {}}
   Queue: {Type: AWS::SQS::Queue, Properties: {FifoQueue: true}}
   Fn:
@@ -549,8 +552,9 @@ Resources:
         "SECOND": "b",
     }
     assert template.ref("Queue") == "http://127.0.0.1:1/123456789012/quota-local-Queue.fifo"
-    with pytest.raises(TemplateError, match="AWS::SNS::Topic is not emulated"):
-        template.resolve({"Ref": "Topic"})
+    assert template.ref("Topic") == "arn:aws:sns:us-east-1:123456789012:quota-local-Topic"
+    with pytest.raises(TemplateError, match="AWS::CloudWatch::Alarm is not emulated"):
+        template.resolve({"Ref": "Alarm"})
     with pytest.raises(TemplateError, match="unknown parameter or resource"):
         template.resolve({"Fn::Sub": "${Nope}"})
     prod = Template(tmp_path / "template.yaml", {"Stage": "prod"})

@@ -702,10 +702,16 @@ def test_refund_reverses_once(stack: LocalStack, user: User, provider: str) -> N
         replies = list(pool.map(lambda _: replay(refund), range(5)))
     for reply in replies:
         assert_accepted(provider, reply)
-    send_refund(stack, provider, order["order_id"])  # a second refund event for the order
+    # Nothing is left to refund: the provider refuses a second refund of the order.
+    path = f"/creem/events/{order['order_id']}" if provider == "creem" else None
+    path = path or f"/waffo/refund/{order['order_id']}"
+    body = {"type": "refund.created"} if provider == "creem" else {}
+    again = stack.http.post(f"{stack.base_url}/_local/sandbox{path}", json=body, timeout=60)
+    assert again.status_code == 400, again.text
     drain(stack)
 
-    assert user.order(order["order_id"])["status"] == "refunded"
+    refunded = user.order(order["order_id"])
+    assert (refunded["status"], refunded["refunded_money"]) == ("refunded", order["pay_money"])
     assert user.quota() == 0
     entries = user.ledger()
     reversals = [e for e in entries if e["kind"] == "reversal" and e["ref"] == order["order_id"]]
@@ -713,20 +719,19 @@ def test_refund_reverses_once(stack: LocalStack, user: User, provider: str) -> N
     user.assert_credited_once(order["order_id"], order["quota"])
 
 
-def test_waffo_partial_refund_changes_nothing(stack: LocalStack, user: User) -> None:
+def test_waffo_refund_in_progress_changes_nothing(stack: LocalStack, user: User) -> None:
     order = user.checkout("waffo")
     pay(stack, order)
     user.wait_status(order["order_id"], "paid")
-    result = sandbox(
-        stack,
-        "POST",
-        f"/waffo/refund/{order['order_id']}",
-        json={"refundStatus": "ORDER_PARTIALLY_REFUNDED", "refundAmount": "1.00"},
-    )
-    assert result["webhook_status"] == 200
+    for status in ("REFUND_IN_PROGRESS", "ORDER_REFUND_FAILED"):
+        result = sandbox(
+            stack, "POST", f"/waffo/refund/{order['order_id']}", json={"refundStatus": status}
+        )
+        assert result["webhook_status"] == 200 and result["reply_verified"] is True
     drain(stack)
     assert user.order(order["order_id"])["status"] == "paid"
     user.assert_credited_once(order["order_id"], order["quota"])
+    assert user.quota() == order["quota"]
 
 
 # ---------------------------------------------------------------- providers switched off

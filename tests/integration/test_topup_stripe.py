@@ -294,15 +294,17 @@ def test_a_mismatched_payment_disputes_the_order_and_credits_nothing(
 
 def test_a_refund_reverses_the_credit_once(stack: LocalStack) -> None:
     user, token, order, _ = paid_order(stack)
-    sandbox_event(stack, order, "charge.refunded")
+    refund = sandbox_event(stack, order, "charge.refunded")
     wait_status(stack, token, order["order_id"], "refunded")
-    sandbox_event(stack, order, "charge.refunded")  # a second refund event
+    again = stack.request("POST", f"/_local/sandbox/stripe/redeliver/{refund['event_id']}")
+    assert again.json()["webhook_status"] == 200  # the refund event again
     sandbox_event(stack, order, "charge.dispute.created")  # and a dispute of the same charge
     wait_drained(stack)
-    assert get_order(stack, token, order["order_id"])["status"] == "refunded"
+    refunded = get_order(stack, token, order["order_id"])
+    assert (refunded["status"], refunded["refunded_money"]) == ("refunded", "10.00")
     assert balance(stack, token, user) == 0
     assert entry_ids(stack, user) == [
-        f"reversal#{order['order_id']}",
+        f"reversal#{order['order_id']}#1000",
         f"topup#{order['order_id']}",
     ]
     ledger = stack.request("GET", "/ledger", token=token).json()["items"]
@@ -316,7 +318,7 @@ def test_a_dispute_is_matched_by_payment_intent_and_reverses_the_credit(
     sandbox_event(stack, order, "charge.dispute.created")
     wait_status(stack, token, order["order_id"], "disputed")
     assert balance(stack, token, user) == 0
-    assert f"reversal#{order['order_id']}" in entry_ids(stack, user)
+    assert f"reversal#{order['order_id']}#dispute" in entry_ids(stack, user)
 
 
 # ------------------------------------------------------------ crashes and poison

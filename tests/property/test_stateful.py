@@ -3,19 +3,26 @@
 Hypothesis drives random interleavings of: account creation (with and without a referral
 code), checkouts with every payment method, paying through the sandbox (paid or failed),
 provider deliveries re-sent byte for byte (duplicates, and stale events after newer ones),
-Stripe refunds, disputes and expiries, a refund delivered before the payment (reordered),
-admin completion, admin-created redemption codes and redemptions, admin adjustments (and
-their retries under the same Idempotency-Key), usage metering (charge, reserve, settle,
-release, duplicates, batches) and referral transfers (and their retries).
+refunds through the Stripe, Creem and Waffo sandboxes, whole or partial (Stripe's cumulative
+totals, Creem's and Waffo's one refund at a time), some held back by the provider and
+delivered later (out of order), Stripe disputes and expiries, a refund delivered before the
+payment (reordered), admin completion, admin-created redemption codes and redemptions, admin
+adjustments (and their retries under the same Idempotency-Key), usage metering (charge,
+reserve, settle, release, duplicates, batches) and referral transfers (and their retries),
+inviters moving all their rewards to their balance before the invitee's refund. Every example
+starts with an inviter, its invitee and a credited order of the invitee, so the refund and
+transfer rules always have something to work on.
 
 The model predicts every response and every balance exactly (the credit queue is drained
 after each provider delivery, so each step ends in a known state). After EVERY step:
 - each account's quota and aff_quota equal the sums of its ledger entries, and its quota,
   held_quota, used_quota and request_count equal the model's;
-- every order has the model's status; it has at most one top-up entry (of its quota) and
-  exactly one iff it was credited, and a reversal iff it was taken back;
+- every order has the model's status and refunded_money; it has at most one top-up entry (of
+  its quota) and exactly one iff it was credited, and its reversal steps take back exactly
+  floor(quota x R / P) after refunds totalling R of P (all of it once refunded or disputed);
 - no debit leaves a balance below zero unless it settles usage or reverses a credit;
-- aff_quota moves only by referral rebate, clawback (reversal) and transfer.
+- aff_quota moves only by referral rebate, clawback (reversal) and transfer; a clawback the
+  inviter's aff_quota cannot cover comes from its quota.
 At the end of each example, the reconciliation (billing.ops.reconciliation) of every account of
 the example must find no difference.
 
@@ -31,6 +38,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
+from fractions import Fraction
 from typing import Any, ClassVar
 
 from hypothesis import HealthCheck, Phase, settings
@@ -117,11 +125,22 @@ class MUser:
         return self.user.user_id
 
 
+@dataclass(frozen=True)
+class MRefund:
+    """What one refund notification says: Stripe's total so far, or one refund with its id."""
+
+    minor: int  # the cumulative total (Stripe) or this refund's amount
+    cumulative: bool
+    full: bool  # the provider says nothing is left (Stripe refunded, Waffo fully, Creem all)
+    refund_id: str | None = None
+
+
 @dataclass
 class Delivery:
     kind: str
     stripe_event: str | None = None  # Stripe: redelivered by event id
     notification: str | None = None  # the others: their recorded notification
+    refund: MRefund | None = None
 
 
 @dataclass
@@ -132,15 +151,36 @@ class MOrder:
     quota: int
     status: str = "pending"
     credited: bool = False
-    reversed: bool = False
     intent_stored: bool = False  # a Stripe dispute finds the order by its payment intent
     rebate: int = 0  # what the owner's inviter earned on it
+    paid_bonuses: bool = False  # its credit paid the first-order bonuses
     sandbox: str = "open"  # the provider's side: open, paid, failed, expired
+    sandbox_refunded: int = 0  # minor units the provider has refunded (delivered or held)
+    refunded: int = 0  # minor units our order counts as refunded (refunded_money)
+    complete: bool = False  # all of its credit taken back (refunded in full, or disputed)
+    counted: set[str] = field(default_factory=set)  # provider refund ids counted
     deliveries: list[Delivery] = field(default_factory=list)
+    held: list[Delivery] = field(default_factory=list)  # recorded by the provider, not sent
 
     @property
     def order_id(self) -> str:
         return str(self.api_order["order_id"])
+
+    @property
+    def paid_minor(self) -> int:
+        return int(Decimal(self.api_order["pay_money"]) * 100)  # USD and CNY: two decimals
+
+    def ratio(self) -> Fraction:
+        return Fraction(1) if self.complete else Fraction(self.refunded, self.paid_minor)
+
+    @property
+    def reversed_quota(self) -> int:
+        return share(self.quota, self.ratio()) if self.credited else 0
+
+
+def share(total: int, ratio: Fraction) -> int:
+    """floor(total x ratio), all of it at 1: the proportional reversal (API.md)."""
+    return total if ratio >= 1 else total * ratio.numerator // ratio.denominator
 
 
 @dataclass
@@ -173,6 +213,7 @@ class BillingMachine(RuleBasedStateMachine):
         self.requests: dict[str, MRequest] = {}
         self.adjustments: dict[str, tuple[MUser, int, bool]] = {}  # key -> (user, delta, applied)
         self.transfers: dict[str, tuple[MUser, int, bool]] = {}
+        self.replies: dict[str, Any] = {}  # Idempotency-Key -> the first 200 body it answered
         self.address_failures = 0
 
     # ------------------------------------------------------------ accounts
@@ -187,10 +228,15 @@ class BillingMachine(RuleBasedStateMachine):
         self.users.append(model)
         return model
 
-    @initialize()
-    def two_users(self) -> None:
+    @initialize(method=st.sampled_from(sorted(REFUNDABLE)), amount=st.integers(10, 30))
+    def two_users_and_a_paid_order(self, method: str, amount: int) -> None:
+        """An inviter, its invitee, and a credited order of the invitee (a rebate for the
+        inviter): every example has something to refund and a reward to transfer first,
+        whatever rules it leaves out."""
         first = self._create(None)
-        self._create(first)
+        invited = self._create(first)
+        order = self._checkout(invited, method, amount)
+        self._pay(order, "paid")
 
     @precondition(lambda self: len(self.users) < MAX_USERS)
     @rule(invited=st.booleans(), data=st.data())
@@ -212,12 +258,15 @@ class BillingMachine(RuleBasedStateMachine):
     @precondition(lambda self: len(self.orders) < MAX_ORDERS)
     @rule(method=st.sampled_from(METHODS), amount=st.integers(1, 30), data=st.data())
     def checkout(self, method: str, amount: int, data: st.DataObject) -> None:
-        owner = data.draw(st.sampled_from(self.users))
+        self._checkout(data.draw(st.sampled_from(self.users)), method, amount)
+
+    def _checkout(self, owner: MUser, method: str, amount: int) -> MOrder:
         order = owner.user.checkout(method, amount)
         assert order["status"] == "pending" and order["method"] == method
         quota = 5_000_000 if method == "creem" else amount * UNIT
         assert order["quota"] == quota
         self.orders.append(MOrder(order, owner, method, quota))
+        return self.orders[-1]
 
     def _orders(self, predicate: Any) -> list[MOrder]:
         return [order for order in self.orders if predicate(order)]
@@ -230,6 +279,7 @@ class BillingMachine(RuleBasedStateMachine):
         owner.quota += order.quota
         if inviter is not None:
             if owner.paid_orders == 0:
+                order.paid_bonuses = True
                 owner.quota += INVITEE_BONUS
                 inviter.aff_quota += INVITER_BONUS
                 inviter.aff_history += INVITER_BONUS
@@ -240,46 +290,106 @@ class BillingMachine(RuleBasedStateMachine):
             inviter.aff_history += order.rebate
         owner.paid_orders += 1
 
-    def _apply(self, order: MOrder, kind: str) -> None:
+    def _apply(self, order: MOrder, kind: str, refund: MRefund | None = None) -> None:
         """The model of billing.payments.crediting: what one delivered event does to an order."""
         tally(f"delivery: {kind} on {order.status} ({order.method})")
         if kind == PAID:
             if order.status == "pending":
                 self._credit(order)
-                order.intent_stored = True
+            if order.credited:
+                order.intent_stored = True  # also learned by an order completed by hand
         elif kind in (FAILED, EXPIRED):
             if order.status == "pending":
                 order.status = kind
-        elif kind in (REFUNDED, DISPUTED):
-            if kind == DISPUTED and not order.intent_stored:
-                return  # matched by payment intent only: an order never credited is unknown
-            if order.status == "pending":
-                order.status = kind  # closed before it was paid: nothing to take back
-            elif order.status == "paid":
-                order.status, order.reversed = kind, True
-                order.owner.quota -= order.quota
-                inviter = order.owner.inviter
-                if inviter is not None and order.rebate:  # the clawback of its rebate
-                    inviter.aff_quota -= order.rebate
-                    inviter.aff_history -= order.rebate
+        elif kind == DISPUTED:
+            assert order.intent_stored  # never sent otherwise: it would wait in the DLQ
+            if order.status == "paid":
+                self._reverse(order, order.refunded, complete=True)
+                order.status = DISPUTED
+        else:
+            assert refund is not None
+            self._apply_refund(order, refund)
 
-    def _delivered(self, order: MOrder, kind: str, result: dict[str, Any]) -> None:
+    def _apply_refund(self, order: MOrder, refund: MRefund) -> None:
+        if order.status == "pending":
+            assert refund.full  # a partial one would wait for the payment (then the DLQ)
+            order.status, order.refunded = REFUNDED, order.paid_minor  # closed, never paid
+            return
+        if order.status != "paid" or order.complete:
+            return  # never credited, or nothing left: nothing to take back
+        if refund.refund_id is not None and refund.refund_id in order.counted:
+            return
+        if refund.full:
+            total = order.paid_minor
+        elif refund.cumulative:
+            total = refund.minor
+        else:
+            total = order.refunded + refund.minor
+        total = min(total, order.paid_minor)
+        if total <= order.refunded:
+            return  # a stale or repeated total
+        if refund.refund_id is not None:
+            order.counted.add(refund.refund_id)
+        self._reverse(order, total, complete=total == order.paid_minor)
+        if order.complete:
+            order.status = REFUNDED
+
+    def _reverse(self, order: MOrder, refunded: int, *, complete: bool) -> None:
+        """One reversal step: the owner's quota, the inviter's rebate in proportion (from
+        aff_quota, the rest from quota), and once complete, the bonuses the order paid."""
+        before_quota, before_ratio = order.reversed_quota, order.ratio()
+        order.refunded, order.complete = refunded, complete
+        owner, inviter = order.owner, order.owner.inviter
+        owner.quota -= order.reversed_quota - before_quota
+        takes: list[int] = []
+        if inviter is not None and order.rebate:
+            takes.append(share(order.rebate, order.ratio()) - share(order.rebate, before_ratio))
+        if complete and order.paid_bonuses:
+            owner.quota -= INVITEE_BONUS
+            if inviter is not None:
+                takes.append(INVITER_BONUS)
+        if inviter is None:
+            return
+        available = max(inviter.aff_quota, 0)
+        for amount in takes:
+            from_aff = min(amount, available)
+            available -= from_aff
+            inviter.aff_quota -= from_aff
+            inviter.quota -= amount - from_aff
+            inviter.aff_history -= amount
+            if amount > from_aff:
+                tally("clawback: from quota (transferred)")
+
+    def _delivered(
+        self,
+        order: MOrder,
+        kind: str,
+        result: dict[str, Any],
+        refund: MRefund | None = None,
+        *,
+        held: bool = False,
+    ) -> None:
         assert "error" not in result, result
-        assert result["webhook_status"] == 200, result
-        order.deliveries.append(
-            Delivery(
-                kind,
-                result.get("event_id") if order.method == "stripe" else None,
-                result.get("notification_id"),
-            )
+        delivery = Delivery(
+            kind,
+            result.get("event_id") if order.method == "stripe" else None,
+            result.get("notification_id"),
+            refund,
         )
+        if held:
+            order.held.append(delivery)
+            return
+        assert result["webhook_status"] == 200, result
+        order.deliveries.append(delivery)
         drain(self.stack)
-        self._apply(order, kind)
+        self._apply(order, kind, refund)
 
     @precondition(lambda self: any(o.sandbox == "open" for o in self.orders))
     @rule(outcome=st.sampled_from(["paid", "paid", "failed"]), data=st.data())
     def pay_in_sandbox(self, outcome: str, data: st.DataObject) -> None:
-        order = data.draw(st.sampled_from(self._orders(lambda o: o.sandbox == "open")))
+        self._pay(data.draw(st.sampled_from(self._orders(lambda o: o.sandbox == "open"))), outcome)
+
+    def _pay(self, order: MOrder, outcome: str) -> None:
         result = pay(self.api, order.order_id, outcome)
         order.sandbox = outcome
         if outcome == "failed" and order.method in ("epay", "creem"):
@@ -305,34 +415,100 @@ class BillingMachine(RuleBasedStateMachine):
             if order.method == "epay":
                 assert reply.text == "success"
         drain(self.stack)
-        self._apply(order, delivery.kind)
+        self._apply(order, delivery.kind, delivery.refund)
 
     @staticmethod
     def _refundable(order: MOrder) -> bool:
-        return (order.method in REFUNDABLE and order.sandbox == "paid") or order.method == "waffo"
+        if order.sandbox_refunded >= order.paid_minor:
+            return False  # the provider has nothing left to refund
+        if order.method == "waffo":
+            return True  # Waffo's sandbox refunds whatever the order's state
+        return order.method in REFUNDABLE and order.sandbox == "paid"
+
+    def _send_refund(
+        self, order: MOrder, minor: int | None, *, deliver: bool = True
+    ) -> tuple[dict[str, Any], MRefund]:
+        """Refund `minor` more (None: all that is left) through the order's sandbox."""
+        left = order.paid_minor - order.sandbox_refunded
+        amount = left if minor is None else minor
+        query = "" if deliver else "?deliver=false"
+        if order.method == "stripe":
+            body: dict[str, Any] = {"type": "charge.refunded", "amount": amount}
+            path = f"/stripe/events/{session_id(order.api_order)}{query}"
+        elif order.method == "creem":
+            body = {"type": "refund.created", "amount": amount}
+            path = f"/creem/events/{order.order_id}{query}"
+        else:
+            body = {"refundAmount": f"{amount // 100}.{amount % 100:02d}"}
+            path = f"/waffo/refund/{order.order_id}{query}"
+        response = self.api.sandbox("POST", path, json=body)
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        order.sandbox_refunded += amount
+        everything = order.sandbox_refunded == order.paid_minor
+        if order.method == "stripe":
+            refund = MRefund(order.sandbox_refunded, cumulative=True, full=everything)
+        else:
+            # Creem: full only when this one refund is the whole order; Waffo: fully refunded
+            # once the provider's total reached it.
+            full = amount == order.paid_minor if order.method == "creem" else everything
+            refund = MRefund(amount, cumulative=False, full=full, refund_id=uuid.uuid4().hex)
+        return result, refund
+
+    def _refund_amounts(self, order: MOrder) -> st.SearchStrategy[int | None]:
+        left = order.paid_minor - order.sandbox_refunded
+        if order.status != "paid" or left < 2:
+            return st.none()  # a partial refund of an uncredited order waits in the DLQ
+        return st.one_of(st.none(), st.integers(1, left - 1))
 
     @precondition(lambda self: any(self._refundable(o) for o in self.orders))
     @rule(data=st.data())
     def refund(self, data: st.DataObject) -> None:
+        """A refund, whole or partial, as the order's provider sends it."""
         order = data.draw(st.sampled_from(self._orders(self._refundable)))
-        if order.method == "stripe":
-            path = f"/stripe/events/{session_id(order.api_order)}"
-            response = self.api.sandbox("POST", path, json={"type": "charge.refunded"})
-        elif order.method == "creem":
-            path = f"/creem/events/{order.order_id}"
-            response = self.api.sandbox("POST", path, json={"type": "refund.created"})
-        else:  # Waffo's sandbox refunds whatever the order's state (a refund before payment)
-            response = self.api.sandbox("POST", f"/waffo/refund/{order.order_id}", json={})
-        assert response.status_code == 200, response.text
-        self._delivered(order, REFUNDED, response.json())
+        minor = data.draw(self._refund_amounts(order))
+        tally(f"refund: {'all that is left' if minor is None else 'partial'} ({order.method})")
+        result, refund = self._send_refund(order, minor)
+        self._delivered(order, REFUNDED, result, refund)
+
+    @precondition(lambda self: any(self._refundable(o) and o.status == "paid" for o in self.orders))
+    @rule(data=st.data())
+    def refund_held_back(self, data: st.DataObject) -> None:
+        """The provider refunds, but its notification is late (delivered by a later rule)."""
+        order = data.draw(
+            st.sampled_from(self._orders(lambda o: self._refundable(o) and o.status == "paid"))
+        )
+        minor = data.draw(self._refund_amounts(order))
+        result, refund = self._send_refund(order, minor, deliver=False)
+        self._delivered(order, REFUNDED, result, refund, held=True)
+
+    @precondition(lambda self: any(o.held for o in self.orders))
+    @rule(data=st.data())
+    def held_refund_arrives(self, data: st.DataObject) -> None:
+        """A late refund notification arrives, after the ones sent since (out of order)."""
+        order = data.draw(st.sampled_from(self._orders(lambda o: bool(o.held))))
+        delivery = order.held.pop(data.draw(st.integers(0, len(order.held) - 1)))
+        ident = delivery.stripe_event or delivery.notification
+        response = self.api.sandbox("POST", f"/{order.method}/redeliver/{ident}")
+        assert response.status_code == 200 and response.json()["webhook_status"] == 200
+        order.deliveries.append(delivery)
+        drain(self.stack)
+        tally(f"late refund on {order.status} ({order.method})")
+        self._apply(order, REFUNDED, delivery.refund)
 
     @precondition(
-        lambda self: any(o.method == "stripe" and o.sandbox == "paid" for o in self.orders)
+        lambda self: any(
+            o.method == "stripe" and o.sandbox == "paid" and o.intent_stored for o in self.orders
+        )
     )
     @rule(data=st.data())
     def stripe_dispute(self, data: st.DataObject) -> None:
         order = data.draw(
-            st.sampled_from(self._orders(lambda o: o.method == "stripe" and o.sandbox == "paid"))
+            st.sampled_from(
+                self._orders(
+                    lambda o: o.method == "stripe" and o.sandbox == "paid" and o.intent_stored
+                )
+            )
         )
         path = f"/stripe/events/{session_id(order.api_order)}"
         response = self.api.sandbox("POST", path, json={"type": "charge.dispute.created"})
@@ -365,7 +541,7 @@ class BillingMachine(RuleBasedStateMachine):
         response = post_stripe(self.api, stripe_refund(order.api_order))
         assert response.status_code == 200, response.text
         drain(self.stack)
-        self._apply(order, REFUNDED)
+        self._apply(order, REFUNDED, MRefund(order.paid_minor, cumulative=True, full=True))
 
     @rule(data=st.data())
     def admin_completes(self, data: st.DataObject) -> None:
@@ -459,6 +635,7 @@ class BillingMachine(RuleBasedStateMachine):
         )
         if applied:
             assert response.status_code == 200, response.text  # a retry: nothing changes
+            assert response.json() == self.replies[key]  # ... and its first result again
         elif delta < 0 and user.quota - user.held + delta < 0:
             assert response.status_code == 400, response.text
             assert response.json()["error"]["code"] == "insufficient_quota"
@@ -466,9 +643,10 @@ class BillingMachine(RuleBasedStateMachine):
             assert response.status_code == 200, response.text
             user.quota += delta
             applied = True
+            self.replies[key] = response.json()
+            assert response.json()["quota"] == user.quota
         tally(f"adjust: {response.status_code} ({'retry' if key in self.adjustments else 'new'})")
         self.adjustments[key] = (user, delta, applied)
-        assert response.status_code != 200 or response.json()["quota"] == user.quota
 
     @rule(delta=st.integers(-3 * UNIT, 3 * UNIT).filter(bool), data=st.data())
     def admin_adjusts(self, delta: int, data: st.DataObject) -> None:
@@ -605,6 +783,7 @@ class BillingMachine(RuleBasedStateMachine):
         )
         if applied:
             assert response.status_code == 200, response.text  # a retry: nothing moves
+            assert response.json() == self.replies[key]  # ... and its first result again
         elif quota < MIN_TRANSFER:
             assert response.status_code == 400, response.text
             assert response.json()["error"]["code"] == "transfer_below_minimum"
@@ -616,16 +795,45 @@ class BillingMachine(RuleBasedStateMachine):
             user.quota += quota
             user.aff_quota -= quota
             applied = True
+            self.replies[key] = response.json()
+            assert response.json() == {"aff_quota": user.aff_quota, "quota": user.quota}
         self.transfers[key] = (user, quota, applied)
         tally(f"transfer: {response.status_code}")
-        if response.status_code == 200:
-            assert response.json() == {"aff_quota": user.aff_quota, "quota": user.quota}
 
     @precondition(lambda self: TRANSFERS)
     @rule(quota=st.one_of(st.integers(1, 3 * UNIT), st.just(MIN_TRANSFER)), data=st.data())
     def referral_transfer(self, quota: int, data: st.DataObject) -> None:
         """Move reward quota to the balance."""
         self._transfer(data.draw(st.sampled_from(self.users)), quota, uuid.uuid4().hex, False)
+
+    @precondition(lambda self: TRANSFERS and any(u.aff_quota >= MIN_TRANSFER for u in self.users))
+    @rule(data=st.data())
+    def transfer_all_rewards(self, data: st.DataObject) -> None:
+        """An inviter moves all its reward quota to its balance: a later refund of its
+        invitee's order takes the rebate back from quota."""
+        rich = [u for u in self.users if u.aff_quota >= MIN_TRANSFER]
+        user = data.draw(st.sampled_from(rich))
+        self._transfer(user, user.aff_quota, uuid.uuid4().hex, False)
+
+    def _rewarded_and_refundable(self, order: MOrder) -> bool:
+        return order.rebate > 0 and order.status == "paid" and self._refundable(order)
+
+    @precondition(
+        lambda self: TRANSFERS and any(self._rewarded_and_refundable(o) for o in self.orders)
+    )
+    @rule(data=st.data())
+    def refund_after_the_inviter_transferred(self, data: st.DataObject) -> None:
+        """The inviter moves all its reward quota to its balance, then its invitee's order is
+        refunded (partly or wholly): the clawback aff_quota cannot cover comes from quota."""
+        order = data.draw(st.sampled_from(self._orders(self._rewarded_and_refundable)))
+        inviter = order.owner.inviter
+        assert inviter is not None
+        if inviter.aff_quota >= MIN_TRANSFER:
+            self._transfer(inviter, inviter.aff_quota, uuid.uuid4().hex, False)
+        minor = data.draw(self._refund_amounts(order))
+        tally(f"refund after a transfer: {'all' if minor is None else 'partial'} ({order.method})")
+        result, refund = self._send_refund(order, minor)
+        self._delivered(order, REFUNDED, result, refund)
 
     @precondition(lambda self: TRANSFERS and bool(self.transfers))
     @rule(data=st.data())
@@ -685,13 +893,14 @@ class BillingMachine(RuleBasedStateMachine):
             stored = self.tables.order(order.order_id)
             assert stored["status"] == order.status, (order.order_id, order.method, stored)
             assert bool(stored.get("paid_at")) == order.credited, stored
+            refunded = Decimal(stored.get("refunded_money") or "0")
+            assert refunded * 100 == order.refunded, (order.order_id, stored, order.refunded)
             entries = ledgers[order.owner.user_id]
             topups = [e for e in entries if e["kind"] == "topup" and e["ref"] == order.order_id]
-            reversals = [
-                e for e in entries if e["kind"] == "reversal" and e["ref"] == order.order_id
-            ]
+            steps = [e for e in entries if e["entry_id"].startswith(f"reversal#{order.order_id}#")]
             assert [e["delta"] for e in topups] == ([order.quota] if order.credited else [])
-            assert [e["delta"] for e in reversals] == ([-order.quota] if order.reversed else [])
+            assert all(e["kind"] == "reversal" for e in steps), steps
+            assert -sum(e["delta"] for e in steps) == order.reversed_quota, (order.order_id, steps)
 
     def teardown(self) -> None:
         for user in self.users:

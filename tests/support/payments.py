@@ -97,6 +97,9 @@ def entry_ids(stack: LocalStack, user: str) -> list[str]:
 
 
 def orders_of(stack: LocalStack, user: str) -> list[dict[str, Any]]:
+    """The user's orders in the by_user index once it has caught up with every write so far
+    (an index read at once would miss the newest, and "nothing written" would pass vacuously)."""
+    time.sleep(stack.index_lag)
     client = stack.boto3_client("dynamodb")
     return list(
         client.query(
@@ -177,3 +180,73 @@ def paid_order(
     assert paid.status_code == 200 and paid.json()["webhook_status"] == 200, paid.text
     wait_status(stack, token, order["order_id"], "paid")
     return user, token, order, paid.json()
+
+
+# ------------------------------------------------------------ refunds through the sandboxes
+
+
+def _waffo_amount(minor: int, decimals: int) -> str:
+    if decimals == 0:
+        return str(minor)
+    return f"{minor // 10**decimals}.{minor % 10**decimals:0{decimals}d}"
+
+
+def sandbox_refund(
+    stack: LocalStack,
+    order: dict[str, Any],
+    minor: int | None = None,
+    *,
+    deliver: bool = True,
+    decimals: int = 2,
+) -> dict[str, Any]:
+    """Refund `minor` units more of a paid order (None: all that is left) the way its provider
+    does: Stripe sends charge.refunded with the cumulative amount_refunded, Creem one
+    refund.created per refund, Waffo one REFUND_NOTIFICATION per refund. `deliver=False` has
+    the provider record (and sign) the notification without sending it yet; `redeliver` sends
+    it later. The result carries "resend": what `redeliver` needs."""
+    method = order["method"]
+    query = "" if deliver else "?deliver=false"
+    if method == "stripe":
+        body: dict[str, Any] = {"type": "charge.refunded"}
+        if minor is not None:
+            body["amount"] = minor
+        path = f"/_local/sandbox/stripe/events/{session_id(order)}{query}"
+    elif method == "creem":
+        body = {"type": "refund.created"}
+        if minor is not None:
+            body["amount"] = minor
+        path = f"/_local/sandbox/creem/events/{order['order_id']}{query}"
+    elif method == "waffo":
+        body = {} if minor is None else {"refundAmount": _waffo_amount(minor, decimals)}
+        path = f"/_local/sandbox/waffo/refund/{order['order_id']}{query}"
+    else:
+        raise ValueError(f"{method} sends no refunds")
+    response = stack.request("POST", path, json=body)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    if deliver:
+        assert result["webhook_status"] == 200, result
+    key = "event_id" if method == "stripe" else "notification_id"
+    result["resend"] = (method, result[key])
+    return result
+
+
+def redeliver(stack: LocalStack, sent: dict[str, Any]) -> int:
+    """The provider sends a recorded notification (again, or for the first time)."""
+    method, ident = sent["resend"]
+    response = stack.request("POST", f"/_local/sandbox/{method}/redeliver/{ident}")
+    assert response.status_code == 200, response.text
+    return int(response.json()["webhook_status"])
+
+
+def dlq_bodies(stack: LocalStack, logical_id: str = "CreditDLQ") -> list[str]:
+    """What the DLQ holds now (peeked: left in the queue)."""
+    sqs = stack.boto3_client("sqs")
+    received = sqs.receive_message(
+        QueueUrl=stack.queue_url(logical_id),
+        MaxNumberOfMessages=10,
+        VisibilityTimeout=0,
+        WaitTimeSeconds=1,
+        AttributeNames=["All"],
+    )
+    return [str(message["Body"]) for message in received.get("Messages", [])]

@@ -18,11 +18,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import boto3
 import requests
+import yaml
 from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +32,8 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 DEFAULT_TEMPLATE = ROOT / "infra" / "template.yaml"
 
 T = TypeVar("T")
+
+FAST = {"LOCAL_TIME_SCALE": "0.01"}
 
 
 class StackStartError(RuntimeError):
@@ -88,6 +92,7 @@ class LocalStack:
     ) -> LocalStack:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         _remove_stale_logs(self.name)
+        _build_lambda_runtime(Path(template))
         self.port = free_port()
         command = [
             sys.executable,
@@ -102,7 +107,9 @@ class LocalStack:
             command += ["--settings", str(Path(settings).resolve())]
         for key, value in (parameters or {}).items():
             command += ["--parameter", f"{key}={value}"]
-        environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # Fast mode: AWS's waits (visibility timeouts, async retry delays) at 1/100, unless
+        # the caller's environment says otherwise; every strictness stays on.
+        environment = {**FAST, **os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         environment.pop("PORT", None)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
@@ -181,6 +188,11 @@ class LocalStack:
         response.raise_for_status()
         self._health = response.json()
         return self._health
+
+    @property
+    def index_lag(self) -> float:
+        """Seconds a write stays invisible to indexes and eventually consistent reads."""
+        return float(self._health.get("strict", {}).get("index_lag_ms", 0)) / 1000
 
     def table_name(self, logical_id: str) -> str:
         return str(self._health["tables"][logical_id])
@@ -285,13 +297,90 @@ class LocalStack:
     def reset_stats(self) -> None:
         self.http.post(f"{self.base_url}/_local/stats/reset", timeout=10).raise_for_status()
 
+    def iam(self) -> dict[str, Any]:
+        """GET /_local/iam: every IAM refusal and the allowed calls per function."""
+        response = self.http.get(f"{self.base_url}/_local/iam", timeout=10)
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def events(
+        self,
+        type: str | None = None,
+        source: str | None = None,
+        bus: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """GET /_local/events: what was put on the event buses, newest first; each item is
+        {"bus", "event" (as a rule's target gets it), "rules" (those it matched), "recorded"}."""
+        query = {"type": type, "source": source, "bus": bus, "limit": limit}
+        response = self.http.get(
+            f"{self.base_url}/_local/events",
+            params={k: v for k, v in query.items() if v is not None},
+            timeout=10,
+        )
+        response.raise_for_status()
+        events: list[dict[str, Any]] = response.json()["events"]
+        return events
+
+    def clear_events(self) -> None:
+        self.http.delete(f"{self.base_url}/_local/events", timeout=10).raise_for_status()
+
     def run_schedule(self, function: str, event: str) -> requests.Response:
         return self.http.post(f"{self.base_url}/_local/schedules/{function}/{event}", timeout=120)
+
+    def advance_clock(self, seconds: int) -> dict[str, Any]:
+        """Move the stack's billing clock forward (POST /_local/clock); the schedules that
+        came due have run when this returns."""
+        response = self.http.post(
+            f"{self.base_url}/_local/clock", json={"advance_seconds": seconds}, timeout=300
+        )
+        response.raise_for_status()
+        moved: dict[str, Any] = response.json()
+        return moved
+
+    def clock_now(self) -> str:
+        return str(self.http.get(f"{self.base_url}/_local/clock", timeout=30).json()["now"])
+
+    def billing_now(self) -> datetime:
+        """The stack's billing clock (it may be ahead of real time: POST /_local/clock). Tests
+        that send future times (expiries) compute them from this, not from the real clock."""
+        return datetime.fromisoformat(self.clock_now().replace("Z", "+00:00"))
 
     def pay(self, order_id: str, outcome: str = "paid") -> requests.Response:
         return self.http.post(
             f"{self.base_url}/_local/sandbox/pay/{order_id}", json={"outcome": outcome}, timeout=60
         )
+
+
+def template_copy(
+    name: str, edit: Callable[[dict[str, Any]], None], template: Path = DEFAULT_TEMPLATE
+) -> Path:
+    """A copy of a template changed by ``edit`` (which gets the parsed document, intrinsics in
+    their long form), under tests/artifacts/, with its code paths made absolute so that it
+    runs like the original."""
+    from local.template import load_yaml
+
+    document = load_yaml(template)
+    edit(document)
+    for body in [*document["Resources"].values(), *(document.get("Globals") or {}).values()]:
+        properties = body.get("Properties", body) if isinstance(body, dict) else {}
+        for key in ("CodeUri", "ContentUri"):
+            if isinstance(properties.get(key), str):
+                properties[key] = str((template.parent / properties[key]).resolve())
+    target = ARTIFACTS / f"{name}-{os.getpid()}" / "template.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    return target
+
+
+def _build_lambda_runtime(template: Path) -> None:
+    """The functions' runtime and layer dependencies (cached; a first build takes a minute,
+    longer than a stack's start may)."""
+    from local.python_runtime import main as build
+
+    if build(["--template", str(template.resolve())]) != 0:
+        raise StackStartError("the Lambda runtime could not be built (see above)")
 
 
 def _remove_stale_logs(name: str) -> None:

@@ -1,12 +1,15 @@
 """Crediting rules on the embedded AWS: one credit per order under duplicates and concurrency,
-mismatches disputed, state machine (failed/expired/paid/refunded/disputed), reversals once,
-admin completion through the same path, transient errors raised for SQS to retry."""
+mismatches disputed, state machine (failed/expired/paid/refunded/disputed), refunds reversed
+in proportion once whatever their order and repetition, lifetimes (late payments disputed,
+the sweep), admin completion through the same path, events that cannot apply yet raised for
+SQS to retry (and park in the DLQ), transient errors raised too."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -14,7 +17,7 @@ import pytest
 from billing import clock, ledger
 from billing.errors import NotFound
 from billing.models import Account, AuditRecord, LedgerEntry, Order
-from billing.payments import crediting
+from billing.payments import crediting, orders
 from billing.payments.crediting import Outcome
 from billing.payments.providers.base import EventType, PaymentEvent
 from billing.referral import signup
@@ -175,19 +178,165 @@ def test_another_providers_event_cannot_close_an_order() -> None:
     assert reload(order).status == "pending"
 
 
+def refund(order: Order, amount: str | None = None, **kw: Any) -> PaymentEvent:
+    """A Stripe-style refund event: `amount` is the cumulative total refunded (None: all)."""
+    values: dict[str, Any] = {
+        "amount": Decimal(amount) if amount is not None else Decimal(order.pay_money),
+        "cumulative": True,
+        "full_refund": amount is None,
+    }
+    values.update(kw)
+    return event(order, EventType.REFUNDED, **values)
+
+
+def piece(order: Order, amount: str, refund_id: str, **kw: Any) -> PaymentEvent:
+    """A Creem/Waffo-style refund: this refund alone, with its own id."""
+    return event(order, EventType.REFUNDED, amount=Decimal(amount), refund_id=refund_id, **kw)
+
+
+def reversed_total(order: Order) -> int:
+    return -sum(
+        int(e.delta)
+        for e in entries(order.user_id).values()
+        if e.entry_id.startswith(f"reversal#{order.order_id}#")
+    )
+
+
 def test_a_refund_reverses_the_credit_once_even_below_zero() -> None:
     order = new_order()
     crediting.apply_event(event(order))
     ledger.apply([ledger.Change(order.user_id, "usage#r1", ledger.EntryKind.USAGE, -1_000_000)])
-    refund = event(order, EventType.REFUNDED, amount=Decimal("10.00"))
-    assert crediting.apply_event(refund) is Outcome.REVERSED
-    assert crediting.apply_event(refund) is Outcome.DUPLICATE
+    full = refund(order)
+    assert crediting.apply_event(full) is Outcome.REVERSED
+    assert crediting.apply_event(full) is Outcome.DUPLICATE
     dispute = event(order, EventType.DISPUTED, order_id=None)
     assert crediting.apply_event(dispute) is Outcome.DUPLICATE
-    assert reload(order).status == "refunded"
+    current = reload(order)
+    assert current.status == "refunded" and current.refunded_money == "10.00"
     assert balance(order.user_id) == -1_000_000
-    reversal = entries(order.user_id)[f"reversal#{order.order_id}"]
+    reversal = entries(order.user_id)[f"reversal#{order.order_id}#1000"]
     assert reversal.kind == "reversal" and int(reversal.delta) == -QUOTA
+
+
+@pytest.mark.parametrize(
+    ("totals", "steps", "status"),
+    [
+        # cumulative totals as Stripe sends them, in the order they arrive
+        (["5.00", "10.00"], {"500": 2_500_000, "1000": 2_500_000}, "refunded"),
+        (["5.00", "5.00", "10.00", "5.00"], {"500": 2_500_000, "1000": 2_500_000}, "refunded"),
+        (["10.00", "5.00"], {"1000": 5_000_000}, "refunded"),  # the older 50% after the 100%
+        (["3.33"], {"333": 1_665_000}, "paid"),
+        (["0.01", "0.02", "0.03"], {"1": 5_000, "2": 5_000, "3": 5_000}, "paid"),
+    ],
+)
+def test_partial_refunds_reverse_in_proportion_whatever_their_order(
+    totals: list[str], steps: dict[str, int], status: str
+) -> None:
+    order = new_order()
+    crediting.apply_event(event(order))
+    for total in totals:
+        crediting.apply_event(refund(order, total))
+    found = {
+        e.entry_id.rsplit("#", 1)[1]: -int(e.delta)
+        for e in entries(order.user_id).values()
+        if e.kind == "reversal"
+    }
+    assert found == steps
+    current = reload(order)
+    assert current.status == status
+    assert current.refunded_money == max(totals, key=Decimal)
+    assert balance(order.user_id) == QUOTA - sum(steps.values())
+
+
+def test_the_reversed_total_is_floor_quota_times_refunded_over_paid() -> None:
+    order = new_order(pay_money="7.30", currency="CNY", method="stripe", quota=3_333_333)
+    crediting.apply_event(event(order, currency="CNY"))
+    for total in ("1.11", "2.22", "7.29"):
+        crediting.apply_event(refund(order, total, currency="CNY"))
+        assert reversed_total(order) == 3_333_333 * int(Decimal(total) * 100) // 730
+    crediting.apply_event(refund(order, "7.30", currency="CNY"))
+    assert reversed_total(order) == 3_333_333 and reload(order).status == "refunded"
+
+
+def test_refunds_with_their_own_ids_add_up_once_each() -> None:
+    order = new_order(method="creem")
+    crediting.apply_event(event(order))
+    first, second = piece(order, "2.50", "ref_a"), piece(order, "2.50", "ref_b")
+    assert crediting.apply_event(first) is Outcome.REVERSED
+    assert crediting.apply_event(first) is Outcome.DUPLICATE  # the same refund again
+    assert crediting.apply_event(piece(order, "2.50", "ref_a")) is Outcome.DUPLICATE
+    assert crediting.apply_event(second) is Outcome.REVERSED
+    current = reload(order)
+    assert current.refunded_money == "5.00" and current.refund_ids == {"ref_a", "ref_b"}
+    assert current.status == "paid" and reversed_total(order) == QUOTA // 2
+    last = piece(order, "5.00", "ref_c", full_refund=True)
+    assert crediting.apply_event(last) is Outcome.REVERSED
+    assert reload(order).status == "refunded" and balance(order.user_id) == 0
+
+
+def test_a_fully_refunded_status_counts_all_and_a_late_partial_adds_nothing() -> None:
+    order = new_order(method="waffo")
+    crediting.apply_event(event(order))
+    # The last refund says the order is fully refunded; an earlier partial one arrives after.
+    final = piece(order, "7.00", "r2", full_refund=True)
+    assert crediting.apply_event(final) is Outcome.REVERSED
+    assert crediting.apply_event(piece(order, "3.00", "r1")) is Outcome.DUPLICATE
+    assert reload(order).status == "refunded" and reload(order).refunded_money == "10.00"
+    assert balance(order.user_id) == 0 and reversed_total(order) == QUOTA
+
+
+def test_a_refund_above_the_rest_is_capped_at_what_was_paid() -> None:
+    order = new_order(method="creem")
+    crediting.apply_event(event(order))
+    crediting.apply_event(piece(order, "6.00", "r1"))
+    assert crediting.apply_event(piece(order, "6.00", "r2")) is Outcome.REVERSED
+    assert reload(order).refunded_money == "10.00" and reload(order).status == "refunded"
+    assert balance(order.user_id) == 0
+
+
+def test_a_dispute_after_a_partial_refund_takes_back_the_rest() -> None:
+    order = new_order()
+    crediting.apply_event(event(order, provider_payment_id="pi_partial_then_dispute"))
+    crediting.apply_event(refund(order, "4.00"))
+    dispute = event(
+        order, EventType.DISPUTED, order_id=None, provider_payment_id="pi_partial_then_dispute"
+    )
+    assert crediting.apply_event(dispute) is Outcome.REVERSED
+    assert crediting.apply_event(dispute) is Outcome.DUPLICATE
+    assert crediting.apply_event(refund(order, "10.00")) is Outcome.DUPLICATE
+    current = reload(order)
+    assert (current.status, current.refunded_money, current.failure_reason) == (
+        "disputed",
+        "4.00",
+        "chargeback",
+    )
+    assert entries(order.user_id)[f"reversal#{order.order_id}#dispute"].delta == -3_000_000
+    assert balance(order.user_id) == 0
+
+
+def test_parallel_deliveries_of_one_refund_take_back_once() -> None:
+    order = new_order()
+    crediting.apply_event(event(order))
+    same = [refund(order, "5.00") for _ in range(8)]  # 8 event ids, one refund
+    same += [piece(order, "9.99", "never", provider="other")]  # another provider: ignored
+    with ThreadPoolExecutor(max_workers=9) as pool:
+        outcomes = list(pool.map(crediting.apply_event, same))
+    assert outcomes.count(Outcome.REVERSED) == 1
+    assert reversed_total(order) == QUOTA // 2
+    assert balance(order.user_id) == QUOTA // 2
+
+
+def test_parallel_distinct_refunds_each_apply_once_and_sum_exactly() -> None:
+    order = new_order(method="creem")
+    crediting.apply_event(event(order))
+    pieces = [piece(order, "1.00", f"ref_{n}") for n in range(10)]
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        outcomes = list(pool.map(crediting.apply_event, pieces + pieces))
+    assert outcomes.count(Outcome.REVERSED) == 10
+    current = reload(order)
+    assert current.status == "refunded" and current.refunded_money == "10.00"
+    assert len(current.refund_ids or ()) == 10
+    assert balance(order.user_id) == 0 and reversed_total(order) == QUOTA
 
 
 def test_a_dispute_finds_its_order_by_payment_intent() -> None:
@@ -197,38 +346,175 @@ def test_a_dispute_finds_its_order_by_payment_intent() -> None:
     assert crediting.apply_event(dispute) is Outcome.REVERSED
     assert reload(order).status == "disputed"
     assert balance(order.user_id) == 0
-    assert crediting.apply_event(event(order, EventType.REFUNDED)) is Outcome.DUPLICATE
+    assert crediting.apply_event(refund(order)) is Outcome.DUPLICATE
     assert balance(order.user_id) == 0
 
 
-def test_a_refund_before_the_payment_closes_the_order_without_credit() -> None:
+def test_a_full_refund_before_the_payment_closes_the_order_without_credit() -> None:
     order = new_order()
-    assert crediting.apply_event(event(order, EventType.REFUNDED)) is Outcome.CLOSED
+    assert crediting.apply_event(refund(order)) is Outcome.CLOSED
     assert crediting.apply_event(event(order)) is Outcome.IGNORED
     assert reload(order).status == "refunded"
     assert balance(order.user_id) == 0 and entries(order.user_id) == {}
 
 
-def test_a_reversal_of_a_mismatched_order_takes_nothing_back() -> None:
+def test_a_partial_refund_or_dispute_before_the_credit_waits_for_it() -> None:
+    order = new_order()
+    with pytest.raises(crediting.NotApplicableYet):
+        crediting.apply_event(refund(order, "5.00"))
+    with pytest.raises(crediting.NotApplicableYet):
+        crediting.apply_event(event(order, EventType.DISPUTED))
+    assert reload(order).status == "pending"
+    # Once the payment is credited, the same refund applies (SQS delivered it again).
+    crediting.apply_event(event(order))
+    assert crediting.apply_event(refund(order, "5.00")) is Outcome.REVERSED
+    assert balance(order.user_id) == QUOTA // 2
+
+
+def test_a_refund_that_cannot_be_read_is_kept_for_an_operator() -> None:
+    order = new_order(method="waffo")
+    crediting.apply_event(event(order))
+    for unreadable in (
+        event(order, EventType.REFUNDED, amount=Decimal("1.00")),  # no id: a repeat looks alike
+        event(order, EventType.REFUNDED, amount=None, refund_id="r2"),  # no amount
+        piece(order, "1.00", "r3", currency="EUR"),  # another currency than the order's
+    ):
+        with pytest.raises(crediting.NotApplicableYet):
+            crediting.apply_event(unreadable)
+    assert reload(order).status == "paid" and balance(order.user_id) == QUOTA
+
+
+def test_a_reversal_of_a_mismatched_order_takes_nothing_back_and_blocks_completion() -> None:
     order = new_order()
     crediting.apply_event(event(order, amount=Decimal("1.00")))
-    assert crediting.apply_event(event(order, EventType.REFUNDED)) is Outcome.IGNORED
+    assert crediting.apply_event(refund(order, "1.00")) is Outcome.CLOSED
+    assert reload(order).failure_reason == "refunded_before_credit"
+    with pytest.raises(crediting.OrderNotCompletable):
+        crediting.complete_by_admin("admin-1", order.order_id)
     assert balance(order.user_id) == 0 and entries(order.user_id) == {}
 
 
-def test_unknown_orders_are_acknowledged() -> None:
+@pytest.mark.parametrize("kind", [EventType.PAID, EventType.REFUNDED, EventType.DISPUTED])
+def test_money_events_of_unknown_orders_are_retried_not_acknowledged(kind: EventType) -> None:
     ghost = PaymentEvent(
-        provider="stripe", event_id="evt_ghost", type=EventType.PAID, order_id="ord_nope"
+        provider="stripe",
+        event_id=f"evt_ghost_{kind}",
+        type=kind,
+        order_id="ord_nope" if kind is not EventType.DISPUTED else None,
+        amount=Decimal("10.00"),
+        currency="USD",
+        provider_payment_id="pi_nobody",
+        cumulative=True,
+    )
+    with pytest.raises(crediting.NotApplicableYet):
+        crediting.apply_event(ghost)
+
+
+def test_a_failure_of_an_unknown_order_is_acknowledged() -> None:
+    ghost = PaymentEvent(
+        provider="stripe", event_id="evt_ghost_f", type=EventType.FAILED, order_id="ord_nope"
     )
     assert crediting.apply_event(ghost) is Outcome.UNKNOWN_ORDER
-    dispute = PaymentEvent(
-        provider="stripe",
-        event_id="evt_ghost2",
-        type=EventType.DISPUTED,
-        order_id=None,
-        provider_payment_id="pi_nobody",
+
+
+def test_a_dispute_of_an_order_completed_by_hand_has_no_payment_to_match() -> None:
+    order = new_order()
+    crediting.complete_by_admin("admin-1", order.order_id)
+    dispute = event(order, EventType.DISPUTED, order_id=None, provider_payment_id="pi_by_hand")
+    with pytest.raises(crediting.NotApplicableYet):
+        crediting.apply_event(dispute)
+    assert balance(order.user_id) == QUOTA
+    # Once the provider's own paid event comes (a duplicate), its payment id is known.
+    paid_later = event(order, provider_payment_id="pi_by_hand")
+    assert crediting.apply_event(paid_later) is Outcome.DUPLICATE
+    assert crediting.apply_event(dispute) is Outcome.REVERSED
+    assert balance(order.user_id) == 0
+
+
+def test_queued_refunds_of_the_old_format_still_apply() -> None:
+    order = new_order()
+    crediting.apply_event(event(order))
+    old = (
+        '{"amount": "10.00", "currency": "USD", "detail": {"fully_refunded": "true"}, '
+        f'"event_id": "evt_old", "order_id": "{order.order_id}", "provider": "stripe", '
+        '"provider_payment_id": null, "type": "refunded"}'
     )
-    assert crediting.apply_event(dispute) is Outcome.UNKNOWN_ORDER
+    assert crediting.apply_event(PaymentEvent.from_message(old)) is Outcome.REVERSED
+    assert reload(order).status == "refunded" and balance(order.user_id) == 0
+
+
+# ------------------------------------------------------------ lifetimes
+
+
+def overdue_order(**kw: Any) -> Order:
+    order = new_order(**kw)
+    past = clock.iso(clock.now() - timedelta(seconds=5))
+    order.update(actions=[Order.expires_at.set(past), Order.pending_shard.set("p#0")])
+    return reload(order)
+
+
+def test_a_payment_after_the_lifetime_disputes_the_order_and_an_admin_completes_it_once() -> None:
+    order = overdue_order()
+    late = event(order, received_at=clock.iso())
+    assert crediting.apply_event(late) is Outcome.LATE
+    current = reload(order)
+    assert (current.status, current.failure_reason) == ("disputed", "paid_after_expiry")
+    assert current.provider_payment_id == f"pi_{order.order_id}"  # its refund can find it
+    assert crediting.apply_event(late) is Outcome.IGNORED
+    assert balance(order.user_id) == 0
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        done = list(
+            pool.map(lambda _: crediting.complete_by_admin("a", order.order_id).status, range(6))
+        )
+    assert done == ["paid"] * 6
+    assert balance(order.user_id) == QUOTA
+    assert list(entries(order.user_id)) == [f"topup#{order.order_id}"]
+
+
+def test_a_payment_received_in_time_credits_even_if_the_sweep_came_first() -> None:
+    order = new_order()
+    on_time = event(order, received_at=clock.iso(clock.now() - timedelta(seconds=2)))
+    past = clock.iso(clock.now() - timedelta(seconds=1))
+    order.update(actions=[Order.expires_at.set(past), Order.pending_shard.set("p#1")])
+    assert orders.expire_overdue()["expired"] >= 1
+    assert (reload(order).status, reload(order).failure_reason) == ("expired", "ttl")
+    assert crediting.apply_event(on_time) is Outcome.CREDITED
+    assert reload(order).status == "paid" and balance(order.user_id) == QUOTA
+
+
+def test_a_payment_after_the_provider_expired_the_session_is_not_credited() -> None:
+    order = new_order()
+    crediting.apply_event(event(order, EventType.EXPIRED))
+    assert crediting.apply_event(event(order)) is Outcome.LATE
+    assert reload(order).failure_reason == "paid_after_expiry"
+    assert balance(order.user_id) == 0
+
+
+def test_the_sweep_expires_only_overdue_pending_orders_once() -> None:
+    overdue, fresh, paid = overdue_order(), new_order(), overdue_order()
+    fresh.update(
+        actions=[
+            Order.expires_at.set(clock.iso(clock.now() + timedelta(hours=1))),
+            Order.pending_shard.set("p#2"),
+        ]
+    )
+    # credited before the sweep: the credit clears its pending shard
+    crediting.apply_event(event(paid, received_at=clock.iso(clock.now() - timedelta(minutes=1))))
+    orders.expire_overdue()
+    assert (reload(overdue).status, reload(overdue).failure_reason) == ("expired", "ttl")
+    assert reload(overdue).pending_shard is None
+    assert reload(fresh).status == "pending" and reload(paid).status == "paid"
+    assert orders.expire_overdue() == {"expired": 0, "cleared": 0}
+
+
+def test_admin_completion_refuses_a_charged_back_order() -> None:
+    order = new_order()
+    crediting.apply_event(event(order))
+    crediting.apply_event(event(order, EventType.DISPUTED))
+    with pytest.raises(crediting.OrderNotCompletable):
+        crediting.complete_by_admin("admin-1", order.order_id)
+    assert balance(order.user_id) == 0
 
 
 def test_a_queued_event_cannot_claim_to_be_the_admin() -> None:
@@ -258,7 +544,7 @@ def test_admin_may_complete_an_expired_order_but_not_a_refunded_one() -> None:
     assert crediting.complete_by_admin("admin-1", expired.order_id).status == "paid"
     assert balance(expired.user_id) == QUOTA
     crediting.apply_event(event(refunded))
-    crediting.apply_event(event(refunded, EventType.REFUNDED))
+    crediting.apply_event(refund(refunded))
     with pytest.raises(crediting.OrderNotCompletable):
         crediting.complete_by_admin("admin-1", refunded.order_id)
     with pytest.raises(NotFound):

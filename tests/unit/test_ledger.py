@@ -76,7 +76,7 @@ def test_mixed_changes_sum_to_the_balance() -> None:
     account = assert_ledger_matches(user)
     assert int(account.quota) == 5000 - 1200 + 300 - 5000
     assert int(account.used_quota) == 1200 and int(account.request_count) == 1
-    entries = {entry.entry_id: entry for entry in LedgerEntry.query(user)}
+    entries = {entry.entry_id: entry for entry in LedgerEntry.query(user, consistent_read=True)}
     assert int(entries["usage#r1"].balance_after) == 3800
     assert int(entries["reversal#o1"].balance_after) == -900
 
@@ -105,7 +105,9 @@ def test_no_debit_below_zero_and_nothing_written() -> None:
         ledger.apply([Change(user, "usage#41", EntryKind.USAGE, -41)])
     account = assert_ledger_matches(user)
     assert int(account.quota) == 100 and int(account.held_quota) == 60
-    assert {entry.entry_id for entry in LedgerEntry.query(user)} == {"topup#a"}
+    assert {entry.entry_id for entry in LedgerEntry.query(user, consistent_read=True)} == {
+        "topup#a"
+    }
 
 
 def test_unknown_account_is_refused() -> None:
@@ -115,7 +117,7 @@ def test_unknown_account_is_refused() -> None:
 
 def test_an_extra_item_failing_cancels_everything() -> None:
     user = new_user()
-    blocker = Account.get(user)
+    blocker = Account.get(user, consistent_read=True)
     failing = ledger.TxOp(
         label="other-account-must-exist",
         op="condition_check",
@@ -127,7 +129,7 @@ def test_an_extra_item_failing_cancels_everything() -> None:
         ledger.apply([Change(user, "topup#never", EntryKind.TOPUP, 10)], extra=[failing])
     assert failed.value.label == "other-account-must-exist"
     assert int(Account.get(user, consistent_read=True).quota) == int(blocker.quota) == 0
-    assert list(LedgerEntry.query(user)) == []
+    assert list(LedgerEntry.query(user, consistent_read=True)) == []
 
 
 def test_concurrent_debits_never_overdraw() -> None:

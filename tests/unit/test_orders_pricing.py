@@ -75,8 +75,11 @@ def test_quote_table(method: str, amount: int, pay_money: str, currency: str, qu
         ("JPY", "0.5", 5, "3"),  # 2.5 -> 3 (half-even: 2)
         ("JPY", "1.5", 3, "5"),  # 4.5 -> 5 (half-even: 4)
         ("KRW", "1299.5", 1, "1300"),
-        ("KWD", "0.0005", 7, "0.002"),  # three decimals: 0.0005 x 7 x 0.5 = 0.00175
-        ("KWD", "0.1235", 1, "0.124"),  # 0.1235 -> 0.124
+        # Stripe takes three-decimal currencies with a last digit of 0: two decimals charged
+        ("KWD", "0.1235", 1, "0.12"),
+        ("KWD", "0.125", 1, "0.13"),
+        ("IDR", "15000.555", 1, "15000.56"),  # IDR is two-decimal on Stripe
+        ("ISK", "149.5", 1, "150"),  # whole krónur only on Stripe
     ],
 )
 def test_rounding_is_half_up_to_the_minor_unit(
@@ -86,6 +89,19 @@ def test_rounding_is_half_up_to_the_minor_unit(
     config = settings.methods["stripe"]
     priced = orders.quote(settings, "stripe", config, amount=amount)
     assert str(priced.pay_money) == expected
+
+
+@pytest.mark.parametrize(
+    ("method", "unit_price", "pay_money"),
+    [("stripe", "15999.5", "159995.00"), ("waffo", "15999.5", "159995")],
+)
+def test_a_price_has_the_decimals_of_its_provider(
+    method: str, unit_price: str, pay_money: str
+) -> None:
+    """The same IDR price: two decimals to Stripe, whole rupiah to Waffo."""
+    settings = settings_with(**{method: {"name": "M", "currency": "IDR", "unit_price": unit_price}})
+    config = settings.methods[method]  # type: ignore[index]
+    assert str(orders.quote(settings, method, config, amount=10).pay_money) == pay_money
 
 
 @pytest.mark.parametrize("amount", [0, -1, -500, 10_001, 10**30, None])

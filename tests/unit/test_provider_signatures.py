@@ -384,7 +384,7 @@ def test_creem_refund_created_is_refunded() -> None:
     assert event.order_id == "ord_TestOrder0000000000000001"
     assert event.provider_payment_id == "ord_creem_1"
     assert event.amount == Decimal("9.99") and event.currency == "USD"
-    assert event.detail["fully_refunded"] == "true"
+    assert event.full_refund and not event.cumulative and event.refund_id
 
 
 @pytest.mark.parametrize(
@@ -727,7 +727,20 @@ def test_waffo_full_refund(platform: KeyPair, waffo_secrets: dict[str, str]) -> 
     assert event.amount == Decimal("10.00") and event.currency == "USD"
 
 
-@pytest.mark.parametrize("status", ["ORDER_PARTIALLY_REFUNDED", "REFUND_IN_PROGRESS"])
+def test_waffo_partial_refund_is_this_refund_with_its_own_id(
+    platform: KeyPair, waffo_secrets: dict[str, str]
+) -> None:
+    body = waffo_refund("ORDER_PARTIALLY_REFUNDED")
+    body["result"].update(refundAmount="2.50", acquiringRefundOrderId="RF1")
+    [event] = get_provider("waffo").parse_webhook(waffo_webhook(body, platform), waffo_secrets)
+    assert event.type is EventType.REFUNDED and event.amount == Decimal("2.50")
+    assert (event.refund_id, event.full_refund, event.cumulative) == ("RF1", False, False)
+    body["result"].update(acquiringRefundOrderId="RF2")
+    [other] = get_provider("waffo").parse_webhook(waffo_webhook(body, platform), waffo_secrets)
+    assert other.event_id != event.event_id  # another refund of the same amount
+
+
+@pytest.mark.parametrize("status", ["REFUND_IN_PROGRESS", "ORDER_REFUND_FAILED"])
 def test_waffo_other_refund_states_change_nothing(
     status: str, platform: KeyPair, waffo_secrets: dict[str, str]
 ) -> None:

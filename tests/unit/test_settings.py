@@ -1,4 +1,5 @@
-"""The settings document is validated at load; a bad one fails naming the field."""
+"""The settings document is validated at load; a bad one fails naming the field (and a provider
+paired with a currency it cannot take names the provider and the currency)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,23 @@ def test_local_settings_are_valid_and_exact() -> None:
             "methods.paypal",
         ),
         (("pricing", "modle_ratios"), {}, "pricing.modle_ratios"),
+        # a provider paired with a currency it cannot take
+        (("methods", "epay", "currency"), "USD", "methods.epay.currency: epay cannot take USD"),
+        (("methods", "stripe", "currency"), "IRR", "methods.stripe.currency: stripe cannot take"),
+        (("methods", "creem", "currency"), "JPY", "methods.creem.currency: creem cannot take JPY"),
+        (
+            ("methods", "creem", "products"),
+            [
+                {
+                    "product_id": "prod_x",
+                    "name": "X",
+                    "price": "1",
+                    "currency": "CNY",
+                    "quota": 1,
+                }
+            ],
+            "methods.creem.products.prod_x.currency: creem cannot take CNY",
+        ),
     ],
 )
 def test_bad_settings_name_the_field(path: tuple[str, ...], value: Any, field: str) -> None:
@@ -54,6 +72,14 @@ def test_bad_settings_name_the_field(path: tuple[str, ...], value: Any, field: s
     with pytest.raises(SettingsError) as failure:
         parse_settings(json.dumps(document))
     assert field in str(failure.value)
+
+
+def test_idr_is_taken_by_stripe_and_waffo() -> None:
+    document = local_document()
+    for method in ("stripe", "waffo"):
+        document["methods"][method].update(currency="IDR", unit_price="16000")
+    settings = parse_settings(json.dumps(document))
+    assert {settings.methods[m].currency for m in ("stripe", "waffo")} == {"IDR"}
 
 
 def test_inconsistent_topup_range_is_refused() -> None:

@@ -231,7 +231,26 @@ def test_charge_refunded_carries_the_order_metadata_and_payment_intent() -> None
     )
     assert event.type is EventType.REFUNDED
     assert event.order_id == ORDER and event.provider_payment_id == "pi_123"
-    assert event.amount == Decimal("10.00") and event.detail["fully_refunded"] == "true"
+    assert event.amount == Decimal("10.00") and event.cumulative and event.full_refund
+
+
+def test_a_partial_refund_carries_the_cumulative_amount_refunded() -> None:
+    charge = {
+        "id": "ch_1",
+        "object": "charge",
+        "amount": 15_000_000,
+        "amount_refunded": 7_500_000,
+        "refunded": False,
+        "currency": "idr",
+        "payment_intent": "pi_123",
+        "metadata": {"order_id": ORDER},
+    }
+    event = parse(
+        {"id": "evt_p", "object": "event", "type": "charge.refunded", "data": {"object": charge}}
+    )
+    # IDR is two-decimal on Stripe: 7500000 sen are 75000 rupiah.
+    assert event.amount == Decimal("75000.00") and event.currency == "IDR"
+    assert event.cumulative and not event.full_refund
 
 
 def test_a_dispute_is_matched_by_payment_intent_only() -> None:
@@ -363,6 +382,25 @@ def test_zero_decimal_currencies_are_sent_in_whole_units(fake_stripe: type[FakeS
     form = fake_stripe.requests[0]["form"]
     assert form["line_items[0][price_data][unit_amount]"] == "14250"
     assert form["line_items[0][price_data][currency]"] == "jpy"
+
+
+@pytest.mark.parametrize(
+    ("pay_money", "currency", "unit_amount"),
+    [
+        ("160000.00", "IDR", "16000000"),  # two-decimal on Stripe (zero-decimal on Waffo)
+        ("5", "ISK", "500"),  # whole krónur, as a two-decimal amount
+        ("5.12", "KWD", "5120"),  # three decimals, last digit 0
+        ("3000.00", "HUF", "300000"),
+    ],
+)
+def test_stripe_special_currencies_are_sent_in_stripes_minor_units(
+    fake_stripe: type[FakeStripe], pay_money: str, currency: str, unit_amount: str
+) -> None:
+    PROVIDER.create_payment(
+        checkout_request(pay_money=Decimal(pay_money), currency=currency), SECRETS
+    )
+    form = fake_stripe.requests[0]["form"]
+    assert form["line_items[0][price_data][unit_amount]"] == unit_amount
 
 
 def test_a_stripe_error_is_a_provider_error(fake_stripe: type[FakeStripe]) -> None:

@@ -52,4 +52,13 @@ def render_entry(entry: LedgerEntry) -> dict[str, Any]:
 
 
 def list_ledger(user_id: str, limit: int, cursor: str | None) -> dict[str, Any]:
-    return newest_first(LedgerEntry.by_seq.query, "user_id", user_id, limit, cursor, render_entry)
+    # by_seq is a local index: read strongly, so a change shows in the history at once.
+    return newest_first(
+        LedgerEntry.by_seq.query,
+        "user_id",
+        user_id,
+        limit,
+        cursor,
+        render_entry,
+        consistent_read=True,
+    )

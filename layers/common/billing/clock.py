@@ -1,12 +1,33 @@
-"""Time in one format: ISO-8601 UTC with microseconds, which sorts as it reads."""
+"""Billing time in one format: ISO-8601 UTC with microseconds, which sorts as it reads.
+
+Every billing rule that depends on time (grant expiry, order and hold lifetimes, limit
+windows, rate-limit windows, day counts) reads `now()`. In AWS it is the system clock. The
+local stack can move it forward for every function (POST /_local/clock): it sets
+BILLING_CLOCK_OFFSET_SECONDS in the worker before each invocation. Nothing in AWS sets it.
+Times other parties check (tokens, webhook signatures, requests to providers) use `real_now()`.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import os
+from datetime import UTC, datetime, timedelta
+
+OFFSET_VARIABLE = "BILLING_CLOCK_OFFSET_SECONDS"
+
+
+def real_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def offset_seconds() -> float:
+    raw = os.environ.get(OFFSET_VARIABLE, "")
+    return float(raw) if raw else 0.0
 
 
 def now() -> datetime:
-    return datetime.now(UTC)
+    offset = offset_seconds()
+    moment = real_now()
+    return moment + timedelta(seconds=offset) if offset else moment
 
 
 def iso(moment: datetime | None = None) -> str:

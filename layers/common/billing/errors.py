@@ -125,3 +125,20 @@ class UnknownModel(DomainError):
 
     code = "unknown_model"
     message = "The model has no price."
+
+
+class IdempotencyKeyReused(DomainError):
+    code = "idempotency_key_reused"
+    status = 409
+    message = "This Idempotency-Key was used for another request; use a new key."
+
+
+class IdempotencyKeyInProgress(DomainError):
+    """A request under the same key is still running; retrying it then gets that result."""
+
+    code = "idempotency_key_in_progress"
+    status = 409
+    message = "A request with this Idempotency-Key is still in progress; retry shortly."
+
+    def __init__(self, message: str | None = None):
+        super().__init__(message, headers={"Retry-After": "1"})

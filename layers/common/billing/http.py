@@ -10,20 +10,27 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from billing.auth import Principal, principal_from_event
 from billing.errors import DomainError, InvalidRequest, PayloadTooLarge
+from billing.pagination import open_cursor, seal_cursor
 
 MAX_BODY_BYTES = 64 * 1024
 JSON = "application/json"
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+MAX_CURSOR_LENGTH = 2048
+_LIMIT = re.compile(r"[0-9]{1,6}")
 
 logger = Logger(child=True)
 
@@ -34,9 +41,19 @@ class RequestBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class Page(BaseModel):
-    limit: int = Field(default=20, ge=1, le=100)
-    cursor: str | None = None
+@dataclass(frozen=True)
+class Page:
+    """The page a list request asks for: `limit`, and `cursor` already opened (verified as one
+    this server issued for `list_name` and `caller`). `seal()` makes the response's cursor."""
+
+    list_name: str
+    caller: str
+    limit: int
+    cursor: str | None
+
+    def seal(self, page: dict[str, Any]) -> dict[str, Any]:
+        next_cursor = seal_cursor(self.list_name, self.caller, page.get("next_cursor"))
+        return {**page, "next_cursor": next_cursor}
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -149,16 +166,20 @@ def principal(router: APIGatewayHttpResolver) -> Principal:
     return principal_from_event(router.current_event.raw_event)
 
 
-def page_params(router: APIGatewayHttpResolver | APIGatewayHttpRouter) -> Page:
-    """?limit= (1..100, default 20) and ?cursor=, validated like a body."""
+def page_params(
+    router: APIGatewayHttpResolver | APIGatewayHttpRouter, list_name: str, caller: str
+) -> Page:
+    """?limit= (ASCII digits, 1..100, default 20) and ?cursor= (one this server issued for
+    `list_name` and `caller`) of a list; anything else is 400 invalid_request."""
     query = router.current_event.query_string_parameters or {}
-    raw_limit = query.get("limit", "20")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
-        raise InvalidRequest("limit must be a whole number from 1 to 100.")
+    raw_limit = query.get("limit", str(DEFAULT_LIMIT))
+    # str.isdigit() also accepts "²" or "٣", which int() refuses or reads as another number.
+    if not _LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}.")
     cursor = query.get("cursor") or None
-    if cursor is not None and len(cursor) > 2048:
+    if cursor is not None and len(cursor) > MAX_CURSOR_LENGTH:
         raise InvalidRequest("The cursor is invalid.")
-    return Page(limit=int(raw_limit), cursor=cursor)
+    return Page(list_name, caller, int(raw_limit), open_cursor(list_name, caller, cursor))
 
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]

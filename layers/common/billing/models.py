@@ -14,6 +14,7 @@ from pynamodb.attributes import (
     MapAttribute,
     NumberAttribute,
     UnicodeAttribute,
+    UnicodeSetAttribute,
 )
 from pynamodb.indexes import (
     AllProjection,
@@ -81,6 +82,17 @@ class OrdersByPayment(GlobalSecondaryIndex["Order"]):
     provider_payment_id = UnicodeAttribute(hash_key=True)
 
 
+class OpenOrders(GlobalSecondaryIndex["Order"]):
+    """Sparse: only pending orders carry pending_shard, so the expiry sweeper reads just those."""
+
+    class Meta:
+        index_name = "open_orders"
+        projection = KeysOnlyProjection()
+
+    pending_shard = UnicodeAttribute(hash_key=True)
+    expires_at = UnicodeAttribute(range_key=True)
+
+
 class Order(Model):
     class Meta:
         table_name = _table("ORDERS_TABLE")
@@ -102,11 +114,18 @@ class Order(Model):
     failure_reason = UnicodeAttribute(null=True)
     test_mode = BooleanAttribute(default=True)
     created_at = UnicodeAttribute()
+    expires_at = UnicodeAttribute(null=True)  # created_at + limits.order_ttl_seconds
+    pending_shard = UnicodeAttribute(null=True)  # set only while pending (open_orders index)
     paid_at = UnicodeAttribute(null=True)
     updated_at = UnicodeAttribute(null=True)
+    # Refunds: the total money returned so far (decimal string; absent = none) and the
+    # provider refund ids already counted in it (providers that report each refund apart).
+    refunded_money = UnicodeAttribute(null=True)
+    refund_ids = UnicodeSetAttribute(null=True)
 
     by_user = OrdersByUser()
     by_payment = OrdersByPayment()
+    open_orders = OpenOrders()
 
 
 class CodesByShard(GlobalSecondaryIndex["RedemptionCode"]):

@@ -28,7 +28,16 @@ def provider_secrets() -> dict[str, str]:
 
 def code_hash_key() -> bytes:
     """The HMAC key under which redemption codes are stored."""
-    key = _secret("CODE_HASH_SECRET_ARN")
+    return _key("CODE_HASH_SECRET_ARN", "the code hash key")
+
+
+def cursor_key() -> bytes:
+    """The HMAC key that signs list cursors (a cursor is honoured only where it was issued)."""
+    return _key("CURSOR_SECRET_ARN", "the cursor key")
+
+
+def _key(env: str, what: str) -> bytes:
+    key = _secret(env)
     if len(key) < 32:
-        raise RuntimeError("the code hash key is too short")
+        raise RuntimeError(f"{what} is too short")
     return key.encode()

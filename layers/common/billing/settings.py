@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from billing import money
 from billing.errors import SettingsError
 
 MethodId = Literal["stripe", "epay", "creem", "waffo"]
@@ -114,6 +115,20 @@ class Settings(_Strict):
     pricing: Pricing = Pricing()
     referral: Referral = Referral()
     limits: Limits = Limits()
+
+    @model_validator(mode="after")
+    def _currencies_the_providers_take(self) -> Settings:
+        """A method whose provider cannot charge in its currency (or in a product's) would
+        take orders no one can pay, or pay the wrong amount: refuse the document."""
+        for method, config in self.methods.items():
+            priced = [("currency", config.currency)] + [
+                (f"products.{product.product_id}.currency", product.currency)
+                for product in config.products
+            ]
+            for field, currency in priced:
+                if not money.supports(method, currency):
+                    raise ValueError(f"methods.{method}.{field}: {method} cannot take {currency}")
+        return self
 
 
 def parse_settings(raw: str | bytes) -> Settings:

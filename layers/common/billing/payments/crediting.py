@@ -1,20 +1,36 @@
 """Apply one verified payment event to its order, exactly once (DESIGN invariants 1, 2, 5, 6).
 
 A payment credits in ONE ledger transaction: the order's pending→paid (conditional on the
-order still being pending and belonging to the event's provider) + the ledger entry
+order still being open and belonging to the event's provider) + the ledger entry
 `topup#<order>` (attribute_not_exists) + the balance, plus whatever `extra_changes_for_credit`
-adds (the referral rebate joins here). So duplicates, retries and out-of-order events change
-nothing, and a paid amount, currency or provider that differs from the order credits nothing:
-the order becomes `disputed` instead.
+adds (the referral rebate and first-order bonuses join here). So duplicates, retries and
+out-of-order events change nothing, and a paid amount, currency or provider that differs from
+the order credits nothing: the order becomes `disputed` instead. So does a payment that reached
+us after the order expired (`paid_after_expiry`): it is never credited at the stale price by
+itself; an admin may complete such an order (and a mismatched one), once.
 
-Events that can never apply (unknown order, wrong state) are acknowledged with a log line so they
-do not block the queue; transient failures (LedgerContention, DynamoDB throttling or faults)
-propagate, so the record is reported as a batch item failure and SQS retries it (and after
-maxReceiveCount, moves it to the DLQ, which alarms).
+Refunds reverse in proportion (billing.payments.refunds): each refund notification is at most
+one step, written in one transaction: `reversal#<order>#<step>` on the buyer's quota, the
+inviter's clawback of the rebate in the same proportion, and the order's `refunded_money`
+moved from exactly the value the step was computed from (a condition), so concurrent or
+repeated notifications apply once. A step that leaves nothing of the credit makes the order
+`refunded` (or `disputed`, for a chargeback) and also takes back the first-order bonuses the
+order paid.
+
+What cannot be applied yet is raised, never acknowledged: a payment, refund or dispute that
+matches no order (its paid event still queued, or an order completed by hand without a payment
+id), a partial refund of an order not credited yet, a refund whose amount cannot be read. SQS
+retries the record and, after maxReceiveCount, moves it to the DLQ, which alarms. Transient
+failures (LedgerContention, DynamoDB throttling or faults) propagate the same way. Events that
+can never change anything (duplicates, an order in a state that does not allow them) are
+acknowledged with a log line.
 """
 
 from __future__ import annotations
 
+import random
+import time
+from decimal import Decimal
 from enum import StrEnum
 
 from aws_lambda_powertools import Logger
@@ -27,14 +43,19 @@ from billing import clock, ledger, money
 from billing.errors import DomainError, NotFound
 from billing.models import Account, Order
 from billing.ops import record_audit
-from billing.payments import orders
+from billing.payments import orders, refunds
 from billing.payments.providers.base import EventType, PaymentEvent
 from billing.referral import clawback_changes, credit_changes
 
 logger = Logger(child=True)
 
 ADMIN_PROVIDER = "admin"
-_REBUILD_ATTEMPTS = 3
+PAID_AFTER_EXPIRY = "paid_after_expiry"
+MISMATCH_PREFIX = "mismatch:"
+CHARGEBACK = "chargeback"
+REFUNDED_BEFORE_CREDIT = "refunded_before_credit"
+_REBUILD_ATTEMPTS = 5
+_REVERSAL_ATTEMPTS = 30
 
 
 class Outcome(StrEnum):
@@ -43,16 +64,22 @@ class Outcome(StrEnum):
     FAILED = "failed"
     EXPIRED = "expired"
     MISMATCH = "mismatch"  # order disputed, nothing credited
-    REVERSED = "reversed"
-    CLOSED = "closed"  # a refund/dispute of a never-credited pending order: closed, no reversal
+    LATE = "late"  # paid after the order expired: disputed, nothing credited
+    REVERSED = "reversed"  # a reversal step (partial or complete) was applied
+    CLOSED = "closed"  # a refund/dispute of a never-credited order: closed, no reversal
     IGNORED = "ignored"  # the order's state does not allow it: nothing changed
-    UNKNOWN_ORDER = "unknown_order"
+    UNKNOWN_ORDER = "unknown_order"  # a failure/expiry of an order we do not have: nothing to do
 
 
 class OrderNotCompletable(DomainError):
     code = "order_not_completable"
     status = 409
     message = "This order was refunded or disputed and cannot be completed."
+
+
+class NotApplicableYet(Exception):
+    """The event cannot be applied now (no matching order, or not credited yet): it is retried
+    and ends in the credit DLQ (alarm) for an operator, never acknowledged and lost."""
 
 
 # ---------------------------------------------------------------- extension hooks
@@ -64,23 +91,28 @@ def extra_changes_for_credit(order: Order, account: Account) -> list[ledger.Chan
     return credit_changes(order, account)
 
 
-def extra_changes_for_reversal(order: Order, account: Account) -> list[ledger.Change]:
-    """Changes that join the reversal of `order`: the clawback of its rebate."""
-    return clawback_changes(order, account)
+def extra_changes_for_reversal(
+    order: Order, account: Account, step: refunds.Step
+) -> tuple[list[ledger.Change], dict[str, Account]]:
+    """Changes that join a reversal step of `order`: the clawback of its rebate in the same
+    proportion (and of its first-order bonuses once nothing of the credit is left), with the
+    accounts they were computed from."""
+    return clawback_changes(order, account, before=step.before, after=step.after, step=step.key)
 
 
 # ---------------------------------------------------------------- entry points
 
 
 def apply_event(event: PaymentEvent) -> Outcome:
-    """Apply one event; returns what happened. Raises only on transient/unexpected errors."""
+    """Apply one event; returns what happened. Raises NotApplicableYet for an event to retry
+    (and park in the DLQ), and on transient/unexpected errors."""
     if event.provider == ADMIN_PROVIDER:
         # Only complete_by_admin may credit as the admin; never a queued message.
         logger.error("queued event claims the admin provider", extra={"event_id": event.event_id})
         return Outcome.IGNORED
     order = _find_order(event)
     if order is None:
-        outcome = Outcome.UNKNOWN_ORDER
+        outcome = _unmatched(event)
     elif event.type is EventType.PAID:
         outcome = _credit(order, event)
     elif event.type is EventType.FAILED:
@@ -89,8 +121,7 @@ def apply_event(event: PaymentEvent) -> Outcome:
         outcome = _close(order, event, orders.EXPIRED)
     else:
         outcome = _reverse(order, event)
-    log = logger.warning if outcome is Outcome.UNKNOWN_ORDER else logger.info
-    log(
+    logger.info(
         "payment event applied",
         extra={
             "provider": event.provider,
@@ -103,6 +134,20 @@ def apply_event(event: PaymentEvent) -> Outcome:
     return outcome
 
 
+def completable(order: Order) -> bool:
+    """An admin may credit an order that was never credited and whose payment may have been
+    taken: pending, failed, expired, or disputed because the payment did not match or came
+    late. Never a refunded one, nor one disputed by a chargeback."""
+    if order.paid_at:
+        return False
+    if order.status in (orders.PENDING, orders.FAILED, orders.EXPIRED):
+        return True
+    reason = order.failure_reason or ""
+    return order.status == orders.DISPUTED and (
+        reason.startswith(MISMATCH_PREFIX) or reason == PAID_AFTER_EXPIRY
+    )
+
+
 def complete_by_admin(admin_id: str, order_id: str) -> Order:
     """Credit an order by hand, through the same transaction as a PAID event (ledger entry
     `topup#<order>`), so it credits at most once; an already paid order is returned unchanged.
@@ -110,10 +155,10 @@ def complete_by_admin(admin_id: str, order_id: str) -> Order:
     order = orders.find_order(order_id)
     if order is None:
         raise NotFound("No such order.")
-    if order.status in (orders.REFUNDED, orders.DISPUTED):
-        raise OrderNotCompletable()
     if order.status == orders.PAID:
         outcome = Outcome.DUPLICATE
+    elif not completable(order):
+        raise OrderNotCompletable()
     else:
         event = PaymentEvent(
             provider=ADMIN_PROVIDER,
@@ -123,7 +168,7 @@ def complete_by_admin(admin_id: str, order_id: str) -> Order:
             amount=money.parse(order.pay_money, order.currency),
             currency=order.currency,
         )
-        outcome = _credit(order, event, admin=True)
+        outcome = _credit_by_admin(order, event)
     current = orders.find_order(order_id)
     if current is None or current.status != orders.PAID:
         raise OrderNotCompletable("The order changed state and cannot be completed.")
@@ -131,12 +176,18 @@ def complete_by_admin(admin_id: str, order_id: str) -> Order:
         admin_id,
         "topup.complete",
         order_id,
-        {"outcome": str(outcome), "user_id": current.user_id, "quota": int(current.quota)},
+        {
+            "outcome": str(outcome),
+            "user_id": current.user_id,
+            "quota": int(current.quota),
+            "previous_status": order.status,
+            "failure_reason": order.failure_reason or "",
+        },
     )
     return current
 
 
-# ---------------------------------------------------------------- internals
+# ---------------------------------------------------------------- finding the order
 
 
 def _find_order(event: PaymentEvent) -> Order | None:
@@ -153,6 +204,32 @@ def _find_order(event: PaymentEvent) -> Order | None:
     return None
 
 
+def _unmatched(event: PaymentEvent) -> Outcome:
+    """An event that names no order we have. Money moved (a payment, refund or dispute):
+    raise, so it is retried (its order's paid event may still be queued) and then kept in
+    the DLQ. A failure or expiry of an unknown order changes nothing: acknowledged."""
+    if event.type in (EventType.FAILED, EventType.EXPIRED):
+        logger.warning(
+            "failure or expiry of an unknown order",
+            extra={"provider": event.provider, "event_id": event.event_id},
+        )
+        return Outcome.UNKNOWN_ORDER
+    _metric("PaymentEventUnmatched", event.provider)
+    logger.warning(
+        "payment event matches no order yet: retried, then kept in the DLQ",
+        extra={
+            "provider": event.provider,
+            "event_id": event.event_id,
+            "type": str(event.type),
+            "order_id": event.order_id,
+        },
+    )
+    raise NotApplicableYet(f"{event.type} event {event.event_id} matches no order")
+
+
+# ---------------------------------------------------------------- credit
+
+
 def _mismatch(order: Order, event: PaymentEvent) -> str | None:
     """Why a payment does not match its order (None when it matches exactly)."""
     if event.provider != order.method:
@@ -164,25 +241,72 @@ def _mismatch(order: Order, event: PaymentEvent) -> str | None:
     return None
 
 
-def _credit(order: Order, event: PaymentEvent, *, admin: bool = False) -> Outcome:
-    problem = None if admin else _mismatch(order, event)
-    if problem is not None:
-        return _dispute_mismatch(order, event, problem)
-    if order.status != orders.PENDING and not (
-        admin and order.status in (orders.FAILED, orders.EXPIRED)
-    ):
-        return _already_closed(order, event)
+def _late(order: Order, event: PaymentEvent) -> bool:
+    """The payment reached us after the order's lifetime (when it reached us, not when the
+    queue delivered it: a payment on time stays on time however slow the queue)."""
+    deadline = orders.expires_at(order)
+    if deadline is None:
+        return False
+    return (event.received_at or clock.iso()) > deadline
 
+
+def _open_condition(order: Order) -> Condition | None:
+    """The condition under which a payment may still credit `order` (None: it may not):
+    pending, or expired by its lifetime only (then the payment must have been on time)."""
+    if order.status == orders.PENDING:
+        return Order.status == orders.PENDING
+    if order.status == orders.EXPIRED and order.failure_reason == orders.EXPIRED_BY_TTL:
+        return (Order.status == orders.EXPIRED) & (Order.failure_reason == orders.EXPIRED_BY_TTL)
+    return None
+
+
+def _credit(order: Order, event: PaymentEvent) -> Outcome:
+    # Money was taken for an expired order: never at the stale price by itself. An order
+    # expired by its lifetime (not by the provider) and paid in time still credits.
+    if order.status == orders.EXPIRED and (
+        order.failure_reason != orders.EXPIRED_BY_TTL or _late(order, event)
+    ):
+        return _dispute(order, event, PAID_AFTER_EXPIRY, Order.status == orders.EXPIRED)
+    condition = _open_condition(order)
+    if condition is None:
+        return _already_closed(order, event)
+    problem = _mismatch(order, event)
+    if problem is not None:
+        return _dispute(order, event, f"{MISMATCH_PREFIX}{problem}", condition)
+    if _late(order, event):
+        return _dispute(order, event, PAID_AFTER_EXPIRY, condition)
+    return _credit_with_rebuilds(
+        order, event, condition & (Order.method == event.provider) & Order.paid_at.does_not_exist()
+    )
+
+
+def _credit_by_admin(order: Order, event: PaymentEvent) -> Outcome:
+    # An admin may complete any order `completable` allows (paid out of band, paid late, or
+    # paid a different amount), whatever its lifetime.
+    condition = (
+        Order.status.is_in(orders.PENDING, orders.FAILED, orders.EXPIRED)
+        | (
+            (Order.status == orders.DISPUTED)
+            & (
+                Order.failure_reason.startswith(MISMATCH_PREFIX)
+                | (Order.failure_reason == PAID_AFTER_EXPIRY)
+            )
+        )
+    ) & Order.paid_at.does_not_exist()
+    return _credit_with_rebuilds(order, event, condition)
+
+
+def _credit_with_rebuilds(order: Order, event: PaymentEvent, condition: Condition) -> Outcome:
     # The extra changes depend on the account (first paid order → bonuses): if another credit
     # of the same user wins the race for one of them, re-read and rebuild.
     for _ in range(_REBUILD_ATTEMPTS):
-        outcome = _try_credit(order, event, admin=admin)
+        outcome = _try_credit(order, event, condition)
         if outcome is not None:
             return outcome
     raise ledger.LedgerContention("the account kept changing; try again")
 
 
-def _try_credit(order: Order, event: PaymentEvent, *, admin: bool) -> Outcome | None:
+def _try_credit(order: Order, event: PaymentEvent, condition: Condition) -> Outcome | None:
     account = ledger.read_account(order.user_id)
     at = clock.iso()
     changes = [
@@ -196,16 +320,11 @@ def _try_credit(order: Order, event: PaymentEvent, *, admin: bool) -> Outcome | 
         ),
         *extra_changes_for_credit(order, account),
     ]
-    condition: Condition
-    if admin:
-        # An admin may complete an order whose session failed or expired (paid out of band).
-        condition = Order.status.is_in(orders.PENDING, orders.FAILED, orders.EXPIRED)
-    else:
-        condition = (Order.status == orders.PENDING) & (Order.method == event.provider)
     actions: list[Action] = [
         Order.status.set(orders.PAID),
         Order.paid_at.set(at),
         Order.updated_at.set(at),
+        Order.pending_shard.remove(),
     ]
     if event.provider_payment_id:
         actions.append(Order.provider_payment_id.set(event.provider_payment_id))
@@ -225,7 +344,7 @@ def _try_credit(order: Order, event: PaymentEvent, *, admin: bool) -> Outcome | 
         return None  # a bonus entry was written by a concurrent credit: rebuild
     except ledger.ConditionFailed:
         current = orders.find_order(order.order_id)
-        if current is not None and current.status != orders.PENDING and current.paid_at:
+        if current is not None and current.paid_at:
             return Outcome.DUPLICATE  # credited by a concurrent delivery
         return Outcome.IGNORED
     _metric("PaymentCredited", event.provider)
@@ -233,12 +352,11 @@ def _try_credit(order: Order, event: PaymentEvent, *, admin: bool) -> Outcome | 
 
 
 def _already_closed(order: Order, event: PaymentEvent) -> Outcome:
-    if order.status == orders.PAID or (
-        order.status in (orders.REFUNDED, orders.DISPUTED) and order.paid_at
-    ):
+    if order.paid_at:
+        _remember_payment(order, event)
         return Outcome.DUPLICATE
-    # Money was taken for an order we had closed (failed/expired/mismatch): never credit it
-    # automatically, but make it loud so an operator can complete it by hand.
+    # Money was taken for an order we had closed (failed, disputed, refunded before it was
+    # paid): never credit it automatically, but make it loud so an operator can look.
     _metric("PaymentOnClosedOrder", event.provider)
     logger.error(
         "payment for an order that is not pending",
@@ -247,10 +365,27 @@ def _already_closed(order: Order, event: PaymentEvent) -> Outcome:
     return Outcome.IGNORED
 
 
-def _dispute_mismatch(order: Order, event: PaymentEvent, reason: str) -> Outcome:
-    _metric("PaymentMismatch", event.provider)
+def _remember_payment(order: Order, event: PaymentEvent) -> None:
+    """An order credited by hand learns its payment id from the provider's own paid event,
+    so that the payment's refund or chargeback, matched by it, finds the order."""
+    if order.provider_payment_id or not event.provider_payment_id:
+        return
+    if event.provider != order.method:
+        return
+    _update_if(
+        order,
+        [Order.provider_payment_id.set(event.provider_payment_id)],
+        Order.provider_payment_id.does_not_exist() & Order.paid_at.exists(),
+    )
+
+
+def _dispute(order: Order, event: PaymentEvent, reason: str, condition: Condition) -> Outcome:
+    """Money was taken but must not credit by itself: the order becomes `disputed` with the
+    reason, for an admin to complete (or refund)."""
+    late = reason == PAID_AFTER_EXPIRY
+    _metric("PaymentPaidAfterExpiry" if late else "PaymentMismatch", event.provider)
     logger.error(
-        "payment does not match its order: not credited",
+        "payment not credited: the order is disputed",
         extra={
             "order_id": order.order_id,
             "reason": reason,
@@ -258,18 +393,22 @@ def _dispute_mismatch(order: Order, event: PaymentEvent, reason: str) -> Outcome
             "method": order.method,
             "expected": f"{order.pay_money} {order.currency}",
             "received": f"{event.amount} {event.currency}",
+            "expires_at": order.expires_at,
+            "received_at": event.received_at,
             "event_id": event.event_id,
         },
     )
     actions: list[Action] = [
         Order.status.set(orders.DISPUTED),
-        Order.failure_reason.set(f"mismatch:{reason}"),
+        Order.failure_reason.set(reason),
+        Order.pending_shard.remove(),
         Order.updated_at.set(clock.iso()),
     ]
     if event.provider_payment_id and event.provider == order.method:
+        # So that the provider's refund or chargeback of this payment finds the order.
         actions.append(Order.provider_payment_id.set(event.provider_payment_id))
-    if _update_if(order, actions, Order.status == orders.PENDING):
-        return Outcome.MISMATCH
+    if _update_if(order, actions, condition & Order.paid_at.does_not_exist()):
+        return Outcome.LATE if late else Outcome.MISMATCH
     return Outcome.IGNORED
 
 
@@ -284,6 +423,7 @@ def _close(order: Order, event: PaymentEvent, status: str) -> Outcome:
     actions: list[Action] = [
         Order.status.set(status),
         Order.failure_reason.set(event.detail.get("stripe_type") or str(event.type)),
+        Order.pending_shard.remove(),
         Order.updated_at.set(clock.iso()),
     ]
     condition = (Order.status == orders.PENDING) & (Order.method == event.provider)
@@ -292,69 +432,199 @@ def _close(order: Order, event: PaymentEvent, status: str) -> Outcome:
     return Outcome.IGNORED
 
 
+# ---------------------------------------------------------------- refunds and disputes
+
+
+def _refund_of(event: PaymentEvent) -> refunds.Refund:
+    return refunds.Refund(
+        amount=event.amount,
+        cumulative=event.cumulative,
+        full=event.full_refund,
+        refund_id=event.refund_id,
+    )
+
+
 def _reverse(order: Order, event: PaymentEvent) -> Outcome:
-    """A refund or dispute: take back a credited order's quota once (may go below zero)."""
+    """A refund or dispute: take back the credited share of the money returned, once."""
     if event.provider != order.method:
         logger.error(
             "reversal from another provider than the order's",
             extra={"order_id": order.order_id, "provider": event.provider},
         )
         return Outcome.IGNORED
-    status = orders.REFUNDED if event.type is EventType.REFUNDED else orders.DISPUTED
-    if order.status == orders.PENDING:
-        # Refunded before we saw it paid: close it so a late PAID event cannot credit it.
-        actions: list[Action] = [
-            Order.status.set(status),
-            Order.failure_reason.set(f"{status}_before_paid"),
-            Order.updated_at.set(clock.iso()),
-        ]
-        if _update_if(order, actions, Order.status == orders.PENDING):
-            logger.warning("reversal of an uncredited order", extra={"order_id": order.order_id})
-            return Outcome.CLOSED
+    if (
+        event.type is EventType.REFUNDED
+        and event.currency
+        and event.currency.upper() != order.currency.upper()
+    ):
+        raise NotApplicableYet(
+            f"refund {event.event_id} in {event.currency} of an order in {order.currency}"
+        )
+    if event.type is EventType.REFUNDED and not (
+        event.full_refund or event.cumulative or event.refund_id
+    ):
+        # A partial refund that cannot be told from a repeat of itself: never guess.
+        raise NotApplicableYet(f"refund {event.event_id} carries no refund id")
+    for attempt in range(_REVERSAL_ATTEMPTS):
+        if order.paid_at:
+            outcome = _reverse_credited(order, event)
+        else:
+            outcome = _reverse_uncredited(order, event)
+        if outcome is not None:
+            return outcome
+        # Another step of this order (or a change of an account) won: back off, re-read.
+        time.sleep(min(0.2, 0.005 * (2 ** min(attempt, 6))) * random.random())  # noqa: S311
         refreshed = orders.find_order(order.order_id)
         if refreshed is None:
-            return Outcome.IGNORED
+            raise NotApplicableYet(f"order {order.order_id} vanished")
         order = refreshed
-    if order.status not in (orders.PAID, orders.REFUNDED, orders.DISPUTED):
-        logger.warning(
-            "reversal of an order that was never credited",
-            extra={"order_id": order.order_id, "status": order.status},
-        )
-        return Outcome.IGNORED
+    raise ledger.LedgerContention("the order kept changing; try again")
 
+
+def _step(order: Order, event: PaymentEvent) -> refunds.Step | None:
+    paid = money.parse(order.pay_money, order.currency)
+    refunded = Decimal(order.refunded_money) if order.refunded_money else Decimal(0)
+    if event.type is EventType.DISPUTED:
+        return refunds.dispute_step(paid, refunded)
+
+    def key_of(total: Decimal) -> str:
+        return str(money.to_minor(total, order.currency, order.method))
+
+    try:
+        return refunds.refund_step(
+            paid, refunded, frozenset(order.refund_ids or ()), _refund_of(event), key_of
+        )
+    except (refunds.UnreadableRefund, ValueError) as exc:
+        raise NotApplicableYet(f"refund {event.event_id}: {exc}") from exc
+
+
+def _order_moves(
+    order: Order, event: PaymentEvent, step: refunds.Step
+) -> tuple[list[Action], Condition]:
+    """The order's update for a step, conditional on exactly the state it was computed from."""
+    actions: list[Action] = [Order.updated_at.set(clock.iso())]
+    if step.complete:
+        status = orders.DISPUTED if event.type is EventType.DISPUTED else orders.REFUNDED
+        actions.append(Order.status.set(status))
+        if event.type is EventType.DISPUTED:
+            actions.append(Order.failure_reason.set(CHARGEBACK))
+    if event.type is EventType.REFUNDED:
+        actions.append(
+            Order.refunded_money.set(
+                money.format_exact(step.refunded_after, order.currency, order.method)
+            )
+        )
+    if step.refund_id is not None:
+        actions.append(Order.refund_ids.add({step.refund_id}))
+    condition = Order.status == order.status
+    if order.refunded_money:
+        condition &= Order.refunded_money == order.refunded_money
+    else:
+        condition &= Order.refunded_money.does_not_exist()
+    if step.refund_id is not None:
+        condition &= ~Order.refund_ids.contains(step.refund_id)
+    return actions, condition
+
+
+def _reverse_credited(order: Order, event: PaymentEvent) -> Outcome | None:
+    """One step of a credited order's reversal; None when the order changed under us."""
+    if order.status != orders.PAID:
+        return Outcome.DUPLICATE  # already all taken back (refunded or charged back)
+    step = _step(order, event)
+    if step is None:
+        return Outcome.DUPLICATE  # a repeated, stale or already counted refund
     account = ledger.read_account(order.user_id)
+    clawback, read = extra_changes_for_reversal(order, account, step)
     changes = [
         ledger.Change(
             user_id=order.user_id,
-            entry_id=f"reversal#{order.order_id}",
+            entry_id=f"reversal#{order.order_id}#{step.key}",
             kind=ledger.EntryKind.REVERSAL,
-            delta=-int(order.quota),
+            delta=-step.taken(int(order.quota)),
             ref=order.order_id,
             may_go_negative=True,
         ),
-        *extra_changes_for_reversal(order, account),
+        *clawback,
     ]
-    reverse_actions: list[Action] = [Order.status.set(status), Order.updated_at.set(clock.iso())]
+    actions, condition = _order_moves(order, event, step)
     try:
+        # One attempt: the clawback split was computed from the inviter's balances as read.
         ledger.apply(
             changes,
             extra=[
                 ledger.TxOp(
-                    label="order",
-                    op="update",
-                    model=order,
-                    condition=Order.status == orders.PAID,
-                    actions=reverse_actions,
+                    label="order", op="update", model=order, condition=condition, actions=actions
                 )
             ],
-            accounts={order.user_id: account},
+            accounts={**read, order.user_id: account},
+            max_attempts=1,
         )
-    except ledger.DuplicateEntry:
-        return Outcome.DUPLICATE
-    except ledger.ConditionFailed:
-        return Outcome.IGNORED
+    except (ledger.DuplicateEntry, ledger.ConditionFailed, ledger.LedgerContention):
+        return None  # another step (or this one) won: re-read the order and look again
     _metric("PaymentReversed", event.provider)
+    logger.info(
+        "credit reversed in proportion",
+        extra={
+            "order_id": order.order_id,
+            "step": step.key,
+            "refunded_money": str(step.refunded_after),
+            "complete": step.complete,
+        },
+    )
     return Outcome.REVERSED
+
+
+def _reverse_uncredited(order: Order, event: PaymentEvent) -> Outcome | None:
+    """A refund or dispute of money we never credited; None when the order changed."""
+    full = event.type is EventType.REFUNDED and event.full_refund
+    if order.status == orders.PENDING:
+        if not full:
+            # Most likely the payment event is still on its way: credit first, then reverse.
+            raise NotApplicableYet(
+                f"{event.type} {event.event_id} of order {order.order_id} before its payment"
+            )
+        # All of it came back before we saw it paid: close it, so a late payment event
+        # cannot credit it.
+        closing: list[Action] = [
+            Order.status.set(orders.REFUNDED),
+            Order.failure_reason.set(f"{orders.REFUNDED}_before_paid"),
+            Order.refunded_money.set(order.pay_money),
+            Order.pending_shard.remove(),
+            Order.updated_at.set(clock.iso()),
+        ]
+        if not _update_if(order, closing, Order.status == orders.PENDING):
+            return None
+        logger.warning("refund of an uncredited order", extra={"order_id": order.order_id})
+        return Outcome.CLOSED
+    if order.status == orders.DISPUTED and completable(order):
+        # Taken but never credited (mismatch, late): once money goes back, an admin must no
+        # longer credit it; a full refund closes it.
+        marking: list[Action] = [Order.updated_at.set(clock.iso())]
+        if full:
+            marking += [
+                Order.status.set(orders.REFUNDED),
+                Order.refunded_money.set(order.pay_money),
+            ]
+        reason = CHARGEBACK if event.type is EventType.DISPUTED else REFUNDED_BEFORE_CREDIT
+        marking.append(Order.failure_reason.set(reason))
+        condition = (Order.status == orders.DISPUTED) & (
+            Order.failure_reason == (order.failure_reason or "")
+        )
+        if not _update_if(order, marking, condition & Order.paid_at.does_not_exist()):
+            return None
+        logger.warning(
+            "refund or chargeback of an uncredited disputed order",
+            extra={"order_id": order.order_id, "previous_reason": order.failure_reason},
+        )
+        return Outcome.CLOSED
+    logger.warning(
+        "reversal of an order that was never credited",
+        extra={"order_id": order.order_id, "status": order.status},
+    )
+    return Outcome.IGNORED
+
+
+# ---------------------------------------------------------------- small helpers
 
 
 def _update_if(order: Order, actions: list[Action], condition: Condition) -> bool:

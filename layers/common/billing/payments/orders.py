@@ -4,19 +4,26 @@ The price is computed here from the settings and nowhere else: the client names 
 product, for a product-based method) and never a price. The order is written `pending` BEFORE
 the provider is asked for a payment, so a webhook always finds its order; if the provider call
 fails the order is marked `failed` at once, so no pending order is left behind for nothing.
+
+A pending order lives `limits.order_ttl_seconds`: past its `expires_at` it reads as `expired`
+at once, and the scheduled sweep (`expire_overdue`) writes it so, through the sparse
+`open_orders` index that holds only pending orders. A payment that reaches us after that is
+never credited by itself (billing.payments.crediting).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import string
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from pynamodb.exceptions import DoesNotExist, PynamoDBException
+from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
 from pynamodb.expressions.update import Action
 
 from billing import accounts, clock, money
@@ -41,6 +48,10 @@ FAILED = "failed"
 EXPIRED = "expired"
 REFUNDED = "refunded"
 DISPUTED = "disputed"
+
+EXPIRED_BY_TTL = "ttl"  # failure_reason of an order expired by its lifetime
+PENDING_SHARDS = 4  # open_orders index keys: pending orders spread so no key gets hot
+_SWEEP_MAX = 1000  # orders one sweep expires at most (the schedule picks up the rest)
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,7 @@ def quote(
         return Quote(
             method=method,
             amount=0,
-            pay_money=money.quantize(product.price, product.currency),
+            pay_money=money.quantize(product.price, product.currency, method),
             currency=product.currency,
             quota=product.quota,
             channel=channel,
@@ -98,8 +109,10 @@ def quote(
         raise InvalidAmount(
             f"The amount must be a whole number from {topup.min_topup} to {topup.max_topup}."
         )
+    # Rounded to what this provider can charge in the currency (Waffo: whole rupiah; Stripe:
+    # IDR in sen, ISK in whole krónur), so the provider is asked for exactly pay_money.
     pay_money = money.quantize(
-        Decimal(amount) * config.unit_price * topup.discount_for(amount), config.currency
+        Decimal(amount) * config.unit_price * topup.discount_for(amount), config.currency, method
     )
     if pay_money <= 0:
         raise InvalidAmount("The amount is too small to be paid in this currency.")
@@ -154,20 +167,24 @@ def checkout(
     priced = quote(settings, method, config, amount=amount, channel=channel, product_id=product_id)
     accounts.get_account(user_id)  # credit needs an account: refuse before writing anything
 
-    at = clock.iso()
+    moment = clock.now()
+    at = clock.iso(moment)
+    order_id = new_order_id()
     order = Order(
-        order_id=new_order_id(),
+        order_id=order_id,
         user_id=user_id,
         method=method,
         channel=priced.channel,
         product_id=priced.product_id,
         amount=priced.amount,
-        pay_money=money.format_amount(priced.pay_money, priced.currency),
+        pay_money=money.format_amount(priced.pay_money, priced.currency, method),
         currency=priced.currency,
         quota=priced.quota,
         status=PENDING,
         test_mode=config.test_mode,
         created_at=at,
+        expires_at=clock.iso(moment + timedelta(seconds=settings.limits.order_ttl_seconds)),
+        pending_shard=pending_shard(order_id),
         updated_at=at,
     )
     order.save(condition=Order.order_id.does_not_exist())
@@ -209,12 +226,29 @@ def checkout(
     return order
 
 
+def pending_shard(order_id: str) -> str:
+    number = int(hashlib.sha256(order_id.encode()).hexdigest()[:8], 16) % PENDING_SHARDS
+    return f"p#{number}"
+
+
+def expires_at(order: Order) -> str | None:
+    """When the order stops being payable (orders from before lifetimes: none)."""
+    return order.expires_at or None
+
+
+def is_overdue(order: Order, at: str | None = None) -> bool:
+    """A pending order past its lifetime (it reads as expired even before the sweep)."""
+    deadline = expires_at(order)
+    return order.status == PENDING and deadline is not None and (at or clock.iso()) > deadline
+
+
 def _mark_failed(order: Order, reason: str) -> None:
     try:
         order.update(
             actions=[
                 Order.status.set(FAILED),
                 Order.failure_reason.set(reason),
+                Order.pending_shard.remove(),
                 Order.updated_at.set(clock.iso()),
             ],
             condition=Order.status == PENDING,
@@ -252,7 +286,10 @@ def list_orders(user_id: str, limit: int, cursor: str | None) -> dict[str, Any]:
 
 
 def render_order(order: Order) -> dict[str, Any]:
-    """An order as API.md names it (plus channel/product_id when set)."""
+    """An order as API.md names it (plus channel/product_id, expires_at and failure_reason
+    when set). A pending order past its lifetime is shown expired, as the sweep will store it."""
+    overdue = is_overdue(order)
+    refunded = Decimal(order.refunded_money) if order.refunded_money else Decimal(0)
     rendered: dict[str, Any] = {
         "order_id": order.order_id,
         "method": order.method,
@@ -260,7 +297,8 @@ def render_order(order: Order) -> dict[str, Any]:
         "pay_money": order.pay_money,
         "currency": order.currency,
         "quota": int(order.quota),
-        "status": order.status,
+        "status": EXPIRED if overdue else order.status,
+        "refunded_money": money.format_exact(refunded, order.currency, order.method),
         "created_at": order.created_at,
         "paid_at": order.paid_at,
     }
@@ -270,4 +308,58 @@ def render_order(order: Order) -> dict[str, Any]:
         rendered["channel"] = order.channel
     if order.product_id:
         rendered["product_id"] = order.product_id
+    if order.expires_at:
+        rendered["expires_at"] = order.expires_at
+    reason = EXPIRED_BY_TTL if overdue else order.failure_reason
+    if reason:
+        rendered["failure_reason"] = reason
     return rendered
+
+
+# ---------------------------------------------------------------- the expiry sweep
+
+
+def expire_overdue() -> dict[str, int]:
+    """Expire every pending order past its lifetime (the schedule's job), once each.
+
+    Reads only the sparse open_orders index. The write is conditional on the order still
+    being pending, so a payment credited meanwhile wins; an entry whose order already left
+    pending (its shard not cleared) is cleared.
+    """
+    cutoff = clock.iso()
+    counts = {"expired": 0, "cleared": 0}
+    for shard in range(PENDING_SHARDS):
+        for hit in Order.open_orders.query(f"p#{shard}", Order.expires_at < cutoff):
+            if counts["expired"] + counts["cleared"] >= _SWEEP_MAX:
+                return counts
+            counts[_expire(hit)] += 1
+    if counts["expired"]:
+        logger.info("overdue orders expired", extra=counts)
+    return counts
+
+
+def _expire(hit: Order) -> str:
+    at = clock.iso()
+    try:
+        hit.update(
+            actions=[
+                Order.status.set(EXPIRED),
+                Order.failure_reason.set(EXPIRED_BY_TTL),
+                Order.pending_shard.remove(),
+                Order.updated_at.set(at),
+            ],
+            condition=(Order.status == PENDING) & Order.pending_shard.exists(),
+        )
+        return "expired"
+    except UpdateError as exc:
+        if exc.cause_response_code != "ConditionalCheckFailedException":
+            raise
+    try:
+        hit.update(
+            actions=[Order.pending_shard.remove()],
+            condition=(Order.status != PENDING) & Order.order_id.exists(),
+        )
+    except UpdateError as exc:
+        if exc.cause_response_code != "ConditionalCheckFailedException":
+            raise
+    return "cleared"

@@ -7,8 +7,11 @@ the provider's own refusal and nothing is queued. Crediting happens off the queu
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from aws_lambda_powertools import Logger
 
+from billing import clock
 from billing.errors import DomainError
 from billing.payments import payment_queue
 from billing.payments.providers import METHODS, get_provider
@@ -61,7 +64,10 @@ def receive(provider_name: str, request: WebhookRequest) -> WebhookReply:
             "webhook ignored", extra={"provider": provider_name, "event_type": str(exc)[:100]}
         )
         return provider.reply(True, creds)
-    for event in events:
+    # When the provider reached us: a payment received before its order expired is on time,
+    # however long the credit queue takes to deliver it.
+    received_at = clock.iso()
+    for event in (replace(e, received_at=received_at) for e in events):
         try:
             payment_queue.send(event)
         except Exception as exc:

@@ -13,15 +13,20 @@ from billing.models import Account, ReferralCode
 from billing.referral import codes
 
 _CODE_ATTEMPTS = 8
+# What the referral_code field accepts as typed (spaces and hyphens included); anything
+# longer cannot be a code, so it is an unknown code like any other.
+MAX_TYPED_LENGTH = 64
 
 
 def find_inviter(referral_code: str) -> str:
     """The user id owning a referral code; InvalidReferralCode for anything else."""
+    if len(referral_code) > MAX_TYPED_LENGTH:
+        raise InvalidReferralCode()
     code = codes.normalise(referral_code)
     if not codes.is_well_formed(code):
         raise InvalidReferralCode()
     try:
-        return ReferralCode.get(code).user_id
+        return ReferralCode.get(code, consistent_read=True).user_id
     except DoesNotExist as exc:
         raise InvalidReferralCode() from exc
 

@@ -65,6 +65,13 @@ class PaymentEvent:
     currency: str | None = None  # upper case
     provider_payment_id: str | None = None
     detail: dict[str, str] = field(default_factory=dict)
+    # Refunds: `amount` is the total refunded so far (cumulative, Stripe) or this refund
+    # alone, which then carries the provider's refund id (Creem, Waffo); full_refund: the
+    # provider says nothing of the payment is left.
+    cumulative: bool = False
+    full_refund: bool = False
+    refund_id: str | None = None
+    received_at: str | None = None  # when the webhook reached us (ISO UTC), set at intake
 
     def to_message(self) -> str:
         data = asdict(self)
@@ -76,15 +83,26 @@ class PaymentEvent:
     def from_message(cls, body: str) -> PaymentEvent:
         data: dict[str, Any] = json.loads(body)
         amount = data.get("amount")
+        detail = {str(k): str(v) for k, v in (data.get("detail") or {}).items()}
+        kind = EventType(data["type"])
+        provider = str(data["provider"])
+        legacy = kind is EventType.REFUNDED and "full_refund" not in data
         return cls(
-            provider=str(data["provider"]),
+            provider=provider,
             event_id=str(data["event_id"]),
-            type=EventType(data["type"]),
+            type=kind,
             order_id=data.get("order_id"),
             amount=None if amount is None else Decimal(str(amount)),
             currency=data.get("currency"),
             provider_payment_id=data.get("provider_payment_id"),
-            detail={str(k): str(v) for k, v in (data.get("detail") or {}).items()},
+            detail=detail,
+            # Refunds queued before these fields existed said "fully_refunded" in detail,
+            # and Stripe's amount was always amount_refunded (cumulative).
+            cumulative=data.get("cumulative") is True or (legacy and provider == "stripe"),
+            full_refund=data.get("full_refund") is True
+            or (legacy and detail.get("fully_refunded") == "true"),
+            refund_id=data.get("refund_id"),
+            received_at=data.get("received_at"),
         )
 
 

@@ -173,7 +173,7 @@ def map_event(event: Mapping[str, Any]) -> PaymentEvent:
             event_id=event_id,
             type=EventType.PAID,
             order_id=order_id,
-            amount=minor_amount(order.get("amount"), currency),
+            amount=minor_amount(order.get("amount"), currency, "creem"),
             currency=currency,
             provider_payment_id=text_or_id(order.get("id")),
             detail=detail,
@@ -189,11 +189,12 @@ def map_event(event: Mapping[str, Any]) -> PaymentEvent:
         if order_id is None and payment_id is None:
             raise UnsupportedEvent(kind)
         currency = currency_code(obj.get("refund_currency"))
-        amount = minor_amount(obj.get("refund_amount"), currency)
+        amount = minor_amount(obj.get("refund_amount"), currency, "creem")
+        full = False
         if isinstance(order, Mapping):
-            paid = minor_amount(order.get("amount"), currency_code(order.get("currency")))
-            if amount is not None and paid is not None:
-                detail["fully_refunded"] = "true" if amount >= paid else "false"
+            paid = minor_amount(order.get("amount"), currency_code(order.get("currency")), "creem")
+            full = amount is not None and paid is not None and amount >= paid
+        # Each refund (partial or not) is its own refund.created with its own id and amount.
         return PaymentEvent(
             provider="creem",
             event_id=event_id,
@@ -203,6 +204,8 @@ def map_event(event: Mapping[str, Any]) -> PaymentEvent:
             currency=currency,
             provider_payment_id=payment_id,
             detail=detail,
+            full_refund=full,
+            refund_id=text_or_id(obj.get("id")) or event_id,
         )
     raise UnsupportedEvent(kind)
 

@@ -66,7 +66,7 @@ def verify(params: Mapping[str, str], key: str) -> bool:
 
 def format_money(amount: Decimal) -> str:
     """EPay takes yuan with exactly two decimals."""
-    return str(money.quantize(amount, "CNY"))
+    return str(money.quantize(amount, "CNY", "epay"))
 
 
 def _notify_params(request: WebhookRequest) -> dict[str, str]:

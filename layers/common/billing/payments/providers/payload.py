@@ -59,8 +59,9 @@ def decimal_amount(text: str | None, currency: str | None) -> Decimal | None:
         return None
 
 
-def minor_amount(minor: Any, currency: str | None) -> Decimal | None:
-    """An integer amount in minor units as major-unit Decimal; None if it is not one."""
+def minor_amount(minor: Any, currency: str | None, provider: str) -> Decimal | None:
+    """An integer amount in `provider`'s minor units of `currency` as a major-unit Decimal
+    (exactly); None if it is not one."""
     if currency is None or not isinstance(minor, int) or isinstance(minor, bool):
         return None
-    return money.from_minor(minor, currency)
+    return money.from_minor(minor, currency, provider)

@@ -94,7 +94,9 @@ class StripeProvider:
                     "quantity": 1,
                     "price_data": {
                         "currency": request.currency.lower(),
-                        "unit_amount": money.to_minor(request.pay_money, request.currency),
+                        "unit_amount": money.to_minor(
+                            request.pay_money, request.currency, "stripe"
+                        ),
                         "product_data": {"name": request.description or "Top-up"},
                     },
                 }
@@ -200,7 +202,7 @@ def map_event(event: Mapping[str, Any]) -> PaymentEvent:
             event_id=event_id,
             type=event_type,
             order_id=order_id,
-            amount=minor_amount(obj.get("amount_total"), currency)
+            amount=minor_amount(obj.get("amount_total"), currency, "stripe")
             if event_type is EventType.PAID
             else None,
             currency=currency,
@@ -210,16 +212,19 @@ def map_event(event: Mapping[str, Any]) -> PaymentEvent:
     if kind == "charge.refunded":
         if payment_intent is None and _metadata_order(obj) is None:
             raise UnsupportedEvent(kind)
-        detail["fully_refunded"] = "true" if obj.get("refunded") is True else "false"
+        # amount_refunded is the charge's total refunded so far: events of several partial
+        # refunds may arrive in any order and repeated; `refunded` means all of it came back.
         return PaymentEvent(
             provider="stripe",
             event_id=event_id,
             type=EventType.REFUNDED,
             order_id=_metadata_order(obj),
-            amount=minor_amount(obj.get("amount_refunded"), currency),
+            amount=minor_amount(obj.get("amount_refunded"), currency, "stripe"),
             currency=currency,
             provider_payment_id=payment_intent,
             detail=detail,
+            cumulative=True,
+            full_refund=obj.get("refunded") is True,
         )
     if kind == "charge.dispute.created":
         if payment_intent is None:
@@ -229,7 +234,7 @@ def map_event(event: Mapping[str, Any]) -> PaymentEvent:
             event_id=event_id,
             type=EventType.DISPUTED,
             order_id=None,  # a dispute carries no order metadata: matched by payment intent
-            amount=minor_amount(obj.get("amount"), currency),
+            amount=minor_amount(obj.get("amount"), currency, "stripe"),
             currency=currency,
             provider_payment_id=payment_intent,
             detail=detail,

@@ -10,8 +10,10 @@ Order statuses (Waffo's payment lifecycle):
   explicit `PAY_FAILED`, `ORDER_FAILED`, `ORDER_EXPIRED`, `ORDER_CANCELLED` some channels report.
 - Everything else (`PAY_IN_PROGRESS`, `AUTHORIZATION_REQUIRED`, `AUTHED_WAITING_CAPTURE`, or a
   status we do not know) changes nothing: a payment in progress may still succeed.
-Refunds: `REFUND_NOTIFICATION` with `refundStatus` `ORDER_FULLY_REFUNDED` reverses the order;
-`ORDER_PARTIALLY_REFUNDED`, `REFUND_IN_PROGRESS` and `ORDER_REFUND_FAILED` change nothing.
+Refunds: `REFUND_NOTIFICATION`, one per refund with its own `acquiringRefundOrderId` and
+`refundAmount`; `refundStatus` is the order's state after it: `ORDER_PARTIALLY_REFUNDED`
+reverses in proportion, `ORDER_FULLY_REFUNDED` reverses what remains; `REFUND_IN_PROGRESS` and
+`ORDER_REFUND_FAILED` change nothing (no money came back yet).
 
 `requests` and `cryptography` are imported where used: loading them costs cold-start time.
 """
@@ -58,6 +60,7 @@ FINAL_FAILURES = frozenset(
 )
 IN_PROGRESS = frozenset({"PAY_IN_PROGRESS", "AUTHORIZATION_REQUIRED", "AUTHED_WAITING_CAPTURE"})
 FULLY_REFUNDED = "ORDER_FULLY_REFUNDED"
+PARTIALLY_REFUNDED = "ORDER_PARTIALLY_REFUNDED"
 REPLY_SUCCESS = '{"message":"success"}'
 REPLY_FAILED = '{"message":"failed"}'
 _PAYMENT_REQUEST_ID_MAX = 32  # Waffo's idempotency key length
@@ -135,8 +138,9 @@ def verify(data: bytes, signature: str | None, public_pem: str) -> bool:
 
 
 def format_amount(amount: Decimal, currency: str) -> str:
-    """orderAmount: a string with the currency's decimals ("10.00"; "1000" for JPY/IDR)."""
-    return money.format_amount(amount, currency)
+    """orderAmount: a string with Waffo's decimals of the currency ("10.00"; "1000" for
+    JPY and IDR)."""
+    return money.format_amount(amount, currency, "waffo")
 
 
 def payment_request_id(order_id: str) -> str:
@@ -331,29 +335,33 @@ def map_notification(body: Mapping[str, Any]) -> PaymentEvent:
     if kind == "REFUND_NOTIFICATION":
         status = _str(result.get("refundStatus")) or ""
         detail["refund_status"] = status[:40]
-        if status != FULLY_REFUNDED:
+        if status not in (FULLY_REFUNDED, PARTIALLY_REFUNDED):
             raise UnsupportedEvent(f"{kind} {status[:40]}")
         if order_id is None and acquiring_id is None:
             raise UnsupportedEvent(kind)
-        refund_id = (
-            _str(result.get("acquiringRefundOrderId"))
-            or _str(result.get("refundRequestId"))
-            or acquiring_id
-            or order_id
+        # The refund's own id: without one a partial refund cannot be told from a repeat
+        # of it, and crediting sends it to the DLQ for an operator rather than guess.
+        refund_id = _str(result.get("acquiringRefundOrderId")) or _str(
+            result.get("refundRequestId")
         )
+        raw_amount = _str(result.get("refundAmount"))
         currency = currency_code(
             _str(result.get("refundCurrency")) or _str(result.get("orderCurrency"))
         )
-        detail["fully_refunded"] = "true"
         return PaymentEvent(
             provider="waffo",
-            event_id=f"refund:{order_id or ''}:{acquiring_id or ''}:{refund_id}:{status}",
+            event_id=(
+                f"refund:{order_id or ''}:{acquiring_id or ''}:{refund_id or ''}:{status}"
+                f":{raw_amount or ''}"
+            ),
             type=EventType.REFUNDED,
             order_id=order_id,
-            amount=decimal_amount(_str(result.get("refundAmount")), currency),
+            amount=decimal_amount(raw_amount, currency),
             currency=currency,
             provider_payment_id=acquiring_id,
             detail=detail,
+            full_refund=status == FULLY_REFUNDED,
+            refund_id=refund_id,
         )
     raise UnsupportedEvent(kind)
 
