@@ -141,12 +141,17 @@ def pay(order: Order) -> None:
     assert crediting.apply_event(event) is crediting.Outcome.CREDITED
 
 
-def refund(order: Order) -> None:
+def refund(order: Order, total: str | None = None) -> None:
+    """A Stripe refund notification: the whole order, or `total` refunded so far."""
     event = PaymentEvent(
         provider="stripe",
         event_id=f"evt_{uuid.uuid4().hex}",
         type=EventType.REFUNDED,
         order_id=order.order_id,
+        amount=money.parse(total or order.pay_money, order.currency),
+        currency=order.currency,
+        cumulative=True,
+        full_refund=total is None,
     )
     assert crediting.apply_event(event) is crediting.Outcome.REVERSED
 
@@ -190,13 +195,31 @@ def new_code(quota: int = 1000, max_uses: int = 3) -> RedemptionCode:
 
 
 def busy_world() -> dict[str, Any]:
-    """Every kind of change the domain makes, through the domain."""
+    """Every kind of change the domain makes, through the domain. The inviter moves most of
+    its rebates to its balance before two of the orders are refunded (one in full, one 4.00
+    of 10.00), so their clawbacks are taken partly and then wholly from its quota."""
     inviter = new_user()
     user = new_user(inviter)
-    paid, refunded, pending = new_order(user), new_order(user), new_order(user, 2 * QUOTA)
+    paid, refunded, partial = new_order(user), new_order(user), new_order(user)
+    pending = new_order(user, 2 * QUOTA)
     pay(paid)
     pay(refunded)
+    pay(partial)
+    moved = int(Account.get(inviter, consistent_read=True).aff_quota) - 300_000
+    ledger.apply(
+        [
+            Change(
+                inviter,
+                "referral_transfer#t1#aff",
+                EntryKind.REFERRAL_TRANSFER,
+                -moved,
+                balance="aff_quota",
+            ),
+            Change(inviter, "referral_transfer#t1", EntryKind.REFERRAL_TRANSFER, moved),
+        ]
+    )
     refund(refunded)
+    refund(partial, "4.00")
     ledger.apply([Change(user, "adjustment#a1", EntryKind.ADJUSTMENT, 700)])
     charge(user)
     hold = uuid.uuid4().hex
@@ -207,23 +230,12 @@ def busy_world() -> dict[str, Any]:
     code = new_code()
     redeem(user, code)
     redeem(inviter, code)
-    ledger.apply(
-        [
-            Change(
-                inviter,
-                "referral_transfer#t1#aff",
-                EntryKind.REFERRAL_TRANSFER,
-                -100,
-                balance="aff_quota",
-            ),
-            Change(inviter, "referral_transfer#t1", EntryKind.REFERRAL_TRANSFER, 100),
-        ]
-    )
     return {
         "user": user,
         "inviter": inviter,
         "paid": paid,
         "refunded": refunded,
+        "partial": partial,
         "pending": pending,
         "code": code,
     }
@@ -248,9 +260,16 @@ def test_everything_the_domain_does_reconciles(aws: EmbeddedAws) -> None:
     world = busy_world()
     report = run(aws)
     assert report.clean, [str(d) for d in report.differences]
-    assert report.counts["accounts"] == 2 and report.counts["orders"] == 3
+    assert report.counts["accounts"] == 2 and report.counts["orders"] == 4
     assert report.counts["codes"] == 1 and report.counts["usage_records"] == 3
     assert world["pending"].order_id  # a pending order with no entry is consistent
+    # The refunds were taken back in proportion, and the clawbacks partly from quota.
+    user_entries = {e.entry_id: int(e.delta) for e in LedgerEntry.query(world["user"])}
+    assert user_entries[f"reversal#{world['partial'].order_id}#400"] == -2 * QUOTA // 5
+    assert user_entries[f"reversal#{world['refunded'].order_id}#1000"] == -QUOTA
+    inviter_entries = {e.entry_id for e in LedgerEntry.query(world["inviter"])}
+    assert f"referral_clawback#{world['refunded'].order_id}#1000#quota" in inviter_entries
+    assert f"referral_clawback#{world['partial'].order_id}#400#quota" in inviter_entries
 
 
 # ---------------------------------------------------------------- corruptions
@@ -314,7 +333,7 @@ def test_a_refunded_order_without_its_reversal(aws: EmbeddedAws) -> None:
     user, refunded = world["user"], world["refunded"]
     client(aws).delete_item(
         TableName=tables().ledger,
-        Key={"user_id": {"S": user}, "entry_id": {"S": f"reversal#{refunded.order_id}"}},
+        Key={"user_id": {"S": user}, "entry_id": {"S": f"reversal#{refunded.order_id}#1000"}},
     )
     update_raw(
         aws,
@@ -328,6 +347,46 @@ def test_a_refunded_order_without_its_reversal(aws: EmbeddedAws) -> None:
     assert missing.message == "refunded order without its reversal entry"
     # The later entries' balance_after no longer follow either.
     assert checks(report) == {("order_credit", "order"), ("balance_after", "account")}
+
+
+def test_a_partial_refund_taken_back_by_another_share(aws: EmbeddedAws) -> None:
+    """The order says 5.00 of 10.00 came back; its reversal took back 4.00's worth."""
+    world = busy_world()
+    partial = world["partial"]
+    update_raw(
+        aws,
+        tables().orders,
+        {"order_id": {"S": partial.order_id}},
+        "SET refunded_money = :r",
+        {":r": {"S": "5.00"}},
+    )
+    [difference] = run(aws).differences
+    assert (difference.check, difference.subject) == ("order_credit", f"order:{partial.order_id}")
+    assert difference.message == (
+        "the reversals do not take back the refunded share of the order's quota"
+    )
+    assert (difference.expected, difference.actual) == (-QUOTA // 2, -2 * QUOTA // 5)
+
+
+def test_a_clawback_taken_from_quota_still_counts_against_aff_history(
+    aws: EmbeddedAws,
+) -> None:
+    world = busy_world()
+    inviter = world["inviter"]
+    before = Account.get(inviter, consistent_read=True)
+    update_raw(
+        aws,
+        tables().accounts,
+        {"user_id": {"S": inviter}},
+        "ADD aff_history_quota :x",
+        {":x": {"N": "1"}},
+    )
+    [difference] = run(aws).differences
+    assert difference.message == "aff_history_quota is not the rebates and bonuses less clawbacks"
+    assert (difference.expected, difference.actual) == (
+        int(before.aff_history_quota),
+        int(before.aff_history_quota) + 1,
+    )
 
 
 def test_usage_counters_that_disagree_with_the_records(aws: EmbeddedAws) -> None:

@@ -19,15 +19,18 @@ Checks, per account:
 - `negative`: a debit that leaves a balance below zero is a settle (usage) or a reversal;
 - `aff_kind`: aff_quota moves only by referral rebate (and the inviter's bonus for an
   invitee's first order), clawback (reversal) and transfer, and the two sides of a transfer
-  cancel out; aff_history_quota is what the rebates and bonuses less clawbacks came to;
+  cancel out; aff_history_quota is what the rebates and bonuses less clawbacks came to (a
+  clawback of what was already transferred is taken from quota: `<clawback id>#quota`);
 - `entry_kind`: every entry has a known kind matching its id's cause prefix;
 - `usage`: used_quota, request_count and held_quota agree with the usage records, and
   used_quota with the usage entries; `paid_orders` with the top-up entries; `aff_count` with
   the accounts that name this one as their inviter;
 - `order_credit`: a paid order, or a refunded/disputed one that had been paid, has exactly one
   `topup#<order>` of its quota on its user's ledger; a pending/failed/expired one (or one
-  closed before it was paid) has none; a refunded/disputed-after-paid one has its
-  `reversal#<order>`; no top-up/reversal entry without its order;
+  closed before it was paid) has none; its reversal steps (`reversal#<order>#<step>`) take
+  back, together, the refunded share of its quota: floor(quota x refunded_money / pay_money)
+  while it is paid, all of it once it is refunded or disputed after it was paid, nothing
+  otherwise; no top-up/reversal entry without its order;
 - `referral_reward`: a rebate entry names a credited order of a user this account invited;
 and per redemption code (`code_uses`): `uses` equals the number of `redeem#<code>#<user>`
 entries, each of the code's quota, and never exceeds `max_uses`.
@@ -56,6 +59,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from typing import Any
 
 from pynamodb.exceptions import DoesNotExist
@@ -93,7 +98,11 @@ PREFIX_KINDS: dict[str, frozenset[str]] = {
     "referral_clawback": frozenset({"reversal"}),
     "referral_transfer": frozenset({"referral_transfer"}),
     "signup_bonus": frozenset({"signup_bonus"}),
+    "signup_bonus_reversal": frozenset({"reversal"}),
 }
+# Clawbacks of an inviter's rewards: they lower aff_history_quota, also when they are taken
+# from quota (`<id>#quota`) because the reward was already transferred to the balance.
+CLAWBACK_PREFIXES = ("referral_clawback#", "signup_bonus_reversal#invitee#")
 # The inviter's bonus on an invitee's first paid order is a rebate (kind signup_bonus).
 AFF_KINDS = frozenset({"referral_reward", "signup_bonus", "referral_transfer", "reversal"})
 # A debit may leave a balance below zero only when the usage already happened (settle) or
@@ -342,11 +351,7 @@ def _ledger(user_id: str) -> list[Entry]:
 def _orders(user_id: str, entries: Iterable[Entry]) -> list[Order]:
     ids = [o.order_id for o in Order.by_user.query(user_id, attributes_to_get=["order_id"])]
     # The top-up and reversal entries name orders too (the index may lag behind its table).
-    ids += [
-        e.entry_id.split("#", 1)[1]
-        for e in entries
-        if e.entry_id.startswith(("topup#", "reversal#"))
-    ]
+    ids += [order_id for e in entries if (order_id := order_of(e.entry_id)) is not None]
     return [o for o in _batch_get(Order, ids) if o.user_id == user_id]
 
 
@@ -535,7 +540,10 @@ def check_user(user_id: str, state: UserState) -> list[Difference]:
             "aff_kind", "the two sides of the referral transfers do not cancel out", 0, transfers
         )
     earned = sum(
-        e.delta for e in entries if e.balance == "aff_quota" and e.kind != "referral_transfer"
+        e.delta
+        for e in entries
+        if (e.balance == "aff_quota" and e.kind != "referral_transfer")
+        or (e.balance == "quota" and e.kind == "reversal" and _is_clawback(e.entry_id))
     )
     if earned != int(account.aff_history_quota):
         report(
@@ -595,76 +603,102 @@ def check_user(user_id: str, state: UserState) -> list[Difference]:
     return found
 
 
+def order_of(entry_id: str) -> str | None:
+    """The order a `topup#<order>` or `reversal#<order>[#<step>]` entry names."""
+    prefix, _, rest = entry_id.partition("#")
+    if prefix not in ("topup", "reversal") or not rest:
+        return None
+    return rest.split("#", 1)[0]
+
+
+def _is_clawback(entry_id: str) -> bool:
+    return entry_id.startswith(CLAWBACK_PREFIXES) and entry_id.endswith("#quota")
+
+
+def _share(total: int, ratio: Fraction) -> int:
+    """floor(total x ratio), all of it at 1 (as a refund step computes it)."""
+    if ratio >= 1:
+        return total
+    if ratio <= 0:
+        return 0
+    return total * ratio.numerator // ratio.denominator
+
+
+def refunded_share(order: Order) -> int | None:
+    """The quota the order's reversals must have taken back by now (None: its amounts are
+    unreadable, which is a difference of its own)."""
+    quota = int(order.quota)
+    if reversed_after_paid(order):
+        return quota  # refunded in full, or charged back: nothing of the credit is left
+    if order.status != PAID or not order.refunded_money:
+        return 0
+    try:
+        refunded, paid = Decimal(order.refunded_money), Decimal(order.pay_money)
+    except InvalidOperation:
+        return None
+    if not (refunded.is_finite() and paid.is_finite()) or paid <= 0 or refunded < 0:
+        return None
+    return _share(quota, min(Fraction(refunded) / Fraction(paid), Fraction(1)))
+
+
 def _check_orders(
     user_id: str, entries: list[Entry], orders: list[Order], scope: str
 ) -> list[Difference]:
     found: list[Difference] = []
-    by_id = {e.entry_id: e for e in entries}
+    topups: dict[str, Entry] = {}
+    reversals: dict[str, list[Entry]] = defaultdict(list)
+    for entry in entries:
+        order_id = order_of(entry.entry_id)
+        if order_id is None:
+            continue
+        if entry.entry_id.startswith("topup#"):
+            topups[order_id] = entry
+        else:
+            reversals[order_id].append(entry)
     own = {o.order_id: o for o in orders}
+
+    def report(order: Order, message: str, expected: Any = None, actual: Any = None) -> None:
+        found.append(
+            Difference("order_credit", f"order:{order.order_id}", message, expected, actual, scope)
+        )
+
     for order in own.values():
-        about = f"order:{order.order_id}"
-        topup = by_id.get(f"topup#{order.order_id}")
-        reversal = by_id.get(f"reversal#{order.order_id}")
+        topup = topups.get(order.order_id)
         quota = int(order.quota)
         if credited(order):
             if topup is None:
-                found.append(
-                    Difference(
-                        "order_credit",
-                        about,
-                        f"{order.status} order without its top-up entry",
-                        1,
-                        0,
-                        scope,
-                    )
-                )
+                report(order, f"{order.status} order without its top-up entry", 1, 0)
             elif (topup.delta, topup.balance, topup.kind) != (quota, "quota", "topup"):
-                found.append(
-                    Difference(
-                        "order_credit",
-                        about,
-                        "the top-up entry does not credit the order's quota",
-                        quota,
-                        topup.delta,
-                        scope,
-                    )
+                report(
+                    order, "the top-up entry does not credit the order's quota", quota, topup.delta
                 )
         elif topup is not None:
-            found.append(
-                Difference("order_credit", about, f"{order.status} order was credited", 0, 1, scope)
+            report(order, f"{order.status} order was credited", 0, 1)
+        steps = reversals.get(order.order_id, [])
+        due = refunded_share(order) if credited(order) else 0
+        taken = -sum(e.delta for e in steps)
+        if due is None:
+            report(
+                order, "refunded_money or pay_money is not an amount", None, order.refunded_money
             )
-        if reversed_after_paid(order):
-            if reversal is None:
-                found.append(
-                    Difference(
-                        "order_credit",
-                        about,
-                        f"{order.status} order without its reversal entry",
-                        1,
-                        0,
-                        scope,
-                    )
-                )
-            elif (reversal.delta, reversal.balance) != (-quota, "quota"):
-                found.append(
-                    Difference(
-                        "order_credit",
-                        about,
-                        "the reversal does not take back the order's quota",
-                        -quota,
-                        reversal.delta,
-                        scope,
-                    )
-                )
-        elif reversal is not None:
-            found.append(
-                Difference(
-                    "order_credit", about, f"{order.status} order has a reversal entry", 0, 1, scope
-                )
+        elif any(e.balance != "quota" for e in steps):
+            wrong = sorted(e.entry_id for e in steps if e.balance != "quota")
+            report(order, "a reversal moves another balance than quota", "quota", wrong[:5])
+        elif due and not steps:
+            report(order, f"{order.status} order without its reversal entry", 1, 0)
+        elif not due and steps:
+            report(order, f"{order.status} order has a reversal entry", 0, len(steps))
+        elif taken != due:
+            report(
+                order,
+                "the reversals do not take back the refunded share of the order's quota",
+                -due,
+                -taken,
             )
     for entry in entries:
-        prefix, _, order_id = entry.entry_id.partition("#")
-        if prefix in ("topup", "reversal") and order_id not in own:
+        order_id = order_of(entry.entry_id)
+        if order_id is not None and order_id not in own:
+            prefix = entry.entry_id.partition("#")[0]
             found.append(
                 Difference(
                     "order_credit",
