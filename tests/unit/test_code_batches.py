@@ -24,6 +24,7 @@ from billing.referral import signup
 
 from local.aws import EmbeddedAws, Fault
 from tests.support.embedded_tables import ROOT, embedded_tables
+from tests.support.stack import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,11 @@ def handed_out_ids(codes: list[str]) -> set[str]:
 
 
 def audits(batch_id: str) -> dict[str, dict[str, Any]]:
-    return {r.action: r.detail.as_dict() for r in AuditRecord.scan() if r.target == batch_id}
+    return {
+        r.action: r.detail.as_dict()
+        for r in AuditRecord.scan(consistent_read=True)
+        if r.target == batch_id
+    }
 
 
 def calls(aws: EmbeddedAws, operation: str) -> int:
@@ -173,7 +178,7 @@ def test_codes_whose_fate_is_unknown_are_named_for_an_admin_not_handed_out(
     aws.registry.clear()
     [batch_id] = {
         r.target
-        for r in AuditRecord.scan()
+        for r in AuditRecord.scan(consistent_read=True)
         if r.action == "redemption_codes.create_incomplete"
         and r.detail.as_dict()["unconfirmed_code_ids"]
     }
@@ -190,7 +195,7 @@ def test_nothing_stored_is_try_again_and_writes_no_code(aws: EmbeddedAws) -> Non
     aws.registry.clear()
     [batch_id] = {
         r.target
-        for r in AuditRecord.scan()
+        for r in AuditRecord.scan(consistent_read=True)
         if r.action == "redemption_codes.create" and r.detail.as_dict()["name"] == "refused"
     }
     assert stored_ids(batch_id) == set()
@@ -202,6 +207,13 @@ def test_nothing_stored_is_try_again_and_writes_no_code(aws: EmbeddedAws) -> Non
 def test_the_listing_merges_the_shards_newest_first(aws: EmbeddedAws) -> None:
     batches = [code_admin.create_batch("admin-1", f"list-{n}", 1, 7) for n in range(3)]
     mine = {b.batch_id for b in batches}
+
+    def caught_up() -> bool:
+        # The index lags behind its table (in AWS as on the strict stack): these codes are
+        # the newest, so the first page shows them all once it has caught up.
+        return sum(c.batch_id in mine for c in listing.newest_first(21, None)[0]) == 21
+
+    wait_for(caught_up, timeout=10, message="the listing index to show the new codes")
     seen: list[RedemptionCode] = []
     cursor: str | None = None
     while True:
