@@ -6,7 +6,7 @@ writes every item it returns through its generic, shape-driven response serializ
 millisecond an item). A Query of one user's ledger then costs seconds once the table holds
 100,000 items, so a realistic data set (e.g. a per-account reconciliation) cannot run within
 a function's Timeout here, although it does in AWS, where a Query reads one partition.
-Five changes, same answers:
+Six changes, same answers:
 
 - `all_items` sorts by each key's cast value (exactly what DynamoType's `<` compares),
   computed once per item instead of once per comparison;
@@ -22,7 +22,12 @@ Five changes, same answers:
   goes through moto's serializer as before);
 - a new item's 400 KB check adds up its attributes once, not once per attribute (moto
   re-adds all attributes so far for each one it sets: quadratic in the attribute count, and
-  the bulk of a BatchWriteItem's time). The limit and the error are moto's.
+  the bulk of a BatchWriteItem's time). The limit and the error are moto's;
+- a TransactWriteItems backs up the items it names, not whole tables (moto deep-copies every
+  table a transaction touches, so each transaction costs the size of the ledger: seconds
+  once it holds tens of thousands of entries). A cancelled transaction puts those items
+  back, exactly as moto's restored tables had them; any other failure does too, which is
+  what DynamoDB does (moto would keep the writes before a malformed operation).
 
 Everything else (conditions, filters, paging, limits, projections, errors) is moto's own code.
 tests/unit/test_fast_dynamodb.py compares every answer with unpatched moto's.
@@ -37,6 +42,7 @@ from typing import Any
 
 _originals: dict[str, Any] = {}
 _scope = threading.local()  # the table and partition of the Query in progress
+_transaction = threading.local()  # set while a TransactWriteItems keeps its own backups
 _JSON_READS = frozenset({"Query", "Scan", "GetItem", "BatchGetItem"})
 _ITEM_LIMIT = 405000  # moto's (DynamoDB's 400 KB, as moto measured it)
 
@@ -61,6 +67,85 @@ def _start_after(table: Any, start: Any) -> tuple[Any, str, Any] | None:
     return (table, "after", tuple(values) if table.range_key_attr else values[0])
 
 
+class _Backups:
+    """The items a TransactWriteItems names, as they were before it (copies), to put back
+    if it fails: what moto's whole-table backups would restore of them (a transaction
+    writes only the items it names)."""
+
+    def __init__(self) -> None:
+        # (table, hash key, range key, whether the hash key's partition existed, item copy)
+        self.saved: list[tuple[Any, Any, Any, bool, Any]] = []
+
+    @classmethod
+    def of(cls, backend: Any, transact_items: Any) -> _Backups | None:
+        """None when an operation cannot be read here: moto then backs up whole tables."""
+        import copy
+
+        from moto.dynamodb.models.dynamo_type import DynamoType
+
+        backups = cls()
+        try:
+            for operation in transact_items:
+                [(kind, op)] = operation.items()
+                table = backend.tables.get(op.get("TableName"))
+                source = op.get("Item") if kind == "Put" else op.get("Key")
+                if table is None or not isinstance(source, dict):
+                    continue  # moto cannot write it either (it fails the transaction)
+                if table.hash_key_attr not in source or (
+                    table.range_key_attr and table.range_key_attr not in source
+                ):
+                    continue  # a key moto refuses before writing anything
+                hash_key = DynamoType(source[table.hash_key_attr])
+                if table.range_key_attr:
+                    range_key = DynamoType(source[table.range_key_attr])
+                    partition = table.items.get(hash_key)
+                    item = None if partition is None else partition.get(range_key)
+                    existed = partition is not None
+                else:
+                    range_key, item, existed = None, table.items.get(hash_key), True
+                backups.saved.append((table, hash_key, range_key, existed, copy.deepcopy(item)))
+        except Exception:  # anything unexpected: moto's own whole-table backups
+            return None
+        return backups
+
+    def restore(self) -> None:
+        for table, hash_key, range_key, existed, item in reversed(self.saved):
+            if not table.range_key_attr:
+                if item is None:
+                    table.items.pop(hash_key, None)
+                else:
+                    table.items[hash_key] = item
+                continue
+            partition = table.items.get(hash_key)
+            if item is not None:
+                if partition is None:
+                    partition = table.items[hash_key] = {}
+                partition[range_key] = item
+            elif partition is not None:
+                partition.pop(range_key, None)
+                if not partition and not existed:
+                    del table.items[hash_key]
+
+
+class _NoTableCopies:
+    """Stands in for the `copy` module inside moto.dynamodb.models while a transaction keeps
+    its own backups: the table itself instead of a copy (moto's rollback then puts the very
+    table back, and _Backups restores its items)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def deepcopy(self, value: Any, memo: Any = None) -> Any:
+        from moto.dynamodb.models.table import Table
+
+        if getattr(_transaction, "active", False) and isinstance(value, Table):
+            return value
+        return self.inner.deepcopy(value, memo)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 def _items(table: Any) -> list[Any]:
     if table.range_key_attr:
         return [item for partition in table.items.values() for item in partition.values()]
@@ -69,6 +154,7 @@ def _items(table: Any) -> list[Any]:
 
 def install() -> None:
     """Patch moto once per process (idempotent)."""
+    from moto.dynamodb import models
     from moto.dynamodb.exceptions import ItemSizeTooLarge
     from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
     from moto.dynamodb.models.table import Table
@@ -83,10 +169,13 @@ def install() -> None:
         scan=Table.scan,
         execute_result=DynamoResult.execute_result,
         item_init=Item.__init__,
+        transact_write_items=models.DynamoDBBackend.transact_write_items,
+        models_copy=models.copy,
     )
     original_query = _originals["query"]
     original_scan = _originals["scan"]
     original_execute = _originals["execute_result"]
+    original_transact = _originals["transact_write_items"]
 
     def all_items(self: Any) -> list[Any]:
         scope = getattr(_scope, "value", None)
@@ -164,6 +253,22 @@ def install() -> None:
         self.attrs = LimitedSizeDict()
         dict.update(self.attrs, values)
 
+    def transact_write_items(self: Any, transact_items: Any) -> None:
+        backups = _Backups.of(self, transact_items)
+        if backups is None:
+            return original_transact(self, transact_items)  # type: ignore[no-any-return]
+        _transaction.active = True
+        try:
+            original_transact(self, transact_items)
+        except BaseException:
+            backups.restore()
+            raise
+        finally:
+            _transaction.active = False
+        return None
+
+    models.copy = _NoTableCopies(_originals["models_copy"])  # type: ignore[assignment]
+    models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
     Table.all_items = all_items  # type: ignore[method-assign]
     Table.query = query  # type: ignore[method-assign]
     Table.scan = scan  # type: ignore[method-assign,assignment]
@@ -173,11 +278,14 @@ def install() -> None:
 
 def uninstall() -> None:
     """moto's own code again (for the equivalence test)."""
+    from moto.dynamodb import models
     from moto.dynamodb.models.dynamo_type import Item
     from moto.dynamodb.models.table import Table
     from moto.dynamodb.responses import DynamoResult
 
     if _originals:
+        models.copy = _originals.pop("models_copy")  # type: ignore[assignment]
+        models.DynamoDBBackend.transact_write_items = _originals.pop("transact_write_items")  # type: ignore[method-assign]
         Item.__init__ = _originals.pop("item_init")  # type: ignore[method-assign]
         Table.all_items = _originals.pop("all_items")  # type: ignore[method-assign]
         Table.query = _originals.pop("query")  # type: ignore[method-assign]

@@ -274,3 +274,101 @@ def test_the_item_size_limit_is_where_moto_puts_it(dynamodb: Any) -> None:
         dynamodb.delete_item(TableName="accounts", Key={"user_id": {"S": f"big{size}"}})
     fast_dynamodb.install()
     assert [outcome(dynamodb, size) for size in sizes] == expected
+
+
+def transactions(client: Any, run: str) -> list[Any]:
+    """A committed transaction and four that fail (a condition, an item named twice, a bad
+    key, a missing table) on two fresh tables; what each answered and what is stored after."""
+    ledger, balances = f"ledger{run}", f"balances{run}"
+    client.create_table(
+        TableName=ledger,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": "user_id", "AttributeType": "S"},
+            {"AttributeName": "entry_id", "AttributeType": "S"},
+        ],
+        KeySchema=[
+            {"AttributeName": "user_id", "KeyType": "HASH"},
+            {"AttributeName": "entry_id", "KeyType": "RANGE"},
+        ],
+    )
+    client.create_table(
+        TableName=balances,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "user_id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "user_id", "KeyType": "HASH"}],
+    )
+    for user in ("a", "b"):
+        client.put_item(TableName=balances, Item={"user_id": {"S": user}, "quota": {"N": "10"}})
+        client.put_item(TableName=ledger, Item={"user_id": {"S": user}, "entry_id": {"S": "e0"}})
+
+    def entry(user: str, entry_id: str) -> dict[str, Any]:
+        return {
+            "Put": {
+                "TableName": ledger,
+                "Item": {"user_id": {"S": user}, "entry_id": {"S": entry_id}},
+            }
+        }
+
+    def credit(user: str, condition: str = "attribute_exists(user_id)") -> dict[str, Any]:
+        return {
+            "Update": {
+                "TableName": balances,
+                "Key": {"user_id": {"S": user}},
+                "UpdateExpression": "ADD quota :q",
+                "ConditionExpression": condition,
+                "ExpressionAttributeValues": {":q": {"N": "5"}},
+            }
+        }
+
+    remove = {
+        "Delete": {"TableName": ledger, "Key": {"user_id": {"S": "b"}, "entry_id": {"S": "e0"}}}
+    }
+    attempts = [
+        [entry("a", "e1"), credit("a"), remove],  # commits
+        [
+            entry("new", "e1"),
+            entry("a", "e2"),
+            credit("b"),
+            credit("a", "attribute_not_exists(user_id)"),
+            remove,
+        ],
+        [entry("a", "e3"), credit("b"), credit("b")],  # the same item twice
+        [
+            entry("a", "e4"),
+            credit("b"),
+            {"Delete": {"TableName": ledger, "Key": {"user_id": {"S": "a"}}}},
+        ],
+        [
+            entry("a", "e5"),
+            credit("b"),
+            {"Put": {"TableName": f"missing{run}", "Item": {"k": {"S": "x"}}}},
+        ],
+    ]
+    answered: list[Any] = []
+    for items in attempts:
+        try:
+            client.transact_write_items(TransactItems=items)
+            answered.append("committed")
+        except client.exceptions.ClientError as exc:
+            error = exc.response["Error"]
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            answered.append((error["Code"], reasons))
+    stored = {
+        name.removesuffix(run): sorted(
+            client.scan(TableName=name, ConsistentRead=True)["Items"], key=repr
+        )
+        for name in (ledger, balances)
+    }
+    counts = [client.describe_table(TableName=n)["Table"]["ItemCount"] for n in (ledger, balances)]
+    return [answered, stored, counts]
+
+
+def test_transactions_commit_and_roll_back_exactly_as_moto_does(dynamodb: Any) -> None:
+    expected = transactions(dynamodb, "1")
+    assert expected[0][0] == "committed" and all(a != "committed" for a in expected[0][1:]), (
+        expected[0]
+    )
+    assert {"user_id": {"S": "new"}, "entry_id": {"S": "e1"}} not in expected[1]["ledger"]
+    fast_dynamodb.install()
+    assert transactions(dynamodb, "2") == expected
