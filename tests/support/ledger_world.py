@@ -4,10 +4,11 @@ For the scale test and bench of the reconciliation: going through the API would 
 for 100,000 ledger entries, so the items are built here, exactly as the domain writes them
 (the models serialize them), and stored with BatchWriteItem. Everything agrees the way the
 domain keeps it agreeing: each account's ledger sums to its balances, every balance_after is
-the running sum and no debit goes below zero; top-ups have their paid orders (some refunded,
-with their reversals), redemptions their single-use codes, charges and settles their usage
-records, open holds their reserved records; invitees' top-ups pay their inviter a rebate on
-aff_quota, part of which the inviter transfers to its balance; aff_count counts the invitees.
+the running sum and only a reversal takes a balance below zero; top-ups have their paid
+orders (some refunded, in full or 4.00 of their 10.00, with their reversal steps),
+redemptions their single-use codes, charges and settles their usage records, open holds
+their reserved records; invitees' top-ups pay their inviter a rebate on aff_quota, part of
+which the inviter transfers to its balance; aff_count counts the invitees.
 
 One account (the "whale") holds a tenth of the entries, to show that memory follows the
 largest account, not the table.
@@ -100,7 +101,9 @@ class _Account:
         )
 
 
-def _order(order_id: str, user_id: str, quota: int, status: str) -> Order:
+def _order(
+    order_id: str, user_id: str, quota: int, status: str, refunded: str | None = None
+) -> Order:
     return Order(
         order_id=order_id,
         user_id=user_id,
@@ -113,6 +116,7 @@ def _order(order_id: str, user_id: str, quota: int, status: str) -> Order:
         created_at=CREATED,
         paid_at=None if status == "pending" else CREATED,
         updated_at=CREATED,
+        refunded_money=refunded,
     )
 
 
@@ -175,12 +179,23 @@ def _history(
             quota = rng.randrange(1, 20) * 500_000
             order_id = f"ord_{uuid.uuid4().hex[:24]}"
             refunded = account.inviter is None and rng.random() < 0.05 and written + 2 <= entries
-            yield "orders", _order(order_id, user, quota, "refunded" if refunded else "paid")
+            full = refunded and rng.random() < 0.5
+            if full:  # all of the 10.00 came back: one step, named by its total in cents
+                order = _order(order_id, user, quota, "refunded", "10.00")
+            elif refunded:  # 4.00 of 10.00: the order stays paid, 40% of its quota is taken
+                order = _order(order_id, user, quota, "paid", "4.00")
+            else:
+                order = _order(order_id, user, quota, "paid")
+            yield "orders", order
             yield "ledger", account.entry(f"topup#{order_id}", "topup", quota)
             account.paid_orders += 1
             written += 1
             if refunded:
-                yield "ledger", account.entry(f"reversal#{order_id}", "reversal", -quota)
+                step, taken = ("1000", quota) if full else ("400", quota * 4 // 10)
+                yield (
+                    "ledger",
+                    account.entry(f"reversal#{order_id}#{step}", "reversal", -taken),
+                )
                 written += 1
             elif account.inviter is not None:
                 yield "rebate", (account.inviter, order_id, quota // 10)
