@@ -256,7 +256,7 @@ def install() -> None:
     def transact_write_items(self: Any, transact_items: Any) -> None:
         backups = _Backups.of(self, transact_items)
         if backups is None:
-            return original_transact(self, transact_items)  # type: ignore[no-any-return]
+            return original_transact(self, transact_items)
         _transaction.active = True
         try:
             original_transact(self, transact_items)
@@ -284,7 +284,7 @@ def uninstall() -> None:
     from moto.dynamodb.responses import DynamoResult
 
     if _originals:
-        models.copy = _originals.pop("models_copy")  # type: ignore[assignment]
+        models.copy = _originals.pop("models_copy")
         models.DynamoDBBackend.transact_write_items = _originals.pop("transact_write_items")  # type: ignore[method-assign]
         Item.__init__ = _originals.pop("item_init")  # type: ignore[method-assign]
         Table.all_items = _originals.pop("all_items")  # type: ignore[method-assign]
