@@ -26,7 +26,7 @@ PYTHON312 = $(firstword $(foreach p,$(shell command -v python3.12 2>/dev/null) \
 	$(wildcard $(HOME)/.pyenv/versions/3.12.*/bin/python3.12 /root/.pyenv/versions/3.12.*/bin/python3.12),\
 	$(if $(shell $(p) -c 'import sys; print(sys.version_info[:2] == (3, 12))' 2>/dev/null | grep -x True),$(p))))
 
-.PHONY: litellm-venv dev test lint format template-lint unit integration e2e bench soak reconcile build openapi clean system-deps lambda-runtime
+.PHONY: litellm-venv dev test lint format template-lint unit integration e2e bench soak scale reconcile build openapi clean system-deps lambda-runtime
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -105,6 +105,11 @@ e2e: $(STAMP) system-deps lambda-runtime
 
 bench: $(STAMP) $(LITELLM_STAMP) lambda-runtime
 	PYTHON312="$(PYTHON312)" $(PY) bench/run.py
+
+# Reconciliation over 100,000 ledger entries (about half an hour): kept out of `make test`'s
+# time budget, run before a release and by `make bench` (bench/reconcile_scale.py).
+scale: $(STAMP) lambda-runtime
+	$(PY) -m pytest scale -o timeout=0 $(PYTEST_ARGS)
 
 soak: $(STAMP) lambda-runtime
 	STATEFUL_PROFILE=soak $(PY) -m pytest tests/property -o timeout=0 $(PYTEST_ARGS)

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode
 
+from local import fast_dynamodb
 from local.dynamodb_rules import DynamoRules
 from local.dynamodb_streams import DynamoStreams
 from local.strictness import Strictness
@@ -513,6 +514,7 @@ class EmbeddedAws:
                 return None  # every AWS call would be a line; /_local/stats counts them
 
         _copy_tables_once_per_transaction()
+        fast_dynamodb.install()
         self.app = SerializedApp(DomainDispatcherApplication(create_backend_app), self.registry)
         if self.strictness is None:
             self.strictness = Strictness.from_environ(os.environ)

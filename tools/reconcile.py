@@ -6,8 +6,9 @@
 
 With --local the table names and the embedded AWS endpoint come from the stack's
 /_local/health. Otherwise the names come from the options or the environment, and the
-endpoint from AWS_ENDPOINT_URL when set. Read-only. Exit status: 0 clean, 1 differences,
-2 the run itself failed.
+endpoint from AWS_ENDPOINT_URL when set. Read-only, and streamed (memory holds one account
+at a time). Exit status: 0 clean, 1 differences, 2 the run itself failed. Accounts that kept
+changing through every re-check are printed as UNVERIFIED (not differences).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import urllib.request
 from typing import Any
 
-from billing.ops.reconciliation import Reader, Tables, reconcile
+from billing.ops.reconciliation import Options, Tables, reconcile
 
 _LOCAL_TABLES = {
     "accounts": "AccountsTable",
@@ -55,6 +56,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=2,
         help="fresh re-reads of each suspect before it is reported",
     )
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=Options.pause,
+        help="seconds before each round of re-reads (longer than the index lag)",
+    )
     return parser.parse_args(argv)
 
 
@@ -67,20 +74,6 @@ def local_settings(base_url: str) -> tuple[Tables, str]:
     names: dict[str, str] = health["tables"]
     tables = Tables(**{field: names[logical] for field, logical in _LOCAL_TABLES.items()})
     return tables, str(health["aws_endpoint"])
-
-
-def client(endpoint_url: str | None, region: str, *, local: bool) -> Reader:
-    import botocore.session
-
-    session = botocore.session.get_session()
-    credentials: dict[str, str] = {}
-    if local:
-        # The embedded AWS takes any credentials; these are moto's documented dummies.
-        credentials = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-    reader: Reader = session.create_client(
-        "dynamodb", region_name=region, endpoint_url=endpoint_url, **credentials
-    )
-    return reader
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,8 +94,15 @@ def main(argv: list[str] | None = None) -> int:
                     environ[variable] = value
             tables = Tables.from_environment(environ)
             endpoint = args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or ""
-        reader = client(endpoint or None, region, local=bool(args.local))
-        report = reconcile(reader, tables, rechecks=max(0, args.rechecks))
+        # The embedded AWS takes any credentials; these are moto's documented dummies.
+        credentials = ("testing", "testing") if args.local else None
+        report = reconcile(
+            tables,
+            Options(rechecks=max(0, args.rechecks), pause=max(0.0, args.pause)),
+            endpoint=endpoint or None,
+            credentials=credentials,
+            region=region,
+        )
     except Exception as exc:
         print(f"reconciliation could not run: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
@@ -113,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reconciled {counted}")
         for difference in report.differences:
             print(f"DIFFERENCE {difference}")
+        for unsettled in report.unverified:
+            print(f"UNVERIFIED {unsettled}")
+        if not report.complete:
+            print(f"incomplete: stopped in the {report.stopped} pass")
         print("no differences" if report.clean else f"{len(report.differences)} differences")
     return 0 if report.clean else 1
 

@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from billing.ops.reconciliation import check_account
 
 from tests.support.api import (
     UNIT,
@@ -30,7 +29,7 @@ from tests.support.api import (
     queue_depth,
     replay_notification,
 )
-from tests.support.reconcile import stack_tables
+from tests.support.reconcile import check_stack_account
 from tests.support.stack import LocalStack
 
 THREADS = 8
@@ -71,8 +70,7 @@ def retry_5xx(send: Callable[[], int], attempts: int = 30) -> int:
 
 def assert_consistent(stack: LocalStack, users: list[User]) -> None:
     """Ledger = balance for every account, and the reconciliation of each is clean."""
-    tables, reconcile_tables = Tables(stack), stack_tables(stack)
-    client = stack.boto3_client("dynamodb")
+    tables = Tables(stack)
     for user in users:
         account = tables.account(user.user_id)
         assert account is not None
@@ -80,7 +78,7 @@ def assert_consistent(stack: LocalStack, users: list[User]) -> None:
             "quota": account["quota"],
             "aff_quota": account["aff_quota"],
         }
-        differences = check_account(client, reconcile_tables, user.user_id)
+        differences = check_stack_account(stack, user.user_id)
         assert not differences, [str(d) for d in differences]
 
 

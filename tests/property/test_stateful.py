@@ -51,7 +51,6 @@ from decimal import ROUND_DOWN, Decimal
 from fractions import Fraction
 from typing import Any, ClassVar
 
-from billing.ops.reconciliation import check_account
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import event as tally
 from hypothesis import strategies as st
@@ -77,7 +76,7 @@ from tests.support.api import (
     session_id,
     stripe_refund,
 )
-from tests.support.reconcile import stack_tables
+from tests.support.reconcile import check_stack_account
 from tests.support.stack import ROOT, LocalStack
 
 settings.register_profile(
@@ -1113,10 +1112,8 @@ class BillingMachine(RuleBasedStateMachine):
             assert -sum(e["delta"] for e in steps) == order.reversed_quota, (order.order_id, steps)
 
     def teardown(self) -> None:
-        tables = stack_tables(self.stack)
-        client = self.stack.boto3_client("dynamodb")
         for user in self.users:
-            differences = check_account(client, tables, user.user_id)
+            differences = check_stack_account(self.stack, user.user_id)
             assert not differences, [str(d) for d in differences]
 
 

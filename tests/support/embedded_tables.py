@@ -68,7 +68,11 @@ def embedded_tables() -> Iterator[EmbeddedAws]:
         AWS_SECRET_ACCESS_KEY="testing",
         AWS_DEFAULT_REGION="us-east-1",
     )
+    from aws_lambda_powertools.utilities.parameters.constants import DEFAULT_PROVIDERS
     from billing import db, models
+
+    # Powertools keeps one client per parameter store, bound to the endpoint of its first use.
+    DEFAULT_PROVIDERS.clear()
 
     for model_name, logical_id in MODEL_TABLES.items():
         model = getattr(models, model_name)
@@ -85,4 +89,5 @@ def embedded_tables() -> Iterator[EmbeddedAws]:
             else:
                 os.environ[key] = value
         db._shared = None
+        DEFAULT_PROVIDERS.clear()
         aws.stop()

@@ -3,7 +3,7 @@ and for tests that prove nothing was lost or doubled."""
 
 from __future__ import annotations
 
-from billing.ops.reconciliation import Report, Tables, reconcile
+from billing.ops.reconciliation import Difference, Options, Report, Tables, check_account, reconcile
 
 from tests.support.stack import LocalStack
 
@@ -19,8 +19,21 @@ def stack_tables(stack: LocalStack) -> Tables:
     )
 
 
-def reconcile_stack(stack: LocalStack, *, pause: float = 0.5) -> Report:
-    return reconcile(stack.boto3_client("dynamodb"), stack_tables(stack), pause=pause)
+_LOCAL = {"credentials": ("testing", "testing"), "region": "us-east-1"}
+
+
+def check_stack_account(stack: LocalStack, user_id: str) -> list[Difference]:
+    """The per-account checks of one user of the stack, from fresh reads."""
+    return check_account(stack_tables(stack), user_id, endpoint=stack.aws_endpoint, **_LOCAL)
+
+
+def reconcile_stack(stack: LocalStack, *, pause: float = 2.5, rechecks: int = 2) -> Report:
+    return reconcile(
+        stack_tables(stack),
+        Options(pause=pause, rechecks=rechecks),
+        endpoint=stack.aws_endpoint,
+        **_LOCAL,
+    )
 
 
 def assert_reconciled(stack: LocalStack) -> Report:
@@ -28,4 +41,5 @@ def assert_reconciled(stack: LocalStack) -> Report:
     report = reconcile_stack(stack)
     listing = "\n".join(str(d) for d in report.differences[:50])
     assert report.clean, f"reconciliation found {len(report.differences)} differences:\n{listing}"
+    assert not report.unverified, [str(d) for d in report.unverified[:50]]
     return report

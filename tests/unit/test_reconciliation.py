@@ -1,8 +1,10 @@
 """Reconciliation on the embedded AWS: clean data is clean; each kind of corruption (written
 behind the domain's back) is reported by its check, never repaired; a difference that is gone
-when re-read is not reported; the command exits 1 on differences.
+when re-read is not reported; writes running during the run cause no difference; a run out
+of time says so; the command exits 1 on differences.
 
-Reconciliation reads everything, so each test starts from empty tables.
+Reconciliation reads everything, so each test starts from empty tables. LAG is the index lag
+the runs allow for (the embedded AWS's indexes may lag behind their tables, as AWS's do).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +24,16 @@ import pytest
 from billing import clock, ledger, money
 from billing.ledger import Change, EntryKind, TxOp
 from billing.models import Account, LedgerEntry, Order, RedemptionCode, ReferralCode
-from billing.ops.reconciliation import Difference, Report, Tables, reconcile
+from billing.ops.reconciliation import (
+    Difference,
+    Options,
+    Report,
+    Tables,
+    UsageTotals,
+    UserState,
+    check_user,
+    reconcile,
+)
 from billing.payments import crediting
 from billing.payments.providers.base import EventType, PaymentEvent
 from billing.referral import signup
@@ -33,6 +46,8 @@ from tests.support.embedded_tables import embedded_tables
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = parse_settings((ROOT / "settings" / "local.json").read_text())
 QUOTA = 5_000_000
+LAG = 1.0
+OPTIONS = Options(pause=LAG + 0.2, index_lag=LAG)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +91,10 @@ def client(aws: EmbeddedAws) -> Any:
     )
 
 
-def run(aws: EmbeddedAws) -> Report:
-    return reconcile(client(aws), tables(), pause=0)
+def run(aws: EmbeddedAws, options: Options = OPTIONS, **kwargs: Any) -> Report:
+    report = reconcile(tables(), options, **kwargs)
+    assert report.complete
+    return report
 
 
 def checks(report: Report) -> set[tuple[str, str]]:
@@ -124,12 +141,17 @@ def pay(order: Order) -> None:
     assert crediting.apply_event(event) is crediting.Outcome.CREDITED
 
 
-def refund(order: Order) -> None:
+def refund(order: Order, total: str | None = None) -> None:
+    """A Stripe refund notification: the whole order, or `total` refunded so far."""
     event = PaymentEvent(
         provider="stripe",
         event_id=f"evt_{uuid.uuid4().hex}",
         type=EventType.REFUNDED,
         order_id=order.order_id,
+        amount=money.parse(total or order.pay_money, order.currency),
+        currency=order.currency,
+        cumulative=True,
+        full_refund=total is None,
     )
     assert crediting.apply_event(event) is crediting.Outcome.REVERSED
 
@@ -155,27 +177,49 @@ def redeem(user_id: str, code: RedemptionCode) -> None:
 
 
 def new_code(quota: int = 1000, max_uses: int = 3) -> RedemptionCode:
+    code_id = uuid.uuid4().hex * 2  # 64 hex digits, like a keyed hash
+    at = clock.iso()
     code = RedemptionCode(
-        code_id=uuid.uuid4().hex,
+        code_id=code_id,
+        list_shard="codes#0",
+        list_sort=f"{at}#{code_id}",
         name="test",
         quota=quota,
         max_uses=max_uses,
         batch_id="b1",
         created_by="admin",
-        created_at=clock.iso(),
+        created_at=at,
     )
     code.save()
     return RedemptionCode.get(code.code_id, consistent_read=True)
 
 
 def busy_world() -> dict[str, Any]:
-    """Every kind of change the domain makes, through the domain."""
+    """Every kind of change the domain makes, through the domain. The inviter moves most of
+    its rebates to its balance before two of the orders are refunded (one in full, one 4.00
+    of 10.00), so their clawbacks are taken partly and then wholly from its quota."""
     inviter = new_user()
     user = new_user(inviter)
-    paid, refunded, pending = new_order(user), new_order(user), new_order(user, 2 * QUOTA)
+    paid, refunded, partial = new_order(user), new_order(user), new_order(user)
+    pending = new_order(user, 2 * QUOTA)
     pay(paid)
     pay(refunded)
+    pay(partial)
+    moved = int(Account.get(inviter, consistent_read=True).aff_quota) - 300_000
+    ledger.apply(
+        [
+            Change(
+                inviter,
+                "referral_transfer#t1#aff",
+                EntryKind.REFERRAL_TRANSFER,
+                -moved,
+                balance="aff_quota",
+            ),
+            Change(inviter, "referral_transfer#t1", EntryKind.REFERRAL_TRANSFER, moved),
+        ]
+    )
     refund(refunded)
+    refund(partial, "4.00")
     ledger.apply([Change(user, "adjustment#a1", EntryKind.ADJUSTMENT, 700)])
     charge(user)
     hold = uuid.uuid4().hex
@@ -186,23 +230,12 @@ def busy_world() -> dict[str, Any]:
     code = new_code()
     redeem(user, code)
     redeem(inviter, code)
-    ledger.apply(
-        [
-            Change(
-                inviter,
-                "referral_transfer#t1#aff",
-                EntryKind.REFERRAL_TRANSFER,
-                -100,
-                balance="aff_quota",
-            ),
-            Change(inviter, "referral_transfer#t1", EntryKind.REFERRAL_TRANSFER, 100),
-        ]
-    )
     return {
         "user": user,
         "inviter": inviter,
         "paid": paid,
         "refunded": refunded,
+        "partial": partial,
         "pending": pending,
         "code": code,
     }
@@ -227,9 +260,16 @@ def test_everything_the_domain_does_reconciles(aws: EmbeddedAws) -> None:
     world = busy_world()
     report = run(aws)
     assert report.clean, [str(d) for d in report.differences]
-    assert report.counts["accounts"] == 2 and report.counts["orders"] == 3
+    assert report.counts["accounts"] == 2 and report.counts["orders"] == 4
     assert report.counts["codes"] == 1 and report.counts["usage_records"] == 3
     assert world["pending"].order_id  # a pending order with no entry is consistent
+    # The refunds were taken back in proportion, and the clawbacks partly from quota.
+    user_entries = {e.entry_id: int(e.delta) for e in LedgerEntry.query(world["user"])}
+    assert user_entries[f"reversal#{world['partial'].order_id}#400"] == -2 * QUOTA // 5
+    assert user_entries[f"reversal#{world['refunded'].order_id}#1000"] == -QUOTA
+    inviter_entries = {e.entry_id for e in LedgerEntry.query(world["inviter"])}
+    assert f"referral_clawback#{world['refunded'].order_id}#1000#quota" in inviter_entries
+    assert f"referral_clawback#{world['partial'].order_id}#400#quota" in inviter_entries
 
 
 # ---------------------------------------------------------------- corruptions
@@ -293,7 +333,7 @@ def test_a_refunded_order_without_its_reversal(aws: EmbeddedAws) -> None:
     user, refunded = world["user"], world["refunded"]
     client(aws).delete_item(
         TableName=tables().ledger,
-        Key={"user_id": {"S": user}, "entry_id": {"S": f"reversal#{refunded.order_id}"}},
+        Key={"user_id": {"S": user}, "entry_id": {"S": f"reversal#{refunded.order_id}#1000"}},
     )
     update_raw(
         aws,
@@ -307,6 +347,46 @@ def test_a_refunded_order_without_its_reversal(aws: EmbeddedAws) -> None:
     assert missing.message == "refunded order without its reversal entry"
     # The later entries' balance_after no longer follow either.
     assert checks(report) == {("order_credit", "order"), ("balance_after", "account")}
+
+
+def test_a_partial_refund_taken_back_by_another_share(aws: EmbeddedAws) -> None:
+    """The order says 5.00 of 10.00 came back; its reversal took back 4.00's worth."""
+    world = busy_world()
+    partial = world["partial"]
+    update_raw(
+        aws,
+        tables().orders,
+        {"order_id": {"S": partial.order_id}},
+        "SET refunded_money = :r",
+        {":r": {"S": "5.00"}},
+    )
+    [difference] = run(aws).differences
+    assert (difference.check, difference.subject) == ("order_credit", f"order:{partial.order_id}")
+    assert difference.message == (
+        "the reversals do not take back the refunded share of the order's quota"
+    )
+    assert (difference.expected, difference.actual) == (-QUOTA // 2, -2 * QUOTA // 5)
+
+
+def test_a_clawback_taken_from_quota_still_counts_against_aff_history(
+    aws: EmbeddedAws,
+) -> None:
+    world = busy_world()
+    inviter = world["inviter"]
+    before = Account.get(inviter, consistent_read=True)
+    update_raw(
+        aws,
+        tables().accounts,
+        {"user_id": {"S": inviter}},
+        "ADD aff_history_quota :x",
+        {":x": {"N": "1"}},
+    )
+    [difference] = run(aws).differences
+    assert difference.message == "aff_history_quota is not the rebates and bonuses less clawbacks"
+    assert (difference.expected, difference.actual) == (
+        int(before.aff_history_quota),
+        int(before.aff_history_quota) + 1,
+    )
 
 
 def test_usage_counters_that_disagree_with_the_records(aws: EmbeddedAws) -> None:
@@ -368,37 +448,152 @@ def test_a_rebate_for_an_order_of_someone_not_invited(aws: EmbeddedAws) -> None:
     ]
 
 
+def test_what_names_a_missing_account_or_code_and_a_wrong_aff_count(aws: EmbeddedAws) -> None:
+    world = busy_world()
+    ghost, stranger = f"ghost-{uuid.uuid4().hex[:8]}", f"gone-{uuid.uuid4().hex[:8]}"
+    put_raw(
+        tables().ledger,
+        {
+            "user_id": {"S": ghost},
+            "entry_id": {"S": "adjustment#x"},
+            "seq": {"S": "000000000000001.000"},
+            "kind": {"S": "adjustment"},
+            "balance": {"S": "quota"},
+            "delta": {"N": "5"},
+            "balance_after": {"N": "5"},
+            "created_at": {"S": clock.iso()},
+        },
+        aws,
+    )
+    paid = new_order(world["user"])
+    client(aws).update_item(
+        TableName=tables().orders,
+        Key={"order_id": {"S": paid.order_id}},
+        UpdateExpression="SET user_id = :u, #s = :p, paid_at = :t",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={
+            ":u": {"S": stranger},
+            ":p": {"S": "paid"},
+            ":t": {"S": clock.iso()},
+        },
+    )
+    client(aws).delete_item(TableName=tables().codes, Key={"code_id": {"S": world["code"].code_id}})
+    update_raw(
+        aws,
+        tables().accounts,
+        {"user_id": {"S": world["inviter"]}},
+        "ADD aff_count :one",
+        {":one": {"N": "1"}},
+    )
+    found = {(d.check, d.subject, d.message) for d in run(aws).differences}
+    assert found == {
+        ("ledger_sum", f"account:{ghost}", "ledger entries of an account that does not exist"),
+        (
+            "order_credit",
+            f"order:{paid.order_id}",
+            "credited order of an account that does not exist",
+        ),
+        (
+            "code_uses",
+            f"code:{world['code'].code_id}",
+            "redemptions of a code that does not exist",
+        ),
+        (
+            "usage",
+            f"account:{world['inviter']}",
+            "aff_count is not the number of accounts it invited",
+        ),
+    }
+
+
+def test_redemptions_of_another_quota_are_named(aws: EmbeddedAws) -> None:
+    world = busy_world()
+    code = world["code"]
+    client(aws).update_item(
+        TableName=tables().codes,
+        Key={"code_id": {"S": code.code_id}},
+        UpdateExpression="SET quota = :q",
+        ExpressionAttributeValues={":q": {"N": "999"}},
+    )
+    [difference] = run(aws).differences
+    assert difference.message == "redemptions that do not credit the code's quota"
+    assert difference.expected == 999
+    assert difference.actual == [
+        f"redeem#{code.code_id}#{world['inviter']}"
+    ] or difference.actual == [f"redeem#{code.code_id}#{world['user']}"]
+
+
 # ---------------------------------------------------------------- transients and the command
-
-
-class StaleScans:
-    """A reader whose table scans show an account one unit richer than it is (as a scan
-    racing a transaction would), while fresh reads are right."""
-
-    def __init__(self, real: Any, user_id: str) -> None:
-        self.real = real
-        self.user_id = user_id
-
-    def scan(self, **kwargs: Any) -> dict[str, Any]:
-        page: dict[str, Any] = self.real.scan(**kwargs)
-        for item in page.get("Items", []):
-            if item.get("user_id") == {"S": self.user_id} and "aff_code" in item:
-                item["quota"] = {"N": str(int(item["quota"]["N"]) + 1)}
-        return page
-
-    def query(self, **kwargs: Any) -> dict[str, Any]:
-        result: dict[str, Any] = self.real.query(**kwargs)
-        return result
-
-    def get_item(self, **kwargs: Any) -> dict[str, Any]:
-        result: dict[str, Any] = self.real.get_item(**kwargs)
-        return result
 
 
 def test_a_difference_gone_on_a_fresh_read_is_not_reported(aws: EmbeddedAws) -> None:
     world = busy_world()
-    report = reconcile(StaleScans(client(aws), world["user"]), tables(), pause=0)
-    assert report.clean and report.rechecked == 1
+    key = {"user_id": {"S": world["user"]}}
+    update_raw(aws, tables().accounts, key, "ADD quota :one", {":one": {"N": "1"}})
+    seen: list[list[Difference]] = []
+
+    def repaired(suspects: list[Difference]) -> None:
+        # A transaction in flight during the scan would look like this; it is gone later.
+        if not seen:
+            update_raw(aws, tables().accounts, key, "ADD quota :one", {":one": {"N": "-1"}})
+        seen.append(suspects)
+
+    report = run(aws, observe=repaired)
+    assert [d.check for d in seen[0]] == ["ledger_sum"]
+    assert report.clean and report.rechecked == 1 and not report.unverified
+
+
+def test_writes_during_the_run_are_never_differences(aws: EmbeddedAws) -> None:
+    """Ledger transactions, charges and redemptions race the run: each account is compared at
+    one version, so they may leave an account unverified, never a difference."""
+    world = busy_world()
+    hot, code = world["user"], new_code(quota=10, max_uses=10_000)
+    stop = threading.Event()
+    done: list[int] = []
+
+    def write() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            ledger.apply([Change(hot, f"adjustment#race{n}", EntryKind.ADJUSTMENT, 3)])
+            charge(hot)
+            redeem(new_user(), code)
+        done.append(n)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        time.sleep(0.5)
+        report = run(aws)
+    finally:
+        stop.set()
+        writer.join()
+    assert done and done[0] > 0
+    assert report.differences == [], [str(d) for d in report.differences]
+    assert {d.subject for d in report.unverified} <= {f"account:{hot}", f"code:{code.code_id}"}
+    after = run(aws)
+    assert after.clean and after.unverified == []
+
+
+def test_a_run_out_of_time_stops_and_says_so(aws: EmbeddedAws) -> None:
+    busy_world()
+    report = reconcile(tables(), Options(deadline=time.monotonic() - 1))
+    assert not report.complete and not report.clean
+    assert report.stopped == "accounts" and report.differences == []
+
+
+def test_usage_records_behind_the_index_are_unverified_not_different() -> None:
+    """A usage difference counts only when the index had caught up with the account."""
+    account = Account(
+        user_id="u1", aff_code="X", created_at=clock.iso(), used_quota=5, request_count=1
+    )
+    behind = UsageTotals(used=0, requests=0, held=0, records=0)
+    fresh = UserState(account, [], [], behind, usage_settled=False)
+    settled = UserState(account, [], [], behind, usage_settled=True)
+    records = [d for d in check_user("u1", fresh) if "records" in d.message]
+    assert records and all(d.tentative for d in records)
+    conclusive = [d for d in check_user("u1", settled) if "records" in d.message]
+    assert conclusive and not any(d.tentative for d in conclusive)
 
 
 def command(aws: EmbeddedAws) -> subprocess.CompletedProcess[str]:
@@ -416,7 +611,7 @@ def command(aws: EmbeddedAws) -> subprocess.CompletedProcess[str]:
         "REDEMPTION_CODES_TABLE": names.codes or "",
     }
     return subprocess.run(
-        [sys.executable, "-m", "tools.reconcile", "--json", "--rechecks", "0"],
+        [sys.executable, "-m", "tools.reconcile", "--json", "--rechecks", "1", "--pause", "1.2"],
         capture_output=True,
         text=True,
         env=env,

@@ -107,11 +107,7 @@ def test_a_code_expires(frozen: Clock) -> None:
 
 def test_expiry_is_stored_in_utc_and_must_be_in_the_future(frozen: Clock) -> None:
     batch = code_admin.create_batch("admin-1", "tz", 1, 1, 1, "2999-01-01T02:00:00+02:00")
-    stored = [
-        c
-        for c in RedemptionCode.by_created.query(code_admin.LIST_KEY, scan_index_forward=False)
-        if c.batch_id == batch.batch_id
-    ]
+    stored = [c for c in RedemptionCode.scan(consistent_read=True) if c.batch_id == batch.batch_id]
     assert [c.expires_at for c in stored] == ["2999-01-01T00:00:00.000000Z"]
     past = clock.iso(frozen.moment - timedelta(seconds=1))
     for bad in (past, "tomorrow", "2999-13-01T00:00:00Z"):
@@ -122,9 +118,7 @@ def test_expiry_is_stored_in_utc_and_must_be_in_the_future(frozen: Clock) -> Non
 def test_disable_is_idempotent_and_unknown_codes_are_not_found(frozen: Clock) -> None:
     batch = code_admin.create_batch("admin-1", "to disable", 5, 1)
     code_id = next(
-        c.code_id
-        for c in RedemptionCode.by_created.query(code_admin.LIST_KEY, scan_index_forward=False)
-        if c.batch_id == batch.batch_id
+        c.code_id for c in RedemptionCode.scan(consistent_read=True) if c.batch_id == batch.batch_id
     )
     first = code_admin.disable("admin-1", code_id)
     frozen.advance(10)

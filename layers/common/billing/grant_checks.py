@@ -5,13 +5,13 @@ Read-only: imports nothing that writes (billing.ops.reconciliation relies on tha
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from pynamodb.attributes import MapAttribute
 
 from billing import clock
 from billing import grants as grant_math
-from billing.models import Account, LedgerEntry
+from billing.models import Account
 
 
 def _plain(raw: Any) -> dict[str, Any]:
@@ -23,8 +23,21 @@ def _plain(raw: Any) -> dict[str, Any]:
     }
 
 
+class QuotaEntry(Protocol):
+    """What the check reads of a ledger entry (a LedgerEntry, or reconciliation's own)."""
+
+    @property
+    def entry_id(self) -> str: ...
+    @property
+    def delta(self) -> Any: ...
+    @property
+    def balance(self) -> Any: ...
+    @property
+    def grants(self) -> Any: ...
+
+
 def grant_problems(
-    account: Account, entries: Sequence[LedgerEntry]
+    account: Account, entries: Sequence[QuotaEntry]
 ) -> list[tuple[str, str, Any, Any]]:
     """Reconciliation of an account's grants with its quota ledger (billing.grants.problems)."""
     now = int(clock.now().timestamp())
@@ -37,7 +50,7 @@ def grant_problems(
     return grant_math.problems(int(account.quota), held, moved, now)
 
 
-def _deltas(entry: LedgerEntry) -> dict[str, int] | None:
+def _deltas(entry: QuotaEntry) -> dict[str, int] | None:
     raw = entry.grants
     if raw is None:
         return None

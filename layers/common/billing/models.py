@@ -139,13 +139,20 @@ class Order(Model):
     open_orders = OpenOrders()
 
 
-class CodesByCreated(GlobalSecondaryIndex["RedemptionCode"]):
-    class Meta:
-        index_name = "by_created"
-        projection = AllProjection()
+class CodesByShard(GlobalSecondaryIndex["RedemptionCode"]):
+    """The admin listing, newest first within each of the code shards (billing.codes.listing).
 
-    list_key = UnicodeAttribute(hash_key=True)
-    created_at = UnicodeAttribute(range_key=True)
+    Spread over shards so that the writes of a batch do not all land on one index partition,
+    and keys only: a redemption (`uses`) or a disable (`status`) changes no projected
+    attribute, so only the creation of a code writes to this index.
+    """
+
+    class Meta:
+        index_name = "by_shard"
+        projection = KeysOnlyProjection()
+
+    list_shard = UnicodeAttribute(hash_key=True)
+    list_sort = UnicodeAttribute(range_key=True)
 
 
 class RedemptionCode(Model):
@@ -156,7 +163,8 @@ class RedemptionCode(Model):
         region = _REGION
 
     code_id = UnicodeAttribute(hash_key=True)
-    list_key = UnicodeAttribute(default="codes")
+    list_shard = UnicodeAttribute()  # "codes#<n>", from the code_id
+    list_sort = UnicodeAttribute()  # "<created_at>#<code_id>": unique and time-ordered
     name = UnicodeAttribute()
     quota = NumberAttribute()
     max_uses = NumberAttribute(default=1)
@@ -171,7 +179,7 @@ class RedemptionCode(Model):
     # "expires_at"?}; absent = a plain `code` grant (priority 50, no expiry).
     grant = MapAttribute[str, Any](null=True)
 
-    by_created = CodesByCreated()
+    by_shard = CodesByShard()
 
 
 class LedgerBySeq(LocalSecondaryIndex["LedgerEntry"]):

@@ -14,15 +14,13 @@ the code is looked at.
 
 from __future__ import annotations
 
-import random
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from billing import clock, db, grant_terms, ledger, metrics
+from billing import clock, db, grant_terms, ledger, metrics, retry
 from billing.codes import plaintext, ratelimit
 from billing.errors import AccountNotFound, RedeemFailed
 from billing.ledger import Change, EntryKind, TxOp
@@ -156,7 +154,7 @@ def _read(code_id: str | None, user_id: str, limit_keys: tuple[str, ...]) -> _Re
         request = response.get("UnprocessedKeys") or {}
         if not request:
             break
-        time.sleep(min(0.5, 0.02 * 2**attempt) * random.random())  # noqa: S311
+        retry.pause(attempt, base=0.02, cap=0.5)
     else:
         raise RuntimeError("DynamoDB kept returning unprocessed keys")
 

@@ -1,45 +1,74 @@
-"""Reconciliation: recompute every balance from the ledger and every order from its entries.
+"""Reconciliation: every balance against its ledger, every order against its ledger entries,
+every redemption code against its redemptions. Read-only, streamed, through the models.
 
-Read-only. It scans the tables (consistent reads), checks the invariants of DESIGN.md that the
-stored data must satisfy, and returns the differences as a list: it never repairs anything,
-an operator decides. Checks, per account:
+It never repairs anything: it returns the differences, and an operator decides. It reads in
+four passes, each page by page, so memory holds one page and one account at a time plus two
+small tallies (redemptions per redeemed code, invitations per inviter), never a table:
+1. accounts (Scan, consistent). Per account: its ledger (consistent Query of the base
+   table), its orders (the orders table's by_user index plus the orders its entries name,
+   then consistent reads) and its usage records (the usage table's by_user index); then
+   the per-account checks below.
+2. the ledger (Scan, keys and amounts): entries of accounts that do not exist; the
+   redemptions of each code.
+3. the codes (Scan, consistent): uses against redemptions (`code_uses`).
+4. the orders (Scan): credited orders of accounts that do not exist.
+
+Checks, per account:
 - `ledger_sum`: the deltas of each balance (quota, aff_quota) sum to the balance;
 - `balance_after`: in ledger order (seq), each entry's balance_after is the running sum;
 - `negative`: a debit that leaves a balance below zero is a settle (usage) or a reversal;
 - `aff_kind`: aff_quota moves only by referral rebate (and the inviter's bonus for an
   invitee's first order), clawback (reversal) and transfer, and the two sides of a transfer
-  cancel out; aff_history_quota is what the rebates and bonuses less clawbacks came to;
+  cancel out; aff_history_quota is what the rebates and bonuses less clawbacks came to (a
+  clawback of what was already transferred is taken from quota: `<clawback id>#quota`);
 - `entry_kind`: every entry has a known kind matching its id's cause prefix;
 - `usage`: used_quota, request_count and held_quota agree with the usage records, and
   used_quota with the usage entries; `paid_orders` with the top-up entries; `aff_count` with
   the accounts that name this one as their inviter;
 - `order_credit`: a paid order, or a refunded/disputed one that had been paid, has exactly one
   `topup#<order>` of its quota on its user's ledger; a pending/failed/expired one (or one
-  closed before it was paid) has none; a refunded/disputed-after-paid one has its
-  `reversal#<order>`; no top-up/reversal entry without its order;
+  closed before it was paid) has none; its reversal steps (`reversal#<order>#<step>`) take
+  back, together, the refunded share of its quota: floor(quota x refunded_money / pay_money)
+  while it is paid, all of it once it is refunded or disputed after it was paid, nothing
+  otherwise; no top-up/reversal entry without its order;
 - `referral_reward`: a rebate entry names a credited order of a user this account invited;
 and per redemption code (`code_uses`): `uses` equals the number of `redeem#<code>#<user>`
 entries, each of the code's quota, and never exceeds `max_uses`.
 
-Scans are not snapshots: a transaction that commits between two scans could look like a
-difference. So every suspect is checked again from fresh reads (an account and its ledger are
-read together only when the account's version, bumped by every ledger transaction, is the
-same before and after), and only what persists in every re-check is reported.
+Like with like. An account is read before and after its ledger, orders and usage records:
+when its version (bumped by every ledger transaction) is the same, they are of one moment.
+When the account keeps changing, its balance checks still run, at the version read first
+(an entry's seq starts with the version it was written at, so the ledger as of version v is
+exactly the entries at or below v); its order and usage checks wait for a re-check.
+An index is never read consistently, and the usage records come from one: when they
+disagree with the counters, the records found are read again from the table (consistent),
+and a difference that remains counts only if the account had been quiet for longer than the
+index lag when the index was read (otherwise a record may just not be in the index yet).
+
+Every suspect is re-checked from fresh reads `rechecks` times, `pause` apart; what persists
+is reported. What cannot be settled because its account or code never stopped changing is
+listed as unverified, never reported as a difference.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from typing import Any
 
+from pynamodb.exceptions import DoesNotExist
+from pynamodb.models import Model
+
+from billing import clock, retry
 from billing.grant_checks import grant_problems
 from billing.models import Account, LedgerEntry, Order, RedemptionCode, UsageRecord
-
-Raw = dict[str, Any]
 
 # Statuses of orders (billing.payments.orders) and usage records (billing.usage.metering),
 # repeated here so that this module imports nothing that writes.
@@ -72,7 +101,11 @@ PREFIX_KINDS: dict[str, frozenset[str]] = {
     "referral_transfer": frozenset({"referral_transfer"}),
     "signup_bonus": frozenset({"signup_bonus"}),
     "expiry": frozenset({"expiry"}),
+    "signup_bonus_reversal": frozenset({"reversal"}),
 }
+# Clawbacks of an inviter's rewards: they lower aff_history_quota, also when they are taken
+# from quota (`<id>#quota`) because the reward was already transferred to the balance.
+CLAWBACK_PREFIXES = ("referral_clawback#", "signup_bonus_reversal#invitee#")
 # The inviter's bonus on an invitee's first paid order is a rebate (kind signup_bonus).
 AFF_KINDS = frozenset({"referral_reward", "signup_bonus", "referral_transfer", "reversal"})
 # A debit may leave a balance below zero only when the usage already happened (settle) or
@@ -82,6 +115,9 @@ NEGATIVE_KINDS = {
     "aff_quota": frozenset({"reversal"}),
 }
 
+_BATCH_GET = 100  # BatchGetItem's limit
+_READ_ATTEMPTS = 3  # reads of one account before it counts as busy
+
 
 @dataclass(frozen=True)
 class Difference:
@@ -90,11 +126,13 @@ class Difference:
     message: str
     expected: Any = None
     actual: Any = None
-    scope: str = ""  # what a re-check must re-read: "user:<id>" or "code:<id>"
+    scope: str = ""  # what a re-check must re-read: "user:<id>", "invites:<id>", "code:<id>"
+    tentative: bool = False  # seen on reads that cannot settle it (a busy account, index lag)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("scope")
+        data.pop("tentative")
         return data
 
     def as_log(self) -> dict[str, Any]:
@@ -139,52 +177,13 @@ class Tables:
         )
 
 
-class Reader(Protocol):
-    """The reads reconciliation needs (a botocore DynamoDB client does them)."""
-
-    def scan(self, **kwargs: Any) -> Raw: ...
-
-    def query(self, **kwargs: Any) -> Raw: ...
-
-    def get_item(self, **kwargs: Any) -> Raw: ...
-
-
-@dataclass
-class UserState:
-    """What the per-account checks look at, for one user."""
-
-    account: Account | None
-    entries: list[LedgerEntry]
-    orders: list[Order]
-    usage: list[UsageRecord] | None = None  # None: the usage table was not read
-    invitees: int | None = None  # accounts naming this one as inviter; None: not counted
-
-
-@dataclass
-class Snapshot:
-    accounts: dict[str, Account] = field(default_factory=dict)
-    entries: dict[str, list[LedgerEntry]] = field(default_factory=lambda: defaultdict(list))
-    orders: dict[str, Order] = field(default_factory=dict)
-    usage: dict[str, list[UsageRecord]] | None = None
-    codes: dict[str, RedemptionCode] | None = None
-
-    def user_ids(self) -> list[str]:
-        users = set(self.accounts) | set(self.entries)
-        users |= {order.user_id for order in self.orders.values()}
-        return sorted(users)
-
-    def state(self, user_id: str) -> UserState:
-        invitees = Counter(a.inviter_id for a in self.accounts.values() if a.inviter_id)
-        return self._state(user_id, invitees)
-
-    def _state(self, user_id: str, invitees: Mapping[str, int]) -> UserState:
-        return UserState(
-            account=self.accounts.get(user_id),
-            entries=sorted(self.entries.get(user_id, []), key=lambda e: e.seq),
-            orders=[o for o in self.orders.values() if o.user_id == user_id],
-            usage=None if self.usage is None else self.usage.get(user_id, []),
-            invitees=invitees.get(user_id, 0),
-        )
+@dataclass(frozen=True)
+class Options:
+    rechecks: int = 2  # fresh re-reads of every suspect before it is reported
+    pause: float = 2.0  # seconds before each round of re-checks (longer than the index lag)
+    index_lag: float = 2.0  # how far behind its table an index may be
+    deadline: float | None = None  # time.monotonic() by which the run must stop
+    page_size: int | None = None  # items per Scan page (None: DynamoDB's 1 MB pages)
 
 
 @dataclass
@@ -192,187 +191,242 @@ class Report:
     differences: list[Difference]
     counts: dict[str, int]
     rechecked: int = 0  # suspects read again; those that vanished were transient
+    unverified: list[Difference] = field(default_factory=list)  # never settled: kept changing
+    complete: bool = True  # False: the run stopped at its deadline (see `stopped`)
+    stopped: str = ""
 
     @property
     def clean(self) -> bool:
-        return not self.differences
+        return self.complete and not self.differences
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "clean": self.clean,
+            "complete": self.complete,
+            "stopped": self.stopped,
             "differences": [d.as_dict() for d in self.differences],
+            "unverified": [d.as_dict() for d in self.unverified],
             "counts": dict(self.counts),
             "rechecked": self.rechecked,
         }
 
 
-# ---------------------------------------------------------------- reading
+# ---------------------------------------------------------------- binding the models
 
 
-def _pages(call: Any, **kwargs: Any) -> Iterator[Raw]:
-    while True:
-        page = call(**kwargs)
-        yield from page.get("Items", [])
-        last = page.get("LastEvaluatedKey")
-        if not last:
-            return
-        kwargs["ExclusiveStartKey"] = last
-
-
-def scan(reader: Reader, table: str, **kwargs: Any) -> Iterator[Raw]:
-    return _pages(reader.scan, TableName=table, ConsistentRead=True, **kwargs)
-
-
-def load(reader: Reader, tables: Tables) -> Snapshot:
-    snapshot = Snapshot()
-    for raw in scan(reader, tables.accounts):
-        account = Account.from_raw_data(raw)
-        snapshot.accounts[account.user_id] = account
-    for raw in scan(reader, tables.ledger):
-        entry = LedgerEntry.from_raw_data(raw)
-        snapshot.entries[entry.user_id].append(entry)
-    for raw in scan(reader, tables.orders):
-        order = Order.from_raw_data(raw)
-        snapshot.orders[order.order_id] = order
-    if tables.usage:
-        usage: dict[str, list[UsageRecord]] = defaultdict(list)
-        for raw in scan(reader, tables.usage):
-            record = UsageRecord.from_raw_data(raw)
-            usage[record.user_id].append(record)
-        snapshot.usage = usage
-    if tables.codes:
-        snapshot.codes = {
-            code.code_id: code
-            for code in (RedemptionCode.from_raw_data(raw) for raw in scan(reader, tables.codes))
-        }
-    return snapshot
-
-
-def _get(reader: Reader, table: str, key: Raw) -> Raw | None:
-    item: Raw | None = reader.get_item(TableName=table, Key=key, ConsistentRead=True).get("Item")
-    return item
-
-
-def load_user(
-    reader: Reader,
+@contextmanager
+def bound(
     tables: Tables,
-    user_id: str,
     *,
-    count_invitees: bool = True,
-    attempts: int = 10,
+    endpoint: str | None = None,
+    credentials: tuple[str, str] | None = None,
+    region: str | None = None,
+) -> Iterator[None]:
+    """The models pointed at `tables` (and an endpoint, region, credentials) for the
+    duration, then restored: the command and the tests reconcile tables other than the
+    environment's."""
+    names: dict[type[Model], str | None] = {
+        Account: tables.accounts,
+        LedgerEntry: tables.ledger,
+        Order: tables.orders,
+        UsageRecord: tables.usage,
+        RedemptionCode: tables.codes,
+    }
+    fields = ("table_name", "host", "region", "aws_access_key_id", "aws_secret_access_key")
+    saved: dict[type[Model], dict[str, Any]] = {}
+    for model, name in names.items():
+        if name is None:
+            continue
+        meta = model.Meta
+        wanted = {"table_name": name}
+        if endpoint is not None:
+            wanted["host"] = endpoint
+        if region is not None:
+            wanted["region"] = region
+        if credentials is not None:
+            wanted["aws_access_key_id"], wanted["aws_secret_access_key"] = credentials
+        if all(getattr(meta, f, None) == value for f, value in wanted.items()):
+            continue  # already so (the function's own tables): keep the warm connection
+        saved[model] = {f: getattr(meta, f, None) for f in fields}
+        for f, value in wanted.items():
+            setattr(meta, f, value)
+        model._connection = None  # a connection is bound to its table and endpoint
+    try:
+        yield
+    finally:
+        for model, values in saved.items():
+            for f, value in values.items():
+                setattr(model.Meta, f, value)
+            model._connection = None
+
+
+# ---------------------------------------------------------------- what is read
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What the checks need of a ledger entry (a model instance costs several times more)."""
+
+    entry_id: str
+    seq: str
+    kind: str
+    balance: str
+    delta: int
+    balance_after: int
+    grants: dict[str, int] | None = None  # the entry's per-grant deltas (credit grants)
+
+    @property
+    def version(self) -> int:
+        """The account version the entry was written at (its seq is "<version>.<index>")."""
+        head = self.seq.split(".", 1)[0]
+        return int(head) if head.isdigit() else -1
+
+    @classmethod
+    def of(cls, entry: LedgerEntry) -> Entry:
+        return cls(
+            entry_id=entry.entry_id,
+            seq=str(entry.seq),
+            kind=str(entry.kind),
+            balance=str(entry.balance),
+            delta=int(entry.delta),
+            balance_after=int(entry.balance_after),
+            grants=None
+            if entry.grants is None
+            else {str(g): int(d) for g, d in dict(entry.grants).items()},
+        )
+
+
+@dataclass
+class UsageTotals:
+    """The usage records of one account, summed as its counters sum them."""
+
+    used: int = 0
+    requests: int = 0
+    held: int = 0
+    records: int = 0
+
+    def add(self, record: UsageRecord) -> None:
+        self.records += 1
+        if record.status in (CHARGED, SETTLED):
+            self.used += int(record.quota)
+            self.requests += 1
+        elif record.status == RESERVED:
+            self.held += int(record.hold_quota)
+
+    def agrees_with(self, account: Account) -> bool:
+        return (self.used, self.requests, self.held) == (
+            int(account.used_quota),
+            int(account.request_count),
+            int(account.held_quota),
+        )
+
+
+@dataclass
+class UserState:
+    """What the per-account checks look at, for one user."""
+
+    account: Account | None
+    entries: list[Entry]
+    orders: list[Order] | None  # None: the account kept changing (not compared)
+    usage: UsageTotals | None = None  # None: no usage table, or not compared
+    usage_settled: bool = True  # the usage index had caught up with the account
+    busy: bool = False  # kept changing: only the balance checks ran (at one version)
+
+
+def _account(user_id: str) -> Account | None:
+    try:
+        return Account.get(user_id, consistent_read=True)
+    except DoesNotExist:
+        return None
+
+
+def _batch_get(model: type[Model], keys: Iterable[str], **kwargs: Any) -> Iterator[Any]:
+    """Consistent BatchGetItem in chunks (PynamoDB re-sends unprocessed keys itself)."""
+    chunk: list[str] = []
+    for key in dict.fromkeys(keys):
+        chunk.append(key)
+        if len(chunk) == _BATCH_GET:
+            yield from model.batch_get(chunk, consistent_read=True, **kwargs)
+            chunk = []
+    if chunk:
+        yield from model.batch_get(chunk, consistent_read=True, **kwargs)
+
+
+def _ledger(user_id: str) -> list[Entry]:
+    entries = [Entry.of(e) for e in LedgerEntry.query(user_id, consistent_read=True)]
+    entries.sort(key=lambda e: e.seq)
+    return entries
+
+
+def _orders(user_id: str, entries: Iterable[Entry]) -> list[Order]:
+    ids = [o.order_id for o in Order.by_user.query(user_id, attributes_to_get=["order_id"])]
+    # The top-up and reversal entries name orders too (the index may lag behind its table).
+    ids += [order_id for e in entries if (order_id := order_of(e.entry_id)) is not None]
+    return [o for o in _batch_get(Order, ids) if o.user_id == user_id]
+
+
+def _usage_from_index(user_id: str) -> UsageTotals:
+    totals = UsageTotals()
+    for record in UsageRecord.by_user.query(user_id):
+        totals.add(record)
+    return totals
+
+
+def _usage_fresh(user_id: str) -> UsageTotals:
+    """The records the index names, each read again from the table (current status)."""
+    totals = UsageTotals()
+    ids = (
+        r.request_id for r in UsageRecord.by_user.query(user_id, attributes_to_get=["request_id"])
+    )
+    for record in _batch_get(UsageRecord, ids):
+        totals.add(record)
+    return totals
+
+
+def _version(account: Account | None) -> int | None:
+    return None if account is None else int(account.version)
+
+
+def _quiet_since(account: Account) -> float | None:
+    """Epoch seconds of the account's last ledger transaction (None: not recorded)."""
+    stamp = account.updated_at or account.created_at
+    try:
+        return clock.parse_iso(stamp).timestamp() if stamp else None
+    except ValueError:
+        return None
+
+
+def read_user(
+    user_id: str, *, usage: bool, index_lag: float, first: Account | None = None
 ) -> UserState:
-    """One user's account, ledger, orders and usage, read so that they agree in time: the
-    account's version is the same before and after the ledger is read. Counting the accounts
-    it invited takes a scan of the accounts (`count_invitees`)."""
-    key = {"user_id": {"S": user_id}}
-    for _ in range(attempts):
-        before = _get(reader, tables.accounts, key)
-        entries = [
-            LedgerEntry.from_raw_data(raw)
-            for raw in _pages(
-                reader.query,
-                TableName=tables.ledger,
-                KeyConditionExpression="user_id = :u",
-                ExpressionAttributeValues={":u": {"S": user_id}},
-                ConsistentRead=True,
-            )
-        ]
-        order_ids = [
-            raw["order_id"]["S"]
-            for raw in _pages(
-                reader.query,
-                TableName=tables.orders,
-                IndexName="by_user",
-                KeyConditionExpression="user_id = :u",
-                ExpressionAttributeValues={":u": {"S": user_id}},
-            )
-        ]
-        # The top-up and reversal entries name orders too (a GSI may lag behind its table).
-        order_ids += [
-            entry.entry_id.split("#", 1)[1]
-            for entry in entries
-            if entry.entry_id.startswith(("topup#", "reversal#"))
-        ]
-        orders = [
-            Order.from_raw_data(raw)
-            for raw in (
-                _get(reader, tables.orders, {"order_id": {"S": order_id}})
-                for order_id in dict.fromkeys(order_ids)
-            )
-            if raw is not None
-        ]
-        usage: list[UsageRecord] | None = None
-        if tables.usage:
-            usage = [
-                UsageRecord.from_raw_data(raw)
-                for raw in _pages(
-                    reader.query,
-                    TableName=tables.usage,
-                    IndexName="by_user",
-                    KeyConditionExpression="user_id = :u",
-                    ExpressionAttributeValues={":u": {"S": user_id}},
-                )
-            ]
-        after = _get(reader, tables.accounts, key)
+    """One user's account, ledger, orders and usage, read so that they agree in time (see the
+    module's docstring); `first` is the account as a scan just read it."""
+    before = first
+    entries: list[Entry] = []
+    for attempt in range(_READ_ATTEMPTS):
+        if before is None or attempt:
+            before = _account(user_id)
+        entries = _ledger(user_id)
+        orders = _orders(user_id, entries)
+        totals: UsageTotals | None = None
+        index_read_at = time.time()
+        if usage:
+            totals = _usage_from_index(user_id)
+            if before is not None and not totals.agrees_with(before):
+                totals = _usage_fresh(user_id)
+        after = _account(user_id)
         if _version(before) == _version(after):
-            invitees = None
-            if count_invitees:
-                invitees = sum(
-                    1
-                    for _ in scan(
-                        reader,
-                        tables.accounts,
-                        FilterExpression="inviter_id = :u",
-                        ExpressionAttributeValues={":u": {"S": user_id}},
-                        ProjectionExpression="user_id",
-                    )
-                )
-            return UserState(
-                account=None if after is None else Account.from_raw_data(after),
-                entries=sorted(entries, key=lambda e: e.seq),
-                orders=[o for o in orders if o.user_id == user_id],
-                usage=usage,
-                invitees=invitees,
-            )
-    raise RuntimeError(f"account {user_id} kept changing while it was read")
-
-
-def _version(raw: Raw | None) -> str | None:
-    return None if raw is None else str(raw.get("version", {}).get("N"))
+            quiet = None if after is None else _quiet_since(after)
+            settled = quiet is None or index_read_at - quiet >= index_lag
+            return UserState(after, entries, orders, totals, usage_settled=settled)
+        retry.pause(attempt, base=0.05, cap=0.5)
+    # Still changing: the balance checks at the version read first; the rest waits.
+    version = _version(before)
+    at_version = [e for e in entries if version is None or e.version <= version]
+    return UserState(before, at_version, orders=None, busy=True)
 
 
 # ---------------------------------------------------------------- checks
-
-
-class _Lookups(Protocol):
-    def order(self, order_id: str) -> Order | None: ...
-
-    def account(self, user_id: str) -> Account | None: ...
-
-
-@dataclass
-class _SnapshotLookups:
-    snapshot: Snapshot
-
-    def order(self, order_id: str) -> Order | None:
-        return self.snapshot.orders.get(order_id)
-
-    def account(self, user_id: str) -> Account | None:
-        return self.snapshot.accounts.get(user_id)
-
-
-@dataclass
-class _ReaderLookups:
-    reader: Reader
-    tables: Tables
-
-    def order(self, order_id: str) -> Order | None:
-        raw = _get(self.reader, self.tables.orders, {"order_id": {"S": order_id}})
-        return None if raw is None else Order.from_raw_data(raw)
-
-    def account(self, user_id: str) -> Account | None:
-        raw = _get(self.reader, self.tables.accounts, {"user_id": {"S": user_id}})
-        return None if raw is None else Account.from_raw_data(raw)
 
 
 def credited(order: Order) -> bool:
@@ -384,15 +438,40 @@ def reversed_after_paid(order: Order) -> bool:
     return order.status in (REFUNDED, DISPUTED) and bool(order.paid_at)
 
 
-def check_user(user_id: str, state: UserState, lookups: _Lookups) -> list[Difference]:
+class _RewardLookups:
+    """The orders that rebate entries name and the accounts of those orders' users."""
+
+    def __init__(self, entries: Iterable[Entry]) -> None:
+        order_ids = [
+            e.entry_id.partition("#")[2]
+            for e in entries
+            if e.kind == "referral_reward" and e.entry_id.startswith("referral_reward#")
+        ]
+        self.orders = {o.order_id: o for o in _batch_get(Order, order_ids)} if order_ids else {}
+        users = [o.user_id for o in self.orders.values()]
+        self.accounts = {a.user_id: a for a in _batch_get(Account, users)} if users else {}
+
+    def order(self, order_id: str) -> Order | None:
+        return self.orders.get(order_id)
+
+    def account(self, user_id: str) -> Account | None:
+        return self.accounts.get(user_id)
+
+
+def check_user(user_id: str, state: UserState) -> list[Difference]:
     subject = f"account:{user_id}"
     scope = f"user:{user_id}"
     found: list[Difference] = []
 
     def report(
-        check: str, message: str, expected: Any = None, actual: Any = None, about: str = subject
+        check: str,
+        message: str,
+        expected: Any = None,
+        actual: Any = None,
+        about: str = subject,
+        tentative: bool = False,
     ) -> None:
-        found.append(Difference(check, about, message, expected, actual, scope))
+        found.append(Difference(check, about, message, expected, actual, scope, tentative))
 
     account = state.account
     entries = state.entries
@@ -401,7 +480,7 @@ def check_user(user_id: str, state: UserState, lookups: _Lookups) -> list[Differ
             report(
                 "ledger_sum", "ledger entries of an account that does not exist", 0, len(entries)
             )
-        for order in state.orders:
+        for order in state.orders or []:
             if credited(order):
                 report(
                     "order_credit",
@@ -409,67 +488,72 @@ def check_user(user_id: str, state: UserState, lookups: _Lookups) -> list[Differ
                     about=f"order:{order.order_id}",
                 )
         return found
+    if state.busy:
+        report(
+            "unverified",
+            "the account kept changing: its orders and usage records were not compared",
+            tentative=True,
+        )
 
     # Balances and the running sum, in ledger order.
     running = {"quota": 0, "aff_quota": 0}
     broken: set[str] = set()
     for entry in entries:
-        balance = str(entry.balance)
+        balance = entry.balance
         if balance not in running:
             report("entry_kind", f"entry {entry.entry_id} moves an unknown balance", None, balance)
             continue
-        delta = int(entry.delta)
-        running[balance] += delta
-        if balance not in broken and int(entry.balance_after) != running[balance]:
+        running[balance] += entry.delta
+        if balance not in broken and entry.balance_after != running[balance]:
             broken.add(balance)
             report(
                 "balance_after",
                 f"entry {entry.entry_id}: balance_after is not the running sum of {balance}",
                 running[balance],
-                int(entry.balance_after),
+                entry.balance_after,
             )
         if (
-            delta < 0
-            and int(entry.balance_after) < 0
-            and str(entry.kind) not in NEGATIVE_KINDS[balance]
+            entry.delta < 0
+            and entry.balance_after < 0
+            and entry.kind not in NEGATIVE_KINDS[balance]
         ):
             report(
                 "negative",
                 f"entry {entry.entry_id} ({entry.kind}) took {balance} below zero",
                 ">= 0",
-                int(entry.balance_after),
+                entry.balance_after,
             )
-        kind = str(entry.kind)
-        if kind not in KINDS:
-            report("entry_kind", f"entry {entry.entry_id} has an unknown kind", None, kind)
+        if entry.kind not in KINDS:
+            report("entry_kind", f"entry {entry.entry_id} has an unknown kind", None, entry.kind)
         prefix = entry.entry_id.split("#", 1)[0]
-        if prefix in PREFIX_KINDS and kind not in PREFIX_KINDS[prefix]:
+        if prefix in PREFIX_KINDS and entry.kind not in PREFIX_KINDS[prefix]:
             report(
                 "entry_kind",
-                f"entry {entry.entry_id} has kind {kind}",
+                f"entry {entry.entry_id} has kind {entry.kind}",
                 sorted(PREFIX_KINDS[prefix]),
-                kind,
+                entry.kind,
             )
-        if balance == "aff_quota" and kind not in AFF_KINDS:
+        if balance == "aff_quota" and entry.kind not in AFF_KINDS:
             report(
                 "aff_kind",
-                f"entry {entry.entry_id} ({kind}) moves aff_quota",
+                f"entry {entry.entry_id} ({entry.kind}) moves aff_quota",
                 sorted(AFF_KINDS),
-                kind,
+                entry.kind,
             )
     for balance, total in running.items():
         actual = int(getattr(account, balance))
         if total != actual:
             report("ledger_sum", f"the {balance} ledger does not sum to the balance", total, actual)
-    transfers = sum(int(e.delta) for e in entries if str(e.kind) == "referral_transfer")
+    transfers = sum(e.delta for e in entries if e.kind == "referral_transfer")
     if transfers != 0:
         report(
             "aff_kind", "the two sides of the referral transfers do not cancel out", 0, transfers
         )
     earned = sum(
-        int(e.delta)
+        e.delta
         for e in entries
-        if str(e.balance) == "aff_quota" and str(e.kind) != "referral_transfer"
+        if (e.balance == "aff_quota" and e.kind != "referral_transfer")
+        or (e.balance == "quota" and e.kind == "reversal" and _is_clawback(e.entry_id))
     )
     if earned != int(account.aff_history_quota):
         report(
@@ -480,7 +564,7 @@ def check_user(user_id: str, state: UserState, lookups: _Lookups) -> list[Differ
         )
 
     # Counters.
-    usage_total = -sum(int(e.delta) for e in entries if str(e.kind) == "usage")
+    usage_total = -sum(e.delta for e in entries if e.kind == "usage")
     if usage_total != int(account.used_quota):
         report(
             "usage",
@@ -489,29 +573,30 @@ def check_user(user_id: str, state: UserState, lookups: _Lookups) -> list[Differ
             int(account.used_quota),
         )
     if state.usage is not None:
-        done = [r for r in state.usage if r.status in (CHARGED, SETTLED)]
-        used = sum(int(r.quota) for r in done)
-        if used != int(account.used_quota):
+        usage, lagging = state.usage, not state.usage_settled
+        if usage.used != int(account.used_quota):
             report(
                 "usage",
                 "used_quota is not the sum of the charged and settled records",
-                used,
+                usage.used,
                 int(account.used_quota),
+                tentative=lagging,
             )
-        if len(done) != int(account.request_count):
+        if usage.requests != int(account.request_count):
             report(
                 "usage",
                 "request_count is not the number of charged and settled records",
-                len(done),
+                usage.requests,
                 int(account.request_count),
+                tentative=lagging,
             )
-        held = sum(int(r.hold_quota) for r in state.usage if r.status == RESERVED)
-        if held != int(account.held_quota):
+        if usage.held != int(account.held_quota):
             report(
                 "usage",
                 "held_quota is not the sum of the open holds",
-                held,
+                usage.held,
                 int(account.held_quota),
+                tentative=lagging,
             )
     topups = [e for e in entries if e.entry_id.startswith("topup#")]
     if len(topups) != int(account.paid_orders):
@@ -521,95 +606,113 @@ def check_user(user_id: str, state: UserState, lookups: _Lookups) -> list[Differ
             len(topups),
             int(account.paid_orders),
         )
-    if state.invitees is not None and state.invitees != int(account.aff_count):
-        report(
-            "usage",
-            "aff_count is not the number of accounts it invited",
-            state.invitees,
-            int(account.aff_count),
-        )
 
     # Credit grants: remainders, per-grant ledger sums, expiry (billing.grant_checks).
     for check, message, expected, actual in grant_problems(account, entries):
         report(check, message, expected, actual)
 
-    found += _check_orders(user_id, state, scope)
-    found += _check_rewards(user_id, entries, lookups, scope)
+    if state.orders is not None:
+        found += _check_orders(user_id, entries, state.orders, scope)
+    found += _check_rewards(user_id, entries, _RewardLookups(entries), scope)
     return found
 
 
-def _check_orders(user_id: str, state: UserState, scope: str) -> list[Difference]:
+def order_of(entry_id: str) -> str | None:
+    """The order a `topup#<order>` or `reversal#<order>[#<step>]` entry names."""
+    prefix, _, rest = entry_id.partition("#")
+    if prefix not in ("topup", "reversal") or not rest:
+        return None
+    return rest.split("#", 1)[0]
+
+
+def _is_clawback(entry_id: str) -> bool:
+    return entry_id.startswith(CLAWBACK_PREFIXES) and entry_id.endswith("#quota")
+
+
+def _share(total: int, ratio: Fraction) -> int:
+    """floor(total x ratio), all of it at 1 (as a refund step computes it)."""
+    if ratio >= 1:
+        return total
+    if ratio <= 0:
+        return 0
+    return total * ratio.numerator // ratio.denominator
+
+
+def refunded_share(order: Order) -> int | None:
+    """The quota the order's reversals must have taken back by now (None: its amounts are
+    unreadable, which is a difference of its own)."""
+    quota = int(order.quota)
+    if reversed_after_paid(order):
+        return quota  # refunded in full, or charged back: nothing of the credit is left
+    if order.status != PAID or not order.refunded_money:
+        return 0
+    try:
+        refunded, paid = Decimal(order.refunded_money), Decimal(order.pay_money)
+    except InvalidOperation:
+        return None
+    if not (refunded.is_finite() and paid.is_finite()) or paid <= 0 or refunded < 0:
+        return None
+    return _share(quota, min(Fraction(refunded) / Fraction(paid), Fraction(1)))
+
+
+def _check_orders(
+    user_id: str, entries: list[Entry], orders: list[Order], scope: str
+) -> list[Difference]:
     found: list[Difference] = []
-    by_id = {e.entry_id: e for e in state.entries}
-    own = {o.order_id: o for o in state.orders}
+    topups: dict[str, Entry] = {}
+    reversals: dict[str, list[Entry]] = defaultdict(list)
+    for entry in entries:
+        order_id = order_of(entry.entry_id)
+        if order_id is None:
+            continue
+        if entry.entry_id.startswith("topup#"):
+            topups[order_id] = entry
+        else:
+            reversals[order_id].append(entry)
+    own = {o.order_id: o for o in orders}
+
+    def report(order: Order, message: str, expected: Any = None, actual: Any = None) -> None:
+        found.append(
+            Difference("order_credit", f"order:{order.order_id}", message, expected, actual, scope)
+        )
+
     for order in own.values():
-        about = f"order:{order.order_id}"
-        topup = by_id.get(f"topup#{order.order_id}")
-        reversal = by_id.get(f"reversal#{order.order_id}")
+        topup = topups.get(order.order_id)
         quota = int(order.quota)
         if credited(order):
             if topup is None:
-                found.append(
-                    Difference(
-                        "order_credit",
-                        about,
-                        f"{order.status} order without its top-up entry",
-                        1,
-                        0,
-                        scope,
-                    )
-                )
-            elif (int(topup.delta), str(topup.balance), str(topup.kind)) != (
-                quota,
-                "quota",
-                "topup",
-            ):
-                found.append(
-                    Difference(
-                        "order_credit",
-                        about,
-                        "the top-up entry does not credit the order's quota",
-                        quota,
-                        int(topup.delta),
-                        scope,
-                    )
+                report(order, f"{order.status} order without its top-up entry", 1, 0)
+            elif (topup.delta, topup.balance, topup.kind) != (quota, "quota", "topup"):
+                report(
+                    order, "the top-up entry does not credit the order's quota", quota, topup.delta
                 )
         elif topup is not None:
-            found.append(
-                Difference("order_credit", about, f"{order.status} order was credited", 0, 1, scope)
+            report(order, f"{order.status} order was credited", 0, 1)
+        steps = reversals.get(order.order_id, [])
+        due = refunded_share(order) if credited(order) else 0
+        taken = -sum(e.delta for e in steps)
+        if due is None:
+            report(
+                order, "refunded_money or pay_money is not an amount", None, order.refunded_money
             )
-        if reversed_after_paid(order):
-            if reversal is None:
-                found.append(
-                    Difference(
-                        "order_credit",
-                        about,
-                        f"{order.status} order without its reversal entry",
-                        1,
-                        0,
-                        scope,
-                    )
-                )
-            elif (int(reversal.delta), str(reversal.balance)) != (-quota, "quota"):
-                found.append(
-                    Difference(
-                        "order_credit",
-                        about,
-                        "the reversal does not take back the order's quota",
-                        -quota,
-                        int(reversal.delta),
-                        scope,
-                    )
-                )
-        elif reversal is not None:
-            found.append(
-                Difference(
-                    "order_credit", about, f"{order.status} order has a reversal entry", 0, 1, scope
-                )
+        elif any(e.balance != "quota" for e in steps):
+            wrong = sorted(e.entry_id for e in steps if e.balance != "quota")
+            report(order, "a reversal moves another balance than quota", "quota", wrong[:5])
+        elif due and not steps:
+            report(order, f"{order.status} order without its reversal entry", 1, 0)
+        elif not due and steps:
+            report(order, f"{order.status} order has a reversal entry", 0, len(steps))
+        elif taken != due:
+            report(
+                order,
+                "the reversals do not take back the refunded share of the order's quota",
+                -due,
+                -taken,
             )
-    for entry in state.entries:
-        prefix, _, order_id = entry.entry_id.partition("#")
-        if prefix in ("topup", "reversal") and order_id not in own:
+    for entry in entries:
+        order_id = order_of(entry.entry_id)
+        if order_id is not None and order_id not in own:
+            prefix = entry.entry_id.partition("#")[0]
             found.append(
                 Difference(
                     "order_credit",
@@ -624,14 +727,14 @@ def _check_orders(user_id: str, state: UserState, scope: str) -> list[Difference
 
 
 def _check_rewards(
-    user_id: str, entries: Iterable[LedgerEntry], lookups: _Lookups, scope: str
+    user_id: str, entries: Iterable[Entry], lookups: _RewardLookups, scope: str
 ) -> list[Difference]:
     found: list[Difference] = []
+    about = f"account:{user_id}"
     for entry in entries:
-        if str(entry.kind) != "referral_reward":
+        if entry.kind != "referral_reward":
             continue
         prefix, _, order_id = entry.entry_id.partition("#")
-        about = f"account:{user_id}"
         order = lookups.order(order_id) if prefix == "referral_reward" else None
         if order is None:
             found.append(
@@ -669,7 +772,7 @@ def _check_rewards(
                     scope,
                 )
             )
-        if str(entry.balance) != "aff_quota" or int(entry.delta) <= 0:
+        if entry.balance != "aff_quota" or entry.delta <= 0:
             found.append(
                 Difference(
                     "referral_reward",
@@ -683,8 +786,70 @@ def _check_rewards(
     return found
 
 
+def check_invitations(
+    user_id: str, aff_count: int, invited: int, *, tentative: bool = False
+) -> list[Difference]:
+    if aff_count == invited:
+        return []
+    return [
+        Difference(
+            "usage",
+            f"account:{user_id}",
+            "aff_count is not the number of accounts it invited",
+            invited,
+            aff_count,
+            f"invites:{user_id}",
+            tentative,
+        )
+    ]
+
+
+class Redemptions:
+    """The redemption entries of one code, as a ledger scan tallies them. One is held per
+    redeemed code until the codes are read, so it keeps a count, the first credit and the
+    credits that differ from it (one sample user each), not the entries."""
+
+    __slots__ = ("count", "credit", "odd", "user")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.credit: tuple[int, str] = (0, "")
+        self.user = ""
+        self.odd: dict[tuple[int, str], str] | None = None
+
+    def add(self, entry_id: str, delta: int, balance: str) -> None:
+        user = entry_id.split("#", 2)[2]
+        credit = (delta, sys.intern(balance))
+        if not self.count:
+            self.credit, self.user = credit, user
+        elif credit != self.credit:
+            self.odd = self.odd or {}
+            self.odd.setdefault(credit, user)
+        self.count += 1
+
+    def samples(self) -> dict[tuple[int, str], str]:
+        """One redeeming user of each distinct credit."""
+        if not self.count:
+            return {}
+        return {self.credit: self.user, **(self.odd or {})}
+
+
+def _code_key(code_id: str) -> bytes | str:
+    """Tally key of a code: its HMAC as bytes when it is one (half the memory of the text)."""
+    if len(code_id) == 64:
+        try:
+            return bytes.fromhex(code_id)
+        except ValueError:
+            pass
+    return code_id
+
+
+def _code_id(key: bytes | str) -> str:
+    return key.hex() if isinstance(key, bytes) else key
+
+
 def check_code(
-    code_id: str, code: RedemptionCode | None, entries: list[LedgerEntry]
+    code_id: str, code: RedemptionCode | None, redemptions: Redemptions
 ) -> list[Difference]:
     about = f"code:{code_id}"
     scope = about
@@ -695,19 +860,19 @@ def check_code(
                 about,
                 "redemptions of a code that does not exist",
                 0,
-                len(entries),
+                redemptions.count,
                 scope,
             )
         ]
     found: list[Difference] = []
     uses = int(code.uses)
-    if len(entries) != uses:
+    if redemptions.count != uses:
         found.append(
             Difference(
                 "code_uses",
                 about,
                 "uses is not the number of redemptions",
-                len(entries),
+                redemptions.count,
                 uses,
                 scope,
             )
@@ -718,9 +883,12 @@ def check_code(
                 "code_uses", about, "used more than max_uses", int(code.max_uses), uses, scope
             )
         )
-    wrong = [
-        e.entry_id for e in entries if (int(e.delta), str(e.balance)) != (int(code.quota), "quota")
-    ]
+    right = (int(code.quota), "quota")
+    wrong = sorted(
+        f"redeem#{code_id}#{user}"
+        for credit, user in redemptions.samples().items()
+        if credit != right
+    )
     if wrong:
         found.append(
             Difference(
@@ -735,93 +903,294 @@ def check_code(
     return found
 
 
-def _redeem_code_id(entry: LedgerEntry) -> str | None:
-    parts = entry.entry_id.split("#")
+def redeemed_code(entry_id: str) -> str | None:
+    """The code of a `redeem#<code_id>#<user>` entry id."""
+    parts = entry_id.split("#")
     return parts[1] if len(parts) >= 3 and parts[0] == "redeem" else None
-
-
-def check(snapshot: Snapshot) -> list[Difference]:
-    """Every difference the snapshot shows (pure: no reads)."""
-    lookups = _SnapshotLookups(snapshot)
-    invitees = Counter(a.inviter_id for a in snapshot.accounts.values() if a.inviter_id)
-    found: list[Difference] = []
-    for user_id in snapshot.user_ids():
-        found += check_user(user_id, snapshot._state(user_id, invitees), lookups)
-    if snapshot.codes is not None:
-        redemptions: dict[str, list[LedgerEntry]] = defaultdict(list)
-        for entries in snapshot.entries.values():
-            for entry in entries:
-                code_id = _redeem_code_id(entry)
-                if code_id is not None:
-                    redemptions[code_id].append(entry)
-        for code_id in sorted(set(snapshot.codes) | set(redemptions)):
-            found += check_code(code_id, snapshot.codes.get(code_id), redemptions[code_id])
-    return found
 
 
 # ---------------------------------------------------------------- the run
 
 
-def check_account(
-    reader: Reader, tables: Tables, user_id: str, *, count_invitees: bool = True
-) -> list[Difference]:
-    """The per-account checks of one user, from fresh reads."""
-    state = load_user(reader, tables, user_id, count_invitees=count_invitees)
-    return check_user(user_id, state, _ReaderLookups(reader, tables))
+class _OutOfTime(Exception):
+    pass
 
 
-def _recheck(
-    reader: Reader, tables: Tables, scope: str, suspects: list[Difference]
-) -> list[Difference]:
-    kind, _, name = scope.partition(":")
-    if kind == "user":
-        # aff_count is checked again only when it was the suspect (it takes a scan).
-        invitees = any(d.message.startswith("aff_count") for d in suspects)
-        return check_account(reader, tables, name, count_invitees=invitees)
-    assert tables.codes is not None
-    for _ in range(10):
-        before = _get(reader, tables.codes, {"code_id": {"S": name}})
-        entries = [
-            LedgerEntry.from_raw_data(raw)
-            for raw in scan(
-                reader,
-                tables.ledger,
-                FilterExpression="begins_with(entry_id, :p)",
-                ExpressionAttributeValues={":p": {"S": f"redeem#{name}#"}},
+class _Run:
+    def __init__(self, tables: Tables, options: Options) -> None:
+        self.tables = tables
+        self.options = options
+        self.counts: Counter[str] = Counter()
+        self.suspects: dict[str, list[Difference]] = {}
+        self.invited: Counter[str] = Counter()  # inviter -> accounts naming it
+        self.aff_counts: dict[str, int] = {}  # accounts whose aff_count is not 0
+        self.redemptions: dict[bytes | str, Redemptions] = defaultdict(Redemptions)
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _in_time(self) -> None:
+        deadline = self.options.deadline
+        if deadline is not None and time.monotonic() >= deadline:
+            raise _OutOfTime()
+
+    def suspect(self, differences: Iterable[Difference]) -> None:
+        for difference in differences:
+            self.suspects.setdefault(difference.scope, []).append(difference)
+
+    def _scan(self, model: type[Model], **kwargs: Any) -> Iterator[Any]:
+        return iter(model.scan(consistent_read=True, page_size=self.options.page_size, **kwargs))
+
+    # ------------------------------------------------------------ passes
+
+    def accounts(self) -> None:
+        usage = self.tables.usage is not None
+        for account in self._scan(Account):
+            self._in_time()
+            self.counts["accounts"] += 1
+            user_id = account.user_id
+            if account.inviter_id:
+                self.invited[account.inviter_id] += 1
+            if int(account.aff_count):
+                self.aff_counts[user_id] = int(account.aff_count)
+            state = read_user(user_id, usage=usage, index_lag=self.options.index_lag, first=account)
+            if state.usage is not None:
+                self.counts["usage_records"] += state.usage.records
+            self.suspect(check_user(user_id, state))
+        for user_id in sorted(set(self.invited) | set(self.aff_counts)):
+            self.suspect(
+                check_invitations(user_id, self.aff_counts.get(user_id, 0), self.invited[user_id])
             )
-        ]
-        after = _get(reader, tables.codes, {"code_id": {"S": name}})
-        if before == after:
-            code = None if after is None else RedemptionCode.from_raw_data(after)
-            return check_code(name, code, entries)
-    raise RuntimeError(f"code {name} kept changing while it was read")
+        self.invited.clear()
+        self.aff_counts.clear()
 
+    def ledger(self) -> None:
+        codes = self.tables.codes is not None
+        runs: list[tuple[str, int]] = []  # (user, entries) waiting for the account check
+        for entry in self._scan(
+            LedgerEntry, attributes_to_get=["user_id", "entry_id", "delta", "balance"]
+        ):
+            self.counts["ledger_entries"] += 1
+            if self.counts["ledger_entries"] % 1000 == 0:
+                self._in_time()
+            if runs and runs[-1][0] == entry.user_id:
+                runs[-1] = (entry.user_id, runs[-1][1] + 1)
+            else:
+                if len(runs) >= _BATCH_GET:
+                    self._orphans(runs)
+                    runs = []
+                runs.append((entry.user_id, 1))
+            code_id = redeemed_code(entry.entry_id) if codes else None
+            if code_id is not None:
+                self.redemptions[_code_key(code_id)].add(
+                    entry.entry_id, int(entry.delta), str(entry.balance)
+                )
+        self._orphans(runs)
 
-def reconcile(reader: Reader, tables: Tables, *, rechecks: int = 2, pause: float = 1.0) -> Report:
-    """Scan, check, and re-check each suspect from fresh reads `rechecks` times; a difference
-    is reported only if every re-check still shows one for that account or code."""
-    snapshot = load(reader, tables)
-    found = check(snapshot)
-    counts = {
-        "accounts": len(snapshot.accounts),
-        "ledger_entries": sum(len(v) for v in snapshot.entries.values()),
-        "orders": len(snapshot.orders),
-    }
-    if snapshot.usage is not None:
-        counts["usage_records"] = sum(len(v) for v in snapshot.usage.values())
-    if snapshot.codes is not None:
-        counts["codes"] = len(snapshot.codes)
-    suspects: dict[str, list[Difference]] = {}
-    for difference in found:
-        suspects.setdefault(difference.scope, []).append(difference)
-    rechecked = len(suspects)
-    for _ in range(rechecks):
-        if not suspects:
-            break
-        time.sleep(pause)  # once per round: a transaction in flight has committed by then
-        latest = {
-            scope: _recheck(reader, tables, scope, diffs) for scope, diffs in suspects.items()
+    def _orphans(self, runs: list[tuple[str, int]]) -> None:
+        if not runs:
+            return
+        existing = {
+            a.user_id
+            for a in _batch_get(Account, [u for u, _ in runs], attributes_to_get=["user_id"])
         }
-        suspects = {scope: diffs for scope, diffs in latest.items() if diffs}
-    confirmed = [difference for diffs in suspects.values() for difference in diffs]
-    return Report(differences=confirmed, counts=counts, rechecked=rechecked)
+        entries: Counter[str] = Counter()
+        for user_id, count in runs:
+            if user_id not in existing:
+                entries[user_id] += count
+        for user_id, count in entries.items():
+            self.suspect(
+                [
+                    Difference(
+                        "ledger_sum",
+                        f"account:{user_id}",
+                        "ledger entries of an account that does not exist",
+                        0,
+                        count,
+                        f"user:{user_id}",
+                    )
+                ]
+            )
+
+    def codes(self) -> None:
+        if self.tables.codes is None:
+            return
+        for code in self._scan(RedemptionCode):
+            self.counts["codes"] += 1
+            if self.counts["codes"] % 1000 == 0:
+                self._in_time()
+            redemptions = self.redemptions.pop(_code_key(code.code_id), None) or Redemptions()
+            self.suspect(check_code(code.code_id, code, redemptions))
+        for key, redemptions in self.redemptions.items():
+            self.suspect(check_code(_code_id(key), None, redemptions))
+        self.redemptions.clear()
+
+    def orders(self) -> None:
+        page: list[Order] = []
+        for order in self._scan(
+            Order, attributes_to_get=["order_id", "user_id", "status", "paid_at"]
+        ):
+            self.counts["orders"] += 1
+            if credited(order):
+                page.append(order)
+            if len(page) >= _BATCH_GET:
+                self._in_time()
+                self._orders_without_account(page)
+                page = []
+        self._orders_without_account(page)
+
+    def _orders_without_account(self, orders: list[Order]) -> None:
+        if not orders:
+            return
+        users = [o.user_id for o in orders]
+        existing = {a.user_id for a in _batch_get(Account, users, attributes_to_get=["user_id"])}
+        self.suspect(
+            Difference(
+                "order_credit",
+                f"order:{o.order_id}",
+                "credited order of an account that does not exist",
+                scope=f"user:{o.user_id}",
+            )
+            for o in orders
+            if o.user_id not in existing
+        )
+
+    # ------------------------------------------------------------ re-checks
+
+    def recheck(self, scopes: Iterable[str]) -> dict[str, list[Difference]]:
+        """Every suspect scope checked again from fresh reads."""
+        by_kind: dict[str, list[str]] = defaultdict(list)
+        for scope in scopes:
+            kind, _, name = scope.partition(":")
+            by_kind[kind].append(name)
+        latest: dict[str, list[Difference]] = {}
+        usage = self.tables.usage is not None
+        for user_id in by_kind["user"]:
+            self._in_time()
+            state = read_user(user_id, usage=usage, index_lag=self.options.index_lag)
+            latest[f"user:{user_id}"] = check_user(user_id, state)
+        if by_kind["invites"]:
+            latest.update(self._recheck_invitations(by_kind["invites"]))
+        if by_kind["code"]:
+            latest.update(self._recheck_codes(by_kind["code"]))
+        return latest
+
+    def _recheck_invitations(self, users: list[str]) -> dict[str, list[Difference]]:
+        wanted = set(users)
+        before = {a.user_id: a for a in _batch_get(Account, users)}
+        invited: Counter[str] = Counter()
+        for account in self._scan(Account, attributes_to_get=["user_id", "inviter_id"]):
+            if account.inviter_id in wanted:
+                invited[account.inviter_id] += 1
+        after = {a.user_id: a for a in _batch_get(Account, users)}
+        latest = {}
+        for user_id in users:
+            account = after.get(user_id)
+            aff_count = 0 if account is None else int(account.aff_count)
+            # A signup of an invitee bumps the inviter's version: unchanged means exact.
+            stable = _version(before.get(user_id)) == _version(account)
+            latest[f"invites:{user_id}"] = check_invitations(
+                user_id, aff_count, invited[user_id], tentative=not stable
+            )
+        return latest
+
+    def _recheck_codes(self, code_ids: list[str]) -> dict[str, list[Difference]]:
+        wanted = set(code_ids)
+        before = {c.code_id: c for c in _batch_get(RedemptionCode, code_ids)}
+        redemptions: dict[str, Redemptions] = defaultdict(Redemptions)
+        for entry in self._scan(
+            LedgerEntry,
+            filter_condition=LedgerEntry.entry_id.startswith("redeem#"),
+            attributes_to_get=["entry_id", "delta", "balance"],
+        ):
+            code_id = redeemed_code(entry.entry_id)
+            if code_id in wanted:
+                redemptions[code_id].add(entry.entry_id, int(entry.delta), str(entry.balance))
+        after = {c.code_id: c for c in _batch_get(RedemptionCode, code_ids)}
+        latest = {}
+        for code_id in code_ids:
+            code = after.get(code_id)
+            # A redemption bumps the code's uses: unchanged across the scan means exact.
+            was, now = before.get(code_id), code
+            stable = (None if was is None else int(was.uses)) == (
+                None if now is None else int(now.uses)
+            )
+            found = check_code(code_id, code, redemptions[code_id])
+            latest[f"code:{code_id}"] = [replace(d, tentative=not stable) for d in found]
+        return latest
+
+
+def check_account(
+    tables: Tables,
+    user_id: str,
+    *,
+    index_lag: float = Options.index_lag,
+    endpoint: str | None = None,
+    credentials: tuple[str, str] | None = None,
+    region: str | None = None,
+) -> list[Difference]:
+    """The per-account checks of one user (aff_count included) from fresh reads, once: for a
+    test or an operator looking at one account. Tentative findings are included."""
+    with bound(tables, endpoint=endpoint, credentials=credentials, region=region):
+        run = _Run(tables, Options(index_lag=index_lag))
+        found = check_user(
+            user_id, read_user(user_id, usage=tables.usage is not None, index_lag=index_lag)
+        )
+        return found + run._recheck_invitations([user_id])[f"invites:{user_id}"]
+
+
+def reconcile(
+    tables: Tables,
+    options: Options | None = None,
+    *,
+    endpoint: str | None = None,
+    credentials: tuple[str, str] | None = None,
+    region: str | None = None,
+    observe: Callable[[list[Difference]], None] | None = None,
+) -> Report:
+    """Run every pass, then re-check each suspect from fresh reads `options.rechecks` times
+    (`observe` sees the suspects before each round); a difference is reported only if every
+    re-check still shows it, and conclusively."""
+    options = options or Options()
+    run = _Run(tables, options)
+    stopped = ""
+    rechecked = 0
+    with bound(tables, endpoint=endpoint, credentials=credentials, region=region):
+        try:
+            for name, step in (
+                ("accounts", run.accounts),
+                ("ledger", run.ledger),
+                ("codes", run.codes),
+                ("orders", run.orders),
+            ):
+                stopped = name
+                step()
+            stopped = "rechecks"
+            suspects = run.suspects
+            rechecked = len(suspects)
+            for _ in range(options.rechecks):
+                if not suspects:
+                    break
+                if observe is not None:
+                    observe([d for diffs in suspects.values() for d in diffs])
+                time.sleep(options.pause)  # a transaction in flight has committed by then
+                suspects = {s: d for s, d in run.recheck(suspects).items() if d}
+            run.suspects = suspects
+            stopped = ""
+        except _OutOfTime:
+            pass
+    remaining = [d for diffs in run.suspects.values() for d in diffs]
+    if stopped:  # never re-checked: shown, but not as differences
+        remaining = [replace(d, tentative=True) for d in remaining]
+    counts = {name: run.counts[name] for name in ("accounts", "ledger_entries", "orders")}
+    if tables.usage is not None:
+        counts["usage_records"] = run.counts["usage_records"]
+    if tables.codes is not None:
+        counts["codes"] = run.counts["codes"]
+    return Report(
+        differences=[d for d in remaining if not d.tentative],
+        counts=counts,
+        rechecked=rechecked,
+        unverified=[d for d in remaining if d.tentative],
+        complete=not stopped,
+        stopped=stopped,
+    )
