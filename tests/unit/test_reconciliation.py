@@ -281,8 +281,9 @@ def test_a_balance_changed_behind_the_ledger_is_reported_not_fixed(aws: Embedded
     before = Account.get(world["user"], consistent_read=True)
     update_raw(aws, tables().accounts, key, "ADD quota :one", {":one": {"N": "1"}})
     report = run(aws)
-    assert checks(report) == {("ledger_sum", "account")}
-    [difference] = report.differences
+    # quota no longer equals its grants' remainders either (credit grants)
+    assert checks(report) == {("ledger_sum", "account"), ("grants_sum", "account")}
+    [difference] = [d for d in report.differences if d.check == "ledger_sum"]
     assert difference.expected == int(before.quota) and difference.actual == before.quota + 1
     assert Account.get(world["user"], consistent_read=True).quota == before.quota + 1
 
@@ -291,7 +292,11 @@ def test_an_overwritten_entry_breaks_the_sum_and_the_running_balance(aws: Embedd
     world = busy_world()
     key = {"user_id": {"S": world["user"]}, "entry_id": {"S": "adjustment#a1"}}
     update_raw(aws, tables().ledger, key, "SET delta = :d", {":d": {"N": "701"}})
-    assert checks(run(aws)) == {("ledger_sum", "account"), ("balance_after", "account")}
+    assert checks(run(aws)) == {
+        ("ledger_sum", "account"),
+        ("balance_after", "account"),
+        ("grants_entry", "account"),  # its per-grant deltas no longer sum to its delta
+    }
 
 
 def test_a_paid_order_without_its_credit(aws: EmbeddedAws) -> None:
@@ -346,7 +351,12 @@ def test_a_refunded_order_without_its_reversal(aws: EmbeddedAws) -> None:
     [missing] = [d for d in report.differences if d.subject == f"order:{refunded.order_id}"]
     assert missing.message == "refunded order without its reversal entry"
     # The later entries' balance_after no longer follow either.
-    assert checks(report) == {("order_credit", "order"), ("balance_after", "account")}
+    assert checks(report) == {
+        ("order_credit", "order"),
+        ("balance_after", "account"),
+        ("grant_remaining", "account"),  # the grant's remainder still counts the reversal
+        ("grants_sum", "account"),
+    }
 
 
 def test_a_partial_refund_taken_back_by_another_share(aws: EmbeddedAws) -> None:
@@ -539,7 +549,7 @@ def test_a_difference_gone_on_a_fresh_read_is_not_reported(aws: EmbeddedAws) -> 
         seen.append(suspects)
 
     report = run(aws, observe=repaired)
-    assert [d.check for d in seen[0]] == ["ledger_sum"]
+    assert sorted(d.check for d in seen[0]) == ["grants_sum", "ledger_sum"]
     assert report.clean and report.rechecked == 1 and not report.unverified
 
 

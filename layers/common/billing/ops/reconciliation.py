@@ -63,6 +63,7 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
 
+from pynamodb.attributes import MapAttribute
 from pynamodb.exceptions import DoesNotExist
 from pynamodb.models import Model
 
@@ -290,10 +291,13 @@ class Entry:
             balance=str(entry.balance),
             delta=int(entry.delta),
             balance_after=int(entry.balance_after),
-            grants=None
-            if entry.grants is None
-            else {str(g): int(d) for g, d in dict(entry.grants).items()},
+            grants=None if entry.grants is None else _grant_deltas(entry.grants),
         )
+
+
+def _grant_deltas(raw: Any) -> dict[str, int]:
+    plain = raw.as_dict() if isinstance(raw, MapAttribute) else dict(raw)
+    return {str(grant_id): int(delta) for grant_id, delta in plain.items()}
 
 
 @dataclass
