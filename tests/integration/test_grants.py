@@ -380,6 +380,56 @@ def test_a_fixed_expiry_and_an_exhausted_grant_leave_the_index_without_an_entry(
     assert_grant_sums(stack, user)
 
 
+def test_a_grant_expiring_within_three_days_is_announced_once(
+    manual_sweeper: LocalStack,
+) -> None:
+    """grant.expiring: once per grant and expiry, under concurrent and repeated sweeps; not
+    for a grant further out, nor for one already drawn to nothing."""
+    from tests.support.billing_events import settle_stream, user_events
+
+    stack = manual_sweeper
+    user, token = new_account(stack)
+    redeem_promo_code(stack, token, 300, expires_in_days=2)
+    adjust(stack, user, 70, {"expires_in_days": 10})
+    top_up(stack, user, token, 1)  # never expires
+    (code_entry,) = [e for e in all_pages(stack, user, "/ledger") if e["kind"] == "redeem"]
+    soon = grant_id_for(code_entry["id"])
+
+    # (other tests' accounts share this stack: the events are counted per user)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        summaries = list(pool.map(lambda _: stack.invoke(SWEEPER, {}), range(3)))
+    assert sum(s["notices_sent"] for s in summaries) >= 1, summaries
+    stack.invoke(SWEEPER, {})  # a re-run announces nothing again
+    settle_stream(stack)
+    (event,) = user_events(stack, user, "grant.expiring")
+    assert event["grant_id"] == soon and event["remaining"] == 300 and event["source"] == "code"
+    assert event["quota"] == get_account(stack, user)["quota"]
+    expires = datetime.strptime(event["expires_at"], "%Y-%m-%dT%H:%M:%SZ")
+    expected = stack.billing_now().replace(tzinfo=None) + timedelta(days=2)
+    assert abs((expires - expected).total_seconds()) < 600
+
+    # 8 days on, the adjustment's grant (10 days) is within 3 days: its own notice, once
+    stack.advance_clock(8 * DAY)
+    stack.invoke(SWEEPER, {})
+    stack.invoke(SWEEPER, {})
+    settle_stream(stack)
+    notices = user_events(stack, user, "grant.expiring")
+    assert [n["remaining"] for n in notices] == [300, 70]
+    assert len({n["id"] for n in notices}) == 2
+
+
+def test_an_exhausted_grant_is_not_announced(manual_sweeper: LocalStack) -> None:
+    stack = manual_sweeper
+    user, token = new_account(stack)
+    redeem_promo_code(stack, token, 100, expires_in_days=1)
+    charge(stack, user, 100)
+    stack.invoke(SWEEPER, {})
+    from tests.support.billing_events import settle_stream, user_events
+
+    settle_stream(stack)
+    assert user_events(stack, user, "grant.expiring") == []
+
+
 def test_the_admin_cli_creates_promo_codes(stack: LocalStack, tmp_path: Path) -> None:
     from tests.integration.test_redemption import cli
 

@@ -19,9 +19,10 @@ from aws_lambda_powertools import Logger
 from pynamodb.exceptions import UpdateError
 from pynamodb.expressions.update import Action
 
-from billing import clock, ledger
+from billing import clock, ledger, metrics
 from billing import grants as grant_math
 from billing.errors import AccountNotFound
+from billing.events import grant_notices
 from billing.models import GrantRecord
 
 logger = Logger(child=True)
@@ -39,10 +40,18 @@ def due(now: int, until: int | None = None) -> Iterator[tuple[str, str]]:
             yield item.user_id, item.grant_id
 
 
-def on_grant_expiring(user_id: str, grant: grant_math.Grant) -> None:
-    """Hook for `grant.expiring` (3 days ahead): the alerts issue emits the event here (with
-    a deterministic id, so repeated sweeps emit it once). Nothing is emitted yet."""
-    logger.debug("grant expiring soon", extra={"user_id": user_id, "grant_id": grant.grant_id})
+def on_grant_expiring(user_id: str, grant: grant_math.Grant, quota: int, now: int) -> bool:
+    """`grant.expiring` (3 days ahead), once per grant and expiry (billing.events.grant_notices).
+    A put that fails leaves the notice unsent, so the next sweep (5 minutes on) retries it."""
+    try:
+        return grant_notices.send(user_id, grant, quota, now)
+    except Exception:
+        logger.exception(
+            "grant.expiring not put; the next sweep retries it",
+            extra={"user_id": user_id, "grant_id": grant.grant_id},
+        )
+        metrics.count(metrics.Metric.GRANT_NOTICES_FAILED)
+        return False
 
 
 def sweep(moment: datetime | None = None) -> dict[str, int]:
@@ -54,16 +63,22 @@ def sweep(moment: datetime | None = None) -> dict[str, int]:
             written += 1
         else:
             skipped += 1
-    notified = 0
+    soon = notified = 0
     for user_id, grant_id in dict.fromkeys(due(now, now + grant_math.EXPIRING_NOTICE_SECONDS)):
         try:
-            grant = ledger.account_grants(ledger.read_account(user_id), now).get(grant_id)
+            account = ledger.read_account(user_id)
         except AccountNotFound:
             continue
+        grant = ledger.account_grants(account, now).get(grant_id)
         if grant is not None and grant.remaining > 0:
-            on_grant_expiring(user_id, grant)
-            notified += 1
-    return {"written_off": written, "unindexed": skipped, "expiring_soon": notified}
+            soon += 1
+            notified += on_grant_expiring(user_id, grant, int(account.quota), now)
+    return {
+        "written_off": written,
+        "unindexed": skipped,
+        "expiring_soon": soon,
+        "notices_sent": notified,
+    }
 
 
 def _write_off(user_id: str, grant_id: str, now: int) -> bool:

@@ -33,6 +33,7 @@ class Metric(StrEnum):
     USAGE_QUOTA_CHARGED = "UsageQuotaCharged"
     USAGE_EVENTS_REJECTED = "UsageEventsRejected"
     LEDGER_CONTENTION_RETRIES = "LedgerContentionRetries"
+    GRANT_NOTICES_FAILED = "GrantNoticesFailed"
 
 
 def count(metric: Metric, value: int = 1, **dimensions: str) -> None:

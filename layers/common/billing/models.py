@@ -380,6 +380,10 @@ class GrantRecord(Model):
     # Sweeper bookkeeping (mutable): removed once the grant is written off.
     expiry_shard = UnicodeAttribute(null=True)
     due_at = NumberAttribute(null=True)
+    # grant.expiring bookkeeping (billing.events.grant_notices): the expiry announced, and
+    # while its put is pending, when it was claimed.
+    notice_for = NumberAttribute(null=True)
+    notice_claimed_at = NumberAttribute(null=True)
 
     by_created = GrantsByCreated()
     expiring = ExpiringGrants()
