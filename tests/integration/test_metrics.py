@@ -5,6 +5,7 @@ so each check compares a series before and after (the suite runs tests one at a 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from tests.support.metering import funded_user, invoke, usage_event
 from tests.support.payments import (
@@ -97,3 +98,20 @@ def test_usage_counts_what_was_billed_and_what_was_rejected(stack: LocalStack) -
     assert settled(stack, "UsageEventsCharged") == charged_before + 1
     assert settled(stack, "UsageQuotaCharged") == quota_before + result["quota"]
     assert settled(stack, "UsageEventsRejected", error="unknown_model") == unknown_before + 1
+
+
+def test_charges_racing_for_one_account_count_their_contention_retries(
+    stack: LocalStack,
+) -> None:
+    """Concurrent charges of one account conflict on its version; each lost race that is
+    retried counts as LedgerContentionRetries, and every charge still lands once."""
+    before = settled(stack, "LedgerContentionRetries")
+    user = funded_user(stack, 10_000_000)
+    events = [usage_event(user) for _ in range(24)]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(lambda event: invoke(stack, event), events))
+    assert [r["status"] for r in results] == ["charged"] * len(events), results
+    wait_for(
+        lambda: stack.metric_sum("LedgerContentionRetries") > before,
+        message="LedgerContentionRetries to move",
+    )

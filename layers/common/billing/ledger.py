@@ -20,8 +20,6 @@ existed gets its baseline grant (its quota as one `paid` grant) with its first c
 from __future__ import annotations
 
 import hashlib
-import random
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -34,7 +32,7 @@ from pynamodb.expressions.update import Action
 from pynamodb.models import Model
 from pynamodb.transactions import TransactWrite
 
-from billing import clock, db
+from billing import clock, db, metrics, retry
 from billing import grants as grant_math
 from billing.errors import AccountNotFound
 from billing.models import Account, GrantRecord, LedgerEntry
@@ -200,7 +198,8 @@ def apply(
             if attempt + 1 == max_attempts:
                 break
             # Another change won the race for the account: back off with jitter, re-read.
-            time.sleep(min(0.2, 0.005 * (2 ** min(attempt, 6))) * random.random())  # noqa: S311
+            metrics.count(metrics.Metric.LEDGER_CONTENTION_RETRIES)
+            retry.pause(attempt, base=0.005, cap=0.2)
     raise LedgerContention("the account kept changing; try again")
 
 

@@ -28,8 +28,6 @@ acknowledged with a log line.
 
 from __future__ import annotations
 
-import random
-import time
 from decimal import Decimal
 from enum import StrEnum
 
@@ -38,7 +36,7 @@ from pynamodb.exceptions import UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
-from billing import clock, grant_history, grants, ledger, metrics, money
+from billing import clock, grant_history, grants, ledger, metrics, money, retry
 from billing.errors import DomainError, NotFound
 from billing.metrics import Metric
 from billing.models import Account, Order
@@ -478,7 +476,7 @@ def _reverse(order: Order, event: PaymentEvent) -> Outcome:
         if outcome is not None:
             return outcome
         # Another step of this order (or a change of an account) won: back off, re-read.
-        time.sleep(min(0.2, 0.005 * (2 ** min(attempt, 6))) * random.random())  # noqa: S311
+        retry.pause(attempt, base=0.005, cap=0.2)
         refreshed = orders.find_order(order.order_id)
         if refreshed is None:
             raise NotApplicableYet(f"order {order.order_id} vanished")

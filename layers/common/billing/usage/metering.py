@@ -42,7 +42,6 @@ settle arriving after that still charges the usage, all of it now above the (dro
 from __future__ import annotations
 
 import hashlib
-import random
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -57,7 +56,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.attributes import MapAttribute
 from pynamodb.exceptions import PynamoDBException
 
-from billing import clock, ledger
+from billing import clock, ledger, metrics, retry
 from billing import grants as grant_math
 from billing.errors import (
     AccountNotFound,
@@ -455,7 +454,8 @@ def _meter_user(
             attempt += 1
             if attempt >= MAX_ATTEMPTS:
                 raise
-            _backoff(attempt)
+            metrics.count(metrics.Metric.LEDGER_CONTENTION_RETRIES)
+            retry.pause(attempt, base=0.004, cap=0.25)
             with timer.step():
                 account = ledger.read_account(user_id)
             continue
@@ -514,10 +514,6 @@ def _record_results(
         record = records.get(p.request_id)
         final = _resolve(p, record, now) if record is not None else None
         results[p.index] = final or result
-
-
-def _backoff(attempt: int) -> None:
-    time.sleep(min(0.25, 0.004 * (2 ** min(attempt, 7))) * random.random())  # noqa: S311
 
 
 # ---------------------------------------------------------------- admission of a chunk

@@ -15,8 +15,6 @@ make the retry exact).
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -30,6 +28,7 @@ from pynamodb.transactions import TransactWrite
 
 from billing import clock, db
 from billing.models import RollupMarker, UsageRollup
+from billing.retry import pause
 
 # Statuses of a usage record whose quota was taken (billing/usage/metering.py, Status).
 BILLED_STATUSES = frozenset({"charged", "settled"})
@@ -181,7 +180,7 @@ def _write_chunk(key: RollupKey, chunk: Sequence[Contribution]) -> None:
                 # delivery; write the others without them.
                 pending = [item for item in pending if item.request_id not in counted]
                 continue
-        time.sleep(min(0.5, 0.01 * 2**attempt) * random.random())  # noqa: S311
+        pause(attempt, base=0.01, cap=0.5)
     if pending:
         raise _Retryable("the rollup kept being contended")
 

@@ -8,14 +8,12 @@ condition and is decided again, so no charge slips past a limit set before it co
 
 from __future__ import annotations
 
-import random
-import time
 from datetime import datetime
 from typing import Any
 
 from pynamodb.exceptions import UpdateError
 
-from billing import clock, ledger
+from billing import clock, ledger, retry
 from billing.errors import InvalidRequest
 from billing.models import Account, LimitCounter
 from billing.usage import limits
@@ -95,7 +93,7 @@ def _update(user_id: str, change: Any) -> None:
             if getattr(exc, "cause_response_code", None) != "ConditionalCheckFailedException":
                 raise
         # A ledger transaction won the race for the account: re-read and try again.
-        time.sleep(min(0.2, 0.01 * 2**attempt) * random.random())  # noqa: S311
+        retry.pause(attempt, base=0.01, cap=0.2)
     raise ledger.LedgerContention("the account kept changing; try again")
 
 
