@@ -20,6 +20,7 @@ from tests.support.stack import LocalStack, wait_for
 
 METER = "MeterUsageFunction"
 MODELS = ("gpt-4o", "claude-3-5-sonnet")
+KEYS = ("key-a", "key-b", None)  # the API keys of the usage events (None: no key_id sent)
 DAY = 24 * 3600
 CATCH_UP_SECONDS = 90
 
@@ -128,6 +129,9 @@ def metered(stack: LocalStack) -> dict[str, Any]:
             model = MODELS[(n + day) % 2]
             request_id = f"req-{uuid.uuid4().hex}"
             base = {"request_id": request_id, "user_id": user, "model": model}
+            key = KEYS[n % len(KEYS)]
+            if key is not None:  # the API key the gateway served (None: not sent)
+                base["key_id"] = key
             tokens = {"prompt_tokens": 10 + n, "completion_tokens": 3 * n + day}
             if n % 5 == 0:
                 events.append({**base, "action": "reserve", **tokens})
@@ -260,65 +264,22 @@ def test_a_failed_rollup_write_is_retried_without_counting_twice(stack: LocalSta
 # ---------------------------------------------------------------- keys and users
 
 
-def test_summary_by_key_from_records_that_carry_a_key(stack: LocalStack) -> None:
-    """Records with a key_id, written as the metering function writes a charged record (it
-    takes key_id from the events with spend limits, issue 18), roll up per key."""
-    user = f"insight-keys-{uuid.uuid4().hex[:12]}"
-    table = stack.table_name("UsageTable")
-    client = stack.boto3_client("dynamodb")
-    at = stack.clock_now()
-    expected: dict[str | None, int] = defaultdict(int)
-    for n in range(30):
-        key = ("key-a", "key-b", None)[n % 3]
-        item = {
-            "request_id": {"S": f"req-{uuid.uuid4().hex}"},
-            "user_id": {"S": user},
-            "model": {"S": MODELS[n % 2]},
-            "status": {"S": "charged"},
-            "quota": {"N": str(1000 + n)},
-            "hold_quota": {"N": "0"},
-            "prompt_tokens": {"N": "5"},
-            "completion_tokens": {"N": "6"},
-            "results": {"M": {}},
-            "created_at": {"S": at},
-            "updated_at": {"S": at},
-        }
-        if key is not None:
-            item["key_id"] = {"S": key}
-        client.put_item(TableName=table, Item=item)
-        expected[key] += 1000 + n
-    token = stack.token(user)
-    answer = wait_for(
-        lambda: (
-            body
-            if (
-                body := stack.request(
-                    "GET", "/usage/summary", token=token, params={"group_by": "key"}
-                ).json()
-            )["total"]["requests"]
-            >= 30
-            else None
-        ),
-        timeout=CATCH_UP_SECONDS,
-        message="the key rollups",
-    )
-    assert {b["key"]: b["quota"] for b in answer["buckets"]} == dict(expected)
-    # The by_user index lags the writes a little.
-    listed = wait_for(
-        lambda: (
-            items
-            if len(
-                items := stack.request(
-                    "GET", "/usage", token=token, params={"key_id": "key-a", "limit": 100}
-                ).json()["items"]
-            )
-            >= 10
-            else None
-        ),
-        message="the usage index",
-    )
-    assert {r["key_id"] for r in listed} == {"key-a"}
-    assert len(listed) == 10
+def test_usage_lists_and_sums_by_the_key_the_events_carried(
+    stack: LocalStack, metered: dict[str, Any]
+) -> None:
+    """key_id goes from the usage events through metering onto the records, the listing's
+    filter and the per-key rollups."""
+    user, records = metered["user"], metered["records"]
+    assert {r.get("key_id") for r in records} == set(KEYS)
+    for key in ("key-a", "key-b"):
+        listed = all_usage(stack, user, key_id=key)
+        assert sorted(r["request_id"] for r in listed) == sorted(
+            r["request_id"] for r in records if r.get("key_id") == key
+        )
+    answer = get(stack, user, "/usage/summary", group_by="key", **metered["span"])
+    by_key = summary_buckets(answer)
+    assert set(by_key) == set(KEYS)
+    assert by_key == expected_buckets(records, "key")
 
 
 def test_a_user_never_sees_another_users_usage(stack: LocalStack, metered: dict[str, Any]) -> None:
