@@ -85,8 +85,9 @@ class PayloadError(Exception):
         self.reason = reason
 
 
-class MeteringIncomplete(Exception):
-    """Some events could not be metered now; a retry is safe (duplicates are recognised)."""
+class TransientMeteringError(Exception):
+    """Some events could not be metered now; a retry is safe (duplicates are recognised).
+    Its name is the Invoke API's errorType, which callers (quota_meter) retry on: keep it."""
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ def _complete(outcome: metering.Metered) -> list[Result]:
     if any(result is None for result in outcome.results):
         reason = "the time budget ran out" if outcome.timed_out else "a transient error"
         # Nothing partial is lost: events already written are duplicates on the retry.
-        raise MeteringIncomplete(f"some usage events were not metered ({reason}); retry") from (
+        raise TransientMeteringError(f"some usage events were not metered ({reason}); retry") from (
             outcome.errors[0] if outcome.errors else None
         )
     return [result for result in outcome.results if result is not None]
@@ -208,7 +209,7 @@ def _complete(outcome: metering.Metered) -> list[Result]:
 
 
 def meter_payload(payload: Any, budget: Budget = Budget()) -> dict[str, Any]:
-    """One event's result, or a batch's `{"results": [...]}`; MeteringIncomplete if some
+    """One event's result, or a batch's `{"results": [...]}`; TransientMeteringError if some
     events could not be metered in time (the caller retries with the same request ids)."""
     try:
         events = split_payload(payload)
