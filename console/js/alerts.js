@@ -38,6 +38,27 @@ export function setupAlerts(ctx) {
     max: $("#autotopup-max"),
   };
   let threshold = null;
+  // While an off-session payment is in flight ("Paying…"), the rule is read again now and
+  // then, so its outcome (success or failure) shows without a manual refresh.
+  const PENDING_POLL_MS = 3000;
+  let pendingPoll = null;
+
+  function watchPending(rule) {
+    clearTimeout(pendingPoll);
+    pendingPoll = null;
+    if (rule.state !== "pending") return;
+    pendingPoll = setTimeout(async () => {
+      pendingPoll = null;
+      try {
+        const fresh = await ctx.api.getAutoTopup();
+        renderRule(fresh);
+        if (fresh.state !== "pending") await ctx.refreshAccount?.();
+        else watchPending(fresh);
+      } catch {
+        watchPending(rule); // a failed read: try again later
+      }
+    }, PENDING_POLL_MS);
+  }
 
   function renderBanner() {
     const account = ctx.state.account;
@@ -78,6 +99,7 @@ export function setupAlerts(ctx) {
       thresholdInput.value = threshold === null ? "" : String(threshold);
       renderBanner();
       renderRule(rule);
+      watchPending(rule);
     } catch (error) {
       showStatus(alertStatus, "error", `Could not load your alerts: ${error.message}`);
     }
@@ -126,6 +148,7 @@ export function setupAlerts(ctx) {
         max_per_day: values.max,
       });
       renderRule(rule);
+      watchPending(rule);
       showStatus(autoStatus, "success", rule.enabled ? "Auto top-up is on." : "Auto top-up is off.");
     } catch (error) {
       if (error.code === "invalid_amount") setFieldError(fields.amount, $("#autotopup-amount-error"), error.message);
