@@ -26,7 +26,7 @@ PYTHON312 = $(firstword $(foreach p,$(shell command -v python3.12 2>/dev/null) \
 	$(wildcard $(HOME)/.pyenv/versions/3.12.*/bin/python3.12 /root/.pyenv/versions/3.12.*/bin/python3.12),\
 	$(if $(shell $(p) -c 'import sys; print(sys.version_info[:2] == (3, 12))' 2>/dev/null | grep -x True),$(p))))
 
-.PHONY: litellm-venv dev test lint format template-lint unit integration e2e bench soak scale reconcile build openapi clean system-deps lambda-runtime
+.PHONY: litellm-venv dev test pytest lint format template-lint unit integration e2e bench soak scale reconcile build openapi clean system-deps lambda-runtime
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -91,7 +91,12 @@ template-lint: $(SAM_STAMP)
 	env -u PYTHONPATH $(SAM_VENV)/bin/cfn-lint infra/template.yaml
 	env -u PYTHONPATH $(SAM_VENV)/bin/sam validate --lint --template infra/template.yaml --region us-east-1
 
+# The suite runs as two pytest sessions side by side (tools/run_suite.py); `make pytest` is
+# the same tests in one session.
 test: $(STAMP) $(LITELLM_STAMP) system-deps lint template-lint build lambda-runtime
+	$(PY) tools/run_suite.py $(PYTEST_ARGS)
+
+pytest: $(STAMP) $(LITELLM_STAMP) system-deps lambda-runtime
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: $(STAMP)
