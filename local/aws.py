@@ -75,6 +75,8 @@ _SQS_WRITES = {
     "ChangeMessageVisibility",
     "ChangeMessageVisibilityBatch",
 }
+# How often an idle long poll asks moto again for messages that no write announced.
+IDLE_RECEIVE_RECHECK = 0.25
 
 
 @dataclass
@@ -415,8 +417,11 @@ class SerializedApp:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            # Every send wakes the poll at once; the timeout only catches messages that become
+            # visible again (visibility timeout, delay), so it need not spin: each poller would
+            # otherwise ask moto 20 times a second while idle.
             with self._sqs_activity:
-                self._sqs_activity.wait(min(0.05, remaining))
+                self._sqs_activity.wait(min(IDLE_RECEIVE_RECHECK, remaining))
         start_response(
             status_line,
             [(k, v) for k, v in headers if k.lower() != "content-length"]
