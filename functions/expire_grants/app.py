@@ -8,12 +8,13 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import grant_expiry
+from billing.events import grant_notices
 
 logger = Logger()
 
 
 @logger.inject_lambda_context(clear_state=True)
 def handler(event: Any, context: LambdaContext) -> dict[str, int]:
-    summary = grant_expiry.sweep()
+    summary = grant_expiry.sweep(on_expiring=grant_notices.notify)
     logger.info("grants swept", extra=summary)
     return summary

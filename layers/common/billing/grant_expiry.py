@@ -12,17 +12,16 @@ the index; one whose expiry moved later (a merge at the bound) is indexed at its
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
 from aws_lambda_powertools import Logger
 from pynamodb.exceptions import UpdateError
 from pynamodb.expressions.update import Action
 
-from billing import clock, ledger, metrics
+from billing import clock, ledger
 from billing import grants as grant_math
 from billing.errors import AccountNotFound
-from billing.events import grant_notices
 from billing.models import GrantRecord
 
 logger = Logger(child=True)
@@ -40,21 +39,15 @@ def due(now: int, until: int | None = None) -> Iterator[tuple[str, str]]:
             yield item.user_id, item.grant_id
 
 
-def on_grant_expiring(user_id: str, grant: grant_math.Grant, quota: int, now: int) -> bool:
-    """`grant.expiring` (3 days ahead), once per grant and expiry (billing.events.grant_notices).
-    A put that fails leaves the notice unsent, so the next sweep (5 minutes on) retries it."""
-    try:
-        return grant_notices.send(user_id, grant, quota, now)
-    except Exception:
-        logger.exception(
-            "grant.expiring not put; the next sweep retries it",
-            extra={"user_id": user_id, "grant_id": grant.grant_id},
-        )
-        metrics.count(metrics.Metric.GRANT_NOTICES_FAILED)
-        return False
+# What the sweeper calls for each grant with a remainder that expires within 3 days:
+# (user_id, grant, account quota, now) -> whether a notice went out. The handler passes
+# billing.events.grant_notices.notify (the base does not import the events subdomain).
+ExpiringHook = Callable[[str, grant_math.Grant, int, int], bool]
 
 
-def sweep(moment: datetime | None = None) -> dict[str, int]:
+def sweep(
+    moment: datetime | None = None, on_expiring: ExpiringHook | None = None
+) -> dict[str, int]:
     moment = moment or clock.now()
     now = int(moment.timestamp())
     written = skipped = 0
@@ -72,7 +65,8 @@ def sweep(moment: datetime | None = None) -> dict[str, int]:
         grant = ledger.account_grants(account, now).get(grant_id)
         if grant is not None and grant.remaining > 0:
             soon += 1
-            notified += on_grant_expiring(user_id, grant, int(account.quota), now)
+            if on_expiring is not None:
+                notified += on_expiring(user_id, grant, int(account.quota), now)
     return {
         "written_off": written,
         "unindexed": skipped,

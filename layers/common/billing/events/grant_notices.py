@@ -14,12 +14,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from aws_lambda_powertools import Logger
 from pynamodb.exceptions import UpdateError
 
-from billing import clock
+from billing import clock, metrics
 from billing import grants as grant_math
 from billing.events import crossing, publisher
 from billing.models import GrantRecord
+
+logger = Logger(child=True)
 
 GRANT_EXPIRING = "grant.expiring"
 STALE_CLAIM_SECONDS = 900  # longer than the sweeper's Timeout (300 s)
@@ -38,6 +41,20 @@ def notice(user_id: str, grant: grant_math.Grant, quota: int) -> dict[str, Any]:
         remaining=grant.remaining,
         expires_at=datetime.fromtimestamp(grant.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
+
+
+def notify(user_id: str, grant: grant_math.Grant, quota: int, now: int) -> bool:
+    """The expiry sweeper's hook: send, and when the put fails, log and count it
+    (GrantNoticesFailed, alarmed) and go on; the next sweep (5 minutes on) retries it."""
+    try:
+        return send(user_id, grant, quota, now)
+    except Exception:
+        logger.exception(
+            "grant.expiring not put; the next sweep retries it",
+            extra={"user_id": user_id, "grant_id": grant.grant_id},
+        )
+        metrics.count(metrics.Metric.GRANT_NOTICES_FAILED)
+        return False
 
 
 def send(user_id: str, grant: grant_math.Grant, quota: int, now: int) -> bool:
