@@ -37,6 +37,8 @@ TITLE = "Quota & Top-up API"
 
 sys.path[:0] = [str(ROOT), str(ROOT / "layers" / "common")]
 
+from billing.facts import USAGE_RECORD_STATUSES, EntryKind, ErrorCode, OrderStatus  # noqa: E402
+
 from local.parameters import parameter_overrides  # noqa: E402
 from local.routes import Route, read_apis, read_routes  # noqa: E402
 from local.template import Template  # noqa: E402
@@ -50,7 +52,7 @@ class _Body(BaseModel):
 
 
 class ErrorDetail(_Body):
-    code: str = Field(description="Stable snake_case error code (API.md).")
+    code: ErrorCode = Field(description="Stable snake_case error code (API.md).")
     message: str
 
 
@@ -109,18 +111,7 @@ class GrantPage(_Body):
 
 class LedgerEntry(_Body):
     id: str
-    kind: Literal[
-        "topup",
-        "redeem",
-        "referral_reward",
-        "referral_transfer",
-        "usage",
-        "refund",
-        "reversal",
-        "adjustment",
-        "signup_bonus",
-        "expiry",
-    ]
+    kind: EntryKind
     balance: Literal["quota", "aff_quota"]
     delta: int
     balance_after: int
@@ -138,7 +129,7 @@ class UsageRecord(_Body):
     request_id: str
     model: str
     quota: int
-    status: str
+    status: str = Field(json_schema_extra={"enum": [str(s) for s in sorted(USAGE_RECORD_STATUSES)]})
     created_at: str
 
 
@@ -249,7 +240,7 @@ class Order(_Body):
     pay_money: str = Field(description="Decimal string in the currency's minor unit.")
     currency: str
     quota: int
-    status: Literal["pending", "paid", "failed", "expired", "refunded", "disputed"]
+    status: OrderStatus
     pay_url: str | None = None
     created_at: str
     paid_at: str | None
