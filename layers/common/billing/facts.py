@@ -92,3 +92,4 @@ class ErrorCode(StrEnum):
     TRY_AGAIN = "try_again"
     PROVIDER_UNAVAILABLE = "provider_unavailable"
     QUEUE_UNAVAILABLE = "queue_unavailable"
+    INVALID_SIGNATURE = "invalid_signature"  # a webhook refused (its provider's reply)
