@@ -8,10 +8,12 @@ resolver (`router` in app.py) gives the operations: paths, methods, path paramet
 bodies (the handlers' pydantic models, strict, unknown fields refused). The routes of each
 resolver must be exactly the template's HttpApi routes of that function, or this fails.
 
-What the handlers cannot tell Powertools (they return `Response[str]` and map validation errors
-to 400 themselves) is added here from API.md, the contract: the success and error responses of
-each operation (with their JSON schemas), the `?limit=&cursor=` of lists and the providers'
-webhook inputs. An operation without an entry in RESPONSES fails the generation, so a new route
+The response bodies are the layer's models (billing.api_models: one per resource, strict,
+so a rendered field they lack fails tests/integration/test_openapi_responses.py). What the
+handlers cannot tell Powertools (they return `Response[str]` and map validation errors to
+400 themselves) is added here from API.md, the contract: which model each operation answers
+with and its error statuses, the `?limit=&cursor=` of lists and the providers' webhook
+inputs. An operation without an entry in RESPONSES fails the generation, so a new route
 cannot silently go undocumented. Authenticated routes require the JWT bearer scheme; webhooks
 require none. The local stack serves the file at GET /openapi.json.
 """
@@ -27,9 +29,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "openapi.json"
@@ -37,329 +39,36 @@ TITLE = "Quota & Top-up API"
 
 sys.path[:0] = [str(ROOT), str(ROOT / "layers" / "common")]
 
-from local.parameters import parameter_overrides  # noqa: E402
-from local.routes import Route, read_apis, read_routes  # noqa: E402
-from local.template import Template  # noqa: E402
-
-# ---------------------------------------------------------------- the contract's bodies (API.md)
-
-
-class _Body(BaseModel):
-    # Responses may carry more fields than API.md names ("add fields freely").
-    model_config = ConfigDict(extra="allow")
-
-
-class ErrorDetail(_Body):
-    code: str = Field(description="Stable snake_case error code (API.md).")
-    message: str
-
-
-class Error(_Body):
-    """Every error of the API: {"error": {"code", "message"}}."""
-
-    error: ErrorDetail
-
-
-class GatewayMessage(_Body):
-    """API Gateway's own body (the JWT authorizer's 401, an unknown route's 404)."""
-
-    message: str
-
-
-class Grant(_Body):
-    grant_id: str
-    source: Literal["paid", "promo", "code", "referral", "bonus", "adjustment"]
-    amount: int
-    remaining: int
-    priority: int = Field(ge=0, le=100)
-    expires_at: str | None
-    ref: str
-    created_at: str | None
-
-
-class ExpiringQuota(_Body):
-    quota: int = Field(description="What the active grants hold that expires before `before`.")
-    before: str
-
-
-class Account(_Body):
-    user_id: str
-    quota: int
-    used_quota: int
-    request_count: int
-    aff_code: str
-    aff_quota: int
-    aff_history_quota: int
-    aff_count: int
-    inviter_id: str | None
-    created_at: str
-    grants: list[Grant] = Field(description="The active grants, in draw order.")
-    expiring_quota: ExpiringQuota
-
-
-class GrantHistory(Grant):
-    status: Literal["active", "exhausted", "expired", "merged"]
-    merged_into: str | None = None
-
-
-class GrantPage(_Body):
-    items: list[GrantHistory]
-    next_cursor: str | None
-
-
-class LedgerEntry(_Body):
-    id: str
-    kind: Literal[
-        "topup",
-        "redeem",
-        "referral_reward",
-        "referral_transfer",
-        "usage",
-        "refund",
-        "reversal",
-        "adjustment",
-        "signup_bonus",
-        "expiry",
-    ]
-    balance: Literal["quota", "aff_quota"]
-    delta: int
-    balance_after: int
-    ref: str
-    created_at: str
-    grants: dict[str, int] = Field(description="Per-grant deltas (quota), summing to delta.")
-
-
-class LedgerPage(_Body):
-    items: list[LedgerEntry]
-    next_cursor: str | None
-
-
-class UsageRecord(_Body):
-    request_id: str
-    model: str
-    quota: int
-    status: str
-    created_at: str
-
-
-class UsagePage(_Body):
-    items: list[UsageRecord]
-    next_cursor: str | None
-
-
-class UsageTotals(_Body):
-    quota: int
-    requests: int
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class UsageBucket(UsageTotals):
-    key: str | None  # the day, model or key_id (null: usage metered without a key)
-    models: dict[str, int] | None = None  # group_by=day: quota per model
-
-
-class UsageSummary(_Body):
-    from_: str = Field(alias="from")
-    to: str
-    group_by: Literal["day", "model", "key"]
-    buckets: list[UsageBucket]
-    total: UsageTotals
-
-
-class SpendLimit(_Body):
-    """A spend limit with the spend of its current window (UTC)."""
-
-    scope: str = Field(description="`account` or `key:<key_id>`.")
-    max_quota: int
-    period: Literal["day", "week", "month", "total"]
-    spent: int
-    remaining: int
-    window: str
-    window_start: str | None
-    window_end: str | None
-
-
-class SpendLimits(_Body):
-    limits: list[SpendLimit]
-
-
-class LimitDeleted(_Body):
-    scope: str
-    deleted: bool
-
-
-class UnbilledUsage(_Body):
-    """Usage that happened but could not be billed (unknown model, no account)."""
-
-    request_id: str
-    user_id: str
-    action: Literal["settle", "charge"]
-    model: str
-    group: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    error: Literal["unknown_model", "account_not_found"]
-    status: Literal["unbilled", "remetered"]
-    attempts: int
-    last_error: str | None
-    result: dict[str, Any] | None = Field(description="The metering result that billed it.")
-    remetered_by: str | None
-    remetered_at: str | None
-    created_at: str
-    updated_at: str
-
-
-class UnbilledUsagePage(_Body):
-    items: list[UnbilledUsage]
-    next_cursor: str | None
-
-
-class Product(_Body):
-    product_id: str
-    name: str
-    price: str
-    currency: str
-    quota: int
-
-
-class Method(_Body):
-    id: Literal["stripe", "epay", "creem", "waffo"]
-    name: str
-    currency: str
-    unit_price: str
-    channels: list[str] | None = None
-    products: list[Product] | None = None
-
-
-class TopupOptions(_Body):
-    quota_per_unit: int
-    amount_options: list[int]
-    min_topup: int
-    max_topup: int
-    discounts: dict[str, str]
-    methods: list[Method]
-    referral_rebate_percent: str
-
-
-class Order(_Body):
-    order_id: str
-    method: str
-    amount: int
-    pay_money: str = Field(description="Decimal string in the currency's minor unit.")
-    currency: str
-    quota: int
-    status: Literal["pending", "paid", "failed", "expired", "refunded", "disputed"]
-    pay_url: str | None = None
-    created_at: str
-    paid_at: str | None
-    auto: bool | None = Field(default=None, description="true: an auto top-up (off-session).")
-    save_card: bool | None = Field(default=None, description="true: the card is kept.")
-
-
-class OrderPage(_Body):
-    items: list[Order]
-    next_cursor: str | None
-
-
-class Redeemed(_Body):
-    quota_added: int
-    quota: int
-
-
-class Transferred(_Body):
-    aff_quota: int
-    quota: int
-
-
-class CodeBatch(_Body):
-    batch_id: str
-    codes: list[str] = Field(description="Plaintext codes, returned once (never stored).")
-
-
-class Code(_Body):
-    code_id: str
-    name: str
-    quota: int
-    uses: int
-    max_uses: int
-    status: str
-    expires_at: str | None
-    batch_id: str
-    created_at: str
-
-
-class CodePage(_Body):
-    items: list[Code]
-    next_cursor: str | None
-
-
-class Alerts(_Body):
-    low_balance_threshold: int | None
-    quota: int
-    below_threshold: bool
-
-
-class SavedCard(_Body):
-    brand: str | None
-    last4: str | None
-
-
-class AutoTopupFailure(_Body):
-    order_id: str
-    code: str = Field(description="card_declined, requires_action, no_saved_card, ...")
-    message: str
-    at: str
-
-
-class AutoTopupSuccess(_Body):
-    order_id: str
-    at: str
-
-
-class AutoTopupRule(_Body):
-    enabled: bool
-    state: Literal["off", "active", "pending", "disabled_after_failures"]
-    saved_card: SavedCard | None
-    threshold: int | None = None
-    amount: int | None = None
-    method: Literal["stripe"] | None = None
-    max_per_day: int | None = None
-    failures: int | None = Field(default=None, description="Failures in a row (3 disable).")
-    last_failure: AutoTopupFailure | None = None
-    last_success: AutoTopupSuccess | None = None
-    pending_order_id: str | None = None
-    today_count: int | None = None
-
-
-class WebhookAck(_Body):
-    """The provider's own acknowledgement (Stripe, Creem: anything; Waffo: signed message)."""
-
-
-MODELS: tuple[type[BaseModel], ...] = (
+from billing.api_models import (  # noqa: E402
+    MODELS,
+    Account,
+    Alerts,
+    AutoTopupRule,
+    Code,
+    CodeBatch,
+    CodePage,
     Error,
     GatewayMessage,
-    Account,
-    LedgerPage,
     GrantPage,
-    UsagePage,
-    UsageSummary,
-    SpendLimit,
-    SpendLimits,
+    LedgerPage,
     LimitDeleted,
-    UnbilledUsage,
-    UnbilledUsagePage,
-    TopupOptions,
     Order,
     OrderPage,
     Redeemed,
+    SpendLimit,
+    SpendLimits,
+    TopupOptions,
     Transferred,
-    CodeBatch,
-    CodePage,
-    Alerts,
-    AutoTopupRule,
+    UnbilledUsage,
+    UnbilledUsagePage,
+    UsagePage,
+    UsageSummary,
     WebhookAck,
 )
+
+from local.parameters import parameter_overrides  # noqa: E402
+from local.routes import Route, read_apis, read_routes  # noqa: E402
+from local.template import Template  # noqa: E402
 
 # ---------------------------------------------------------------- responses per operation
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
+from billing.facts import BILLED_USAGE_STATUSES
 
 from tests.support.stack import LocalStack, wait_for
 
@@ -76,7 +77,7 @@ def expected_buckets(
         lambda: {"quota": 0, "requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
     )
     for record in records:
-        if record["status"] not in ("charged", "settled"):
+        if record["status"] not in BILLED_USAGE_STATUSES:
             continue
         key = {
             "day": (record["updated_at"] or record["created_at"])[:10],
@@ -147,7 +148,7 @@ def metered(stack: LocalStack) -> dict[str, Any]:
     assert sent == 500
     records = all_usage(stack, user)
     assert len(records) == 500
-    billed = sum(1 for r in records if r["status"] in ("charged", "settled"))
+    billed = sum(1 for r in records if r["status"] in BILLED_USAGE_STATUSES)
     span = {"from": first_day.isoformat(), "to": stack.billing_now().date().isoformat()}
     summary_when(stack, user, billed, **span)
     return {"user": user, "records": records, "billed": billed, "span": span}

@@ -14,6 +14,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from billing.errors import DomainError, Forbidden
+from billing.facts import ErrorCode
 
 logger = Logger(child=True)
 
@@ -21,7 +22,7 @@ ADMIN_GROUP = "admin"
 
 
 class Unauthorized(DomainError):
-    code = "unauthorized"
+    code = ErrorCode.UNAUTHORIZED.value
     status = 401
     message = "A valid token is required."
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from billing.facts import ErrorCode
+
 
 class DomainError(Exception):
     """A failure the caller can act on; `code` is part of the API contract."""
 
-    code = "invalid_request"
+    code: str = ErrorCode.INVALID_REQUEST.value
     status = 400
     message = "The request is invalid."
 
@@ -17,30 +19,30 @@ class DomainError(Exception):
 
 
 class InvalidRequest(DomainError):
-    code = "invalid_request"
+    code = ErrorCode.INVALID_REQUEST.value
     message = "The request is invalid."
 
 
 class PayloadTooLarge(DomainError):
-    code = "payload_too_large"
+    code = ErrorCode.PAYLOAD_TOO_LARGE.value
     status = 413
     message = "The request body is larger than 64 KiB."
 
 
 class Forbidden(DomainError):
-    code = "forbidden"
+    code = ErrorCode.FORBIDDEN.value
     status = 403
     message = "This route is for administrators."
 
 
 class NotFound(DomainError):
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND.value
     status = 404
     message = "Not found."
 
 
 class AccountNotFound(DomainError):
-    code = "account_not_found"
+    code = ErrorCode.ACCOUNT_NOT_FOUND.value
     status = 404
     message = "No account exists for this user yet; create it with POST /account."
 
@@ -48,33 +50,33 @@ class AccountNotFound(DomainError):
 class AccountExists(DomainError):
     """Internal: a create lost the race to another create of the same account."""
 
-    code = "account_exists"
+    code = ErrorCode.ACCOUNT_EXISTS.value
     status = 409
     message = "The account already exists."
 
 
 class InvalidReferralCode(DomainError):
-    code = "invalid_referral_code"
+    code = ErrorCode.INVALID_REFERRAL_CODE.value
     message = "The referral code does not exist."
 
 
 class InvalidAmount(DomainError):
-    code = "invalid_amount"
+    code = ErrorCode.INVALID_AMOUNT.value
     message = "The amount is not a whole number within the allowed range."
 
 
 class MethodUnavailable(DomainError):
-    code = "method_unavailable"
+    code = ErrorCode.METHOD_UNAVAILABLE.value
     message = "This payment method is not available."
 
 
 class RedeemFailed(DomainError):
-    code = "redeem_failed"
+    code = ErrorCode.REDEEM_FAILED.value
     message = "This code cannot be redeemed."
 
 
 class TooManyAttempts(DomainError):
-    code = "too_many_attempts"
+    code = ErrorCode.TOO_MANY_ATTEMPTS.value
     status = 429
     message = "Too many failed attempts; try again later."
 
@@ -87,31 +89,31 @@ class TooManyAttempts(DomainError):
 
 
 class TransferBelowMinimum(DomainError):
-    code = "transfer_below_minimum"
+    code = ErrorCode.TRANSFER_BELOW_MINIMUM.value
     message = "The amount is below the minimum transfer."
 
 
 class InsufficientAffQuota(DomainError):
-    code = "insufficient_aff_quota"
+    code = ErrorCode.INSUFFICIENT_AFF_QUOTA.value
     message = "The amount is more than your reward quota."
 
 
 class InsufficientQuota(DomainError):
-    code = "insufficient_quota"
+    code = ErrorCode.INSUFFICIENT_QUOTA.value
     message = "The balance is too low."
 
 
 class LimitExceeded(DomainError):
     """A charge or reserve would take a spend limit's window above its max_quota."""
 
-    code = "limit_exceeded"
+    code = ErrorCode.LIMIT_EXCEEDED.value
     message = "A spend limit of the account or key would be exceeded."
 
 
 class ProviderError(DomainError):
     """The payment provider refused or could not be reached."""
 
-    code = "provider_error"
+    code = ErrorCode.PROVIDER_ERROR.value
     status = 502
     message = "The payment provider could not create the payment; try again."
 
@@ -123,19 +125,19 @@ class SettingsError(Exception):
 class InvalidEvent(DomainError):
     """A usage event that cannot be metered as sent (missing fields, bad values, no hold)."""
 
-    code = "invalid_event"
+    code = ErrorCode.INVALID_EVENT.value
     message = "The usage event is invalid."
 
 
 class UnknownModel(DomainError):
     """A model with neither a ratio nor a price: never metered as free usage."""
 
-    code = "unknown_model"
+    code = ErrorCode.UNKNOWN_MODEL.value
     message = "The model has no price."
 
 
 class IdempotencyKeyReused(DomainError):
-    code = "idempotency_key_reused"
+    code = ErrorCode.IDEMPOTENCY_KEY_REUSED.value
     status = 409
     message = "This Idempotency-Key was used for another request; use a new key."
 
@@ -143,7 +145,7 @@ class IdempotencyKeyReused(DomainError):
 class IdempotencyKeyInProgress(DomainError):
     """A request under the same key is still running; retrying it then gets that result."""
 
-    code = "idempotency_key_in_progress"
+    code = ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS.value
     status = 409
     message = "A request with this Idempotency-Key is still in progress; retry shortly."
 

@@ -22,7 +22,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from pydantic import BaseModel, ConfigDict
 
 from billing.auth import Principal, principal_from_event
-from billing.errors import DomainError, InvalidRequest, PayloadTooLarge
+from billing.errors import DomainError, InvalidRequest, NotFound, PayloadTooLarge
 from billing.pagination import open_cursor, seal_cursor
 
 MAX_BODY_BYTES = 64 * 1024
@@ -157,7 +157,7 @@ def make_router(field_codes: Mapping[str, DomainError] | None = None) -> APIGate
 
     @router.not_found
     def not_found(_exc: Exception) -> Response[str]:
-        return error_response(404, "not_found", "No such route.")
+        return error_response(404, NotFound.code, "No such route.")
 
     return router
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Literal
 
 from pynamodb.attributes import MapAttribute
@@ -35,6 +34,7 @@ from pynamodb.transactions import TransactWrite
 from billing import clock, db, metrics, retry
 from billing import grants as grant_math
 from billing.errors import AccountNotFound
+from billing.facts import EntryKind as EntryKind  # re-exported: ledger.EntryKind
 from billing.models import Account, GrantRecord, LedgerEntry
 
 Balance = Literal["quota", "aff_quota"]
@@ -52,19 +52,6 @@ _COUNTERS: tuple[Counter, ...] = (
 )
 
 MAX_ATTEMPTS = 30
-
-
-class EntryKind(StrEnum):
-    TOPUP = "topup"
-    REDEEM = "redeem"
-    REFERRAL_REWARD = "referral_reward"
-    REFERRAL_TRANSFER = "referral_transfer"
-    USAGE = "usage"
-    REFUND = "refund"
-    REVERSAL = "reversal"
-    ADJUSTMENT = "adjustment"
-    SIGNUP_BONUS = "signup_bonus"
-    EXPIRY = "expiry"
 
 
 # The grant source of a credit, unless the change names its own terms.

@@ -25,6 +25,8 @@ from pynamodb.indexes import (
 )
 from pynamodb.models import Model
 
+from billing.facts import OrderStatus
+
 _REGION = os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
 
 
@@ -114,7 +116,7 @@ class Order(Model):
     pay_money = UnicodeAttribute()  # decimal string, e.g. "7.30"
     currency = UnicodeAttribute()
     quota = NumberAttribute()
-    status = UnicodeAttribute(default="pending")
+    status = UnicodeAttribute(default=OrderStatus.PENDING.value)
     pay_url = UnicodeAttribute(null=True)
     provider_payment_id = UnicodeAttribute(null=True)
     provider_session_id = UnicodeAttribute(null=True)

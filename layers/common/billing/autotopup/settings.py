@@ -15,6 +15,7 @@ from billing.autotopup.rule import (
     state_of,
 )
 from billing.errors import DomainError, InvalidRequest
+from billing.facts import ErrorCode
 from billing.payments import auto_price, saved_card
 
 MAX_THRESHOLD = 10**15
@@ -22,7 +23,7 @@ MAX_PER_DAY = 24
 
 
 class NoSavedCard(DomainError):
-    code = "no_saved_card"
+    code = ErrorCode.NO_SAVED_CARD.value
     status = 400
     message = "Save a card first: top up once with save_card."
 

@@ -29,6 +29,7 @@ from pynamodb.expressions.update import Action
 
 from billing import clock
 from billing.autotopup.rule import FAILURES_TO_DISABLE, AutoTopupRule, outbox_of, read
+from billing.facts import EntryKind, OrderStatus
 from billing.payments import AutoCharge, charge_saved_card, new_order_id, order_status
 from billing.settings import load_settings
 
@@ -75,7 +76,7 @@ def _step(rule: AutoTopupRule, moves: Sequence[Move]) -> str:
     """Make one change to the rule for these entries (or report there is none to make); a
     change whose condition failed counts as one too: the caller reads the rule again."""
     if rule.pending_order_id:
-        if any(m.kind == "topup" and m.ref == rule.pending_order_id for m in moves):
+        if any(m.kind == EntryKind.TOPUP and m.ref == rule.pending_order_id for m in moves):
             _succeeded(rule)
             return _CHANGED
         if not rule.pending_charged:
@@ -215,7 +216,11 @@ def _release_if_abandoned(rule: AutoTopupRule) -> bool:
     ttl = load_settings().limits.order_ttl_seconds
     if since is None or clock.parse_iso(since) + timedelta(seconds=ttl) > clock.now():
         return False
-    if order_status(str(rule.pending_order_id)) not in ("failed", "expired", None):
+    if order_status(str(rule.pending_order_id)) not in (
+        OrderStatus.FAILED,
+        OrderStatus.EXPIRED,
+        None,
+    ):
         return False
     _failed(rule, str(rule.pending_order_id), "abandoned", "The payment never completed.")
     return True

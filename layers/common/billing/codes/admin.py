@@ -19,6 +19,7 @@ from pynamodb.exceptions import PynamoDBException, UpdateError
 from billing import clock, grant_terms, retry
 from billing.codes import listing, plaintext, storage
 from billing.errors import DomainError, InvalidRequest, NotFound
+from billing.facts import ErrorCode
 from billing.models import RedemptionCode
 from billing.ops import record_audit
 from billing.secrets import code_hash_key
@@ -34,7 +35,7 @@ DISABLE_ATTEMPTS = 6
 class TryAgain(DomainError):
     """DynamoDB kept refusing (throttling, conflicting transactions): nothing was done."""
 
-    code = "try_again"
+    code = ErrorCode.TRY_AGAIN.value
     status = 503
     message = "The service is busy; try again in a moment."
 

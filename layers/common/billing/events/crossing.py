@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from billing.facts import EntryKind
+
 # Fixed namespace: ids must stay the same across deployments and retries.
 _NAMESPACE = uuid.UUID("5b0f7f8e-8f3c-4f0e-9b5e-2d6f1c0a9e41")
 
@@ -70,7 +72,7 @@ def make_event(
 def _is_order_reversal(entry: Entry) -> bool:
     # The buyer's own reversal of a refunded order (`reversal#<order>#<step>`); rebate
     # clawbacks and bonus reversals are reversals too, but not refunds of a top-up.
-    return entry.kind == "reversal" and entry.entry_id.startswith(f"reversal#{entry.ref}#")
+    return entry.kind == EntryKind.REVERSAL and entry.entry_id.startswith(f"reversal#{entry.ref}#")
 
 
 def fold(
@@ -83,7 +85,7 @@ def fold(
             continue
         after = entry.balance_after
         before = after - entry.delta
-        if entry.kind == "topup" and entry.delta > 0:
+        if entry.kind == EntryKind.TOPUP and entry.delta > 0:
             events.append(
                 make_event(
                     TOPUP_PAID,

@@ -68,52 +68,42 @@ from pynamodb.exceptions import DoesNotExist
 from pynamodb.models import Model
 
 from billing import clock, retry
+from billing.facts import BILLED_USAGE_STATUSES, EntryKind, OrderStatus, UsageStatus
 from billing.grant_checks import grant_problems
 from billing.models import Account, LedgerEntry, Order, RedemptionCode, UsageRecord
 
-# Statuses of orders (billing.payments.orders) and usage records (billing.usage.metering),
-# repeated here so that this module imports nothing that writes.
-PAID, REFUNDED, DISPUTED = "paid", "refunded", "disputed"
-CHARGED, SETTLED, RESERVED = "charged", "settled", "reserved"
-
-KINDS = frozenset(
-    {
-        "topup",
-        "redeem",
-        "referral_reward",
-        "referral_transfer",
-        "usage",
-        "refund",
-        "reversal",
-        "adjustment",
-        "signup_bonus",
-        "expiry",
-    }
-)
+KINDS = frozenset(EntryKind)
 # Cause prefix of an entry id -> the kinds it may carry.
 PREFIX_KINDS: dict[str, frozenset[str]] = {
-    "topup": frozenset({"topup"}),
-    "reversal": frozenset({"reversal"}),
-    "redeem": frozenset({"redeem"}),
-    "usage": frozenset({"usage"}),
-    "adjustment": frozenset({"adjustment"}),
-    "referral_reward": frozenset({"referral_reward"}),
-    "referral_clawback": frozenset({"reversal"}),
-    "referral_transfer": frozenset({"referral_transfer"}),
-    "signup_bonus": frozenset({"signup_bonus"}),
-    "expiry": frozenset({"expiry"}),
-    "signup_bonus_reversal": frozenset({"reversal"}),
+    "topup": frozenset({EntryKind.TOPUP}),
+    "reversal": frozenset({EntryKind.REVERSAL}),
+    "redeem": frozenset({EntryKind.REDEEM}),
+    "usage": frozenset({EntryKind.USAGE}),
+    "adjustment": frozenset({EntryKind.ADJUSTMENT}),
+    "referral_reward": frozenset({EntryKind.REFERRAL_REWARD}),
+    "referral_clawback": frozenset({EntryKind.REVERSAL}),
+    "referral_transfer": frozenset({EntryKind.REFERRAL_TRANSFER}),
+    "signup_bonus": frozenset({EntryKind.SIGNUP_BONUS}),
+    "expiry": frozenset({EntryKind.EXPIRY}),
+    "signup_bonus_reversal": frozenset({EntryKind.REVERSAL}),
 }
 # Clawbacks of an inviter's rewards: they lower aff_history_quota, also when they are taken
 # from quota (`<id>#quota`) because the reward was already transferred to the balance.
 CLAWBACK_PREFIXES = ("referral_clawback#", "signup_bonus_reversal#invitee#")
 # The inviter's bonus on an invitee's first paid order is a rebate (kind signup_bonus).
-AFF_KINDS = frozenset({"referral_reward", "signup_bonus", "referral_transfer", "reversal"})
+AFF_KINDS = frozenset(
+    {
+        EntryKind.REFERRAL_REWARD,
+        EntryKind.SIGNUP_BONUS,
+        EntryKind.REFERRAL_TRANSFER,
+        EntryKind.REVERSAL,
+    }
+)
 # A debit may leave a balance below zero only when the usage already happened (settle) or
 # when a credit is taken back (refund, dispute, clawback).
 NEGATIVE_KINDS = {
-    "quota": frozenset({"usage", "reversal", "expiry"}),
-    "aff_quota": frozenset({"reversal"}),
+    "quota": frozenset({EntryKind.USAGE, EntryKind.REVERSAL, EntryKind.EXPIRY}),
+    "aff_quota": frozenset({EntryKind.REVERSAL}),
 }
 
 _BATCH_GET = 100  # BatchGetItem's limit
@@ -311,10 +301,10 @@ class UsageTotals:
 
     def add(self, record: UsageRecord) -> None:
         self.records += 1
-        if record.status in (CHARGED, SETTLED):
+        if record.status in BILLED_USAGE_STATUSES:
             self.used += int(record.quota)
             self.requests += 1
-        elif record.status == RESERVED:
+        elif record.status == UsageStatus.RESERVED:
             self.held += int(record.hold_quota)
 
     def agrees_with(self, account: Account) -> bool:
@@ -435,11 +425,13 @@ def read_user(
 
 def credited(order: Order) -> bool:
     """The order was credited once: paid, or refunded/disputed after it was paid."""
-    return order.status == PAID or (order.status in (REFUNDED, DISPUTED) and bool(order.paid_at))
+    return order.status == OrderStatus.PAID or (
+        order.status in (OrderStatus.REFUNDED, OrderStatus.DISPUTED) and bool(order.paid_at)
+    )
 
 
 def reversed_after_paid(order: Order) -> bool:
-    return order.status in (REFUNDED, DISPUTED) and bool(order.paid_at)
+    return order.status in (OrderStatus.REFUNDED, OrderStatus.DISPUTED) and bool(order.paid_at)
 
 
 class _RewardLookups:
@@ -449,7 +441,7 @@ class _RewardLookups:
         order_ids = [
             e.entry_id.partition("#")[2]
             for e in entries
-            if e.kind == "referral_reward" and e.entry_id.startswith("referral_reward#")
+            if e.kind == EntryKind.REFERRAL_REWARD and e.entry_id.startswith("referral_reward#")
         ]
         self.orders = {o.order_id: o for o in _batch_get(Order, order_ids)} if order_ids else {}
         users = [o.user_id for o in self.orders.values()]
@@ -548,7 +540,7 @@ def check_user(user_id: str, state: UserState) -> list[Difference]:
         actual = int(getattr(account, balance))
         if total != actual:
             report("ledger_sum", f"the {balance} ledger does not sum to the balance", total, actual)
-    transfers = sum(e.delta for e in entries if e.kind == "referral_transfer")
+    transfers = sum(e.delta for e in entries if e.kind == EntryKind.REFERRAL_TRANSFER)
     if transfers != 0:
         report(
             "aff_kind", "the two sides of the referral transfers do not cancel out", 0, transfers
@@ -556,8 +548,8 @@ def check_user(user_id: str, state: UserState) -> list[Difference]:
     earned = sum(
         e.delta
         for e in entries
-        if (e.balance == "aff_quota" and e.kind != "referral_transfer")
-        or (e.balance == "quota" and e.kind == "reversal" and _is_clawback(e.entry_id))
+        if (e.balance == "aff_quota" and e.kind != EntryKind.REFERRAL_TRANSFER)
+        or (e.balance == "quota" and e.kind == EntryKind.REVERSAL and _is_clawback(e.entry_id))
     )
     if earned != int(account.aff_history_quota):
         report(
@@ -568,7 +560,7 @@ def check_user(user_id: str, state: UserState) -> list[Difference]:
         )
 
     # Counters.
-    usage_total = -sum(e.delta for e in entries if e.kind == "usage")
+    usage_total = -sum(e.delta for e in entries if e.kind == EntryKind.USAGE)
     if usage_total != int(account.used_quota):
         report(
             "usage",
@@ -648,7 +640,7 @@ def refunded_share(order: Order) -> int | None:
     quota = int(order.quota)
     if reversed_after_paid(order):
         return quota  # refunded in full, or charged back: nothing of the credit is left
-    if order.status != PAID or not order.refunded_money:
+    if order.status != OrderStatus.PAID or not order.refunded_money:
         return 0
     try:
         refunded, paid = Decimal(order.refunded_money), Decimal(order.pay_money)
@@ -686,7 +678,7 @@ def _check_orders(
         if credited(order):
             if topup is None:
                 report(order, f"{order.status} order without its top-up entry", 1, 0)
-            elif (topup.delta, topup.balance, topup.kind) != (quota, "quota", "topup"):
+            elif (topup.delta, topup.balance, topup.kind) != (quota, "quota", EntryKind.TOPUP):
                 report(
                     order, "the top-up entry does not credit the order's quota", quota, topup.delta
                 )
@@ -736,7 +728,7 @@ def _check_rewards(
     found: list[Difference] = []
     about = f"account:{user_id}"
     for entry in entries:
-        if entry.kind != "referral_reward":
+        if entry.kind != EntryKind.REFERRAL_REWARD:
             continue
         prefix, _, order_id = entry.entry_id.partition("#")
         order = lookups.order(order_id) if prefix == "referral_reward" else None

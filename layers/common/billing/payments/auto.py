@@ -15,6 +15,7 @@ from aws_lambda_powertools import Logger
 from pynamodb.exceptions import PutError
 
 from billing import clock, money
+from billing.facts import OrderStatus
 from billing.models import Order
 from billing.payments import AutoCharge, customers, orders
 from billing.payments.providers.stripe import PROVIDER as STRIPE
@@ -66,7 +67,7 @@ def _order(user_id: str, order_id: str, amount: int) -> Order:
         pay_money=money.format_amount(quoted.pay_money, quoted.currency, METHOD),
         currency=quoted.currency,
         quota=quoted.quota,
-        status=orders.PENDING,
+        status=OrderStatus.PENDING,
         test_mode=config.test_mode,
         auto=True,
         created_at=at,
@@ -88,9 +89,11 @@ def _order(user_id: str, order_id: str, amount: int) -> Order:
 
 def charge_saved_card(user_id: str, order_id: str, amount: int) -> AutoCharge:
     order = _order(user_id, order_id, amount)
-    if order.status != orders.PENDING:
+    if order.status != OrderStatus.PENDING:
         # Asked before and already answered (a retry after the answer was recorded).
-        return AutoCharge(accepted=order.status == orders.PAID, code=order.failure_reason or "")
+        return AutoCharge(
+            accepted=order.status == OrderStatus.PAID, code=order.failure_reason or ""
+        )
     customer_id = customers.find(user_id)
     creds = provider_secrets()
     if customer_id is None:

@@ -38,6 +38,7 @@ from pynamodb.expressions.update import Action
 
 from billing import clock, grant_history, grants, ledger, metrics, money, retry
 from billing.errors import DomainError, NotFound
+from billing.facts import ErrorCode, OrderStatus
 from billing.metrics import Metric
 from billing.models import Account, Order
 from billing.ops import record_audit
@@ -70,7 +71,7 @@ class Outcome(StrEnum):
 
 
 class OrderNotCompletable(DomainError):
-    code = "order_not_completable"
+    code = ErrorCode.ORDER_NOT_COMPLETABLE.value
     status = 409
     message = "This order was refunded or disputed and cannot be completed."
 
@@ -114,9 +115,9 @@ def apply_event(event: PaymentEvent) -> Outcome:
     elif event.type is EventType.PAID:
         outcome = _credit(order, event)
     elif event.type is EventType.FAILED:
-        outcome = _close(order, event, orders.FAILED)
+        outcome = _close(order, event, OrderStatus.FAILED)
     elif event.type is EventType.EXPIRED:
-        outcome = _close(order, event, orders.EXPIRED)
+        outcome = _close(order, event, OrderStatus.EXPIRED)
     else:
         outcome = _reverse(order, event)
     logger.info(
@@ -138,10 +139,10 @@ def completable(order: Order) -> bool:
     late. Never a refunded one, nor one disputed by a chargeback."""
     if order.paid_at:
         return False
-    if order.status in (orders.PENDING, orders.FAILED, orders.EXPIRED):
+    if order.status in (OrderStatus.PENDING, OrderStatus.FAILED, OrderStatus.EXPIRED):
         return True
     reason = order.failure_reason or ""
-    return order.status == orders.DISPUTED and (
+    return order.status == OrderStatus.DISPUTED and (
         reason.startswith(MISMATCH_PREFIX) or reason == PAID_AFTER_EXPIRY
     )
 
@@ -153,7 +154,7 @@ def complete_by_admin(admin_id: str, order_id: str) -> Order:
     order = orders.find_order(order_id)
     if order is None:
         raise NotFound("No such order.")
-    if order.status == orders.PAID:
+    if order.status == OrderStatus.PAID:
         outcome = Outcome.DUPLICATE
     elif not completable(order):
         raise OrderNotCompletable()
@@ -168,7 +169,7 @@ def complete_by_admin(admin_id: str, order_id: str) -> Order:
         )
         outcome = _credit_by_admin(order, event)
     current = orders.find_order(order_id)
-    if current is None or current.status != orders.PAID:
+    if current is None or current.status != OrderStatus.PAID:
         raise OrderNotCompletable("The order changed state and cannot be completed.")
     record_audit(
         admin_id,
@@ -251,20 +252,22 @@ def _late(order: Order, event: PaymentEvent) -> bool:
 def _open_condition(order: Order) -> Condition | None:
     """The condition under which a payment may still credit `order` (None: it may not):
     pending, or expired by its lifetime only (then the payment must have been on time)."""
-    if order.status == orders.PENDING:
-        return Order.status == orders.PENDING
-    if order.status == orders.EXPIRED and order.failure_reason == orders.EXPIRED_BY_TTL:
-        return (Order.status == orders.EXPIRED) & (Order.failure_reason == orders.EXPIRED_BY_TTL)
+    if order.status == OrderStatus.PENDING:
+        return Order.status == OrderStatus.PENDING
+    if order.status == OrderStatus.EXPIRED and order.failure_reason == orders.EXPIRED_BY_TTL:
+        return (Order.status == OrderStatus.EXPIRED) & (
+            Order.failure_reason == orders.EXPIRED_BY_TTL
+        )
     return None
 
 
 def _credit(order: Order, event: PaymentEvent) -> Outcome:
     # Money was taken for an expired order: never at the stale price by itself. An order
     # expired by its lifetime (not by the provider) and paid in time still credits.
-    if order.status == orders.EXPIRED and (
+    if order.status == OrderStatus.EXPIRED and (
         order.failure_reason != orders.EXPIRED_BY_TTL or _late(order, event)
     ):
-        return _dispute(order, event, PAID_AFTER_EXPIRY, Order.status == orders.EXPIRED)
+        return _dispute(order, event, PAID_AFTER_EXPIRY, Order.status == OrderStatus.EXPIRED)
     condition = _open_condition(order)
     if condition is None:
         return _already_closed(order, event)
@@ -282,9 +285,9 @@ def _credit_by_admin(order: Order, event: PaymentEvent) -> Outcome:
     # An admin may complete any order `completable` allows (paid out of band, paid late, or
     # paid a different amount), whatever its lifetime.
     condition = (
-        Order.status.is_in(orders.PENDING, orders.FAILED, orders.EXPIRED)
+        Order.status.is_in(OrderStatus.PENDING, OrderStatus.FAILED, OrderStatus.EXPIRED)
         | (
-            (Order.status == orders.DISPUTED)
+            (Order.status == OrderStatus.DISPUTED)
             & (
                 Order.failure_reason.startswith(MISMATCH_PREFIX)
                 | (Order.failure_reason == PAID_AFTER_EXPIRY)
@@ -319,7 +322,7 @@ def _try_credit(order: Order, event: PaymentEvent, condition: Condition) -> Outc
         *extra_changes_for_credit(order, account),
     ]
     actions: list[Action] = [
-        Order.status.set(orders.PAID),
+        Order.status.set(OrderStatus.PAID),
         Order.paid_at.set(at),
         Order.updated_at.set(at),
         Order.pending_shard.remove(),
@@ -402,7 +405,7 @@ def _dispute(order: Order, event: PaymentEvent, reason: str, condition: Conditio
         },
     )
     actions: list[Action] = [
-        Order.status.set(orders.DISPUTED),
+        Order.status.set(OrderStatus.DISPUTED),
         Order.failure_reason.set(reason),
         Order.pending_shard.remove(),
         Order.updated_at.set(clock.iso()),
@@ -429,9 +432,9 @@ def _close(order: Order, event: PaymentEvent, status: str) -> Outcome:
         Order.pending_shard.remove(),
         Order.updated_at.set(clock.iso()),
     ]
-    condition = (Order.status == orders.PENDING) & (Order.method == event.provider)
+    condition = (Order.status == OrderStatus.PENDING) & (Order.method == event.provider)
     if _update_if(order, actions, condition):
-        return Outcome.FAILED if status == orders.FAILED else Outcome.EXPIRED
+        return Outcome.FAILED if status == OrderStatus.FAILED else Outcome.EXPIRED
     return Outcome.IGNORED
 
 
@@ -507,7 +510,7 @@ def _order_moves(
     """The order's update for a step, conditional on exactly the state it was computed from."""
     actions: list[Action] = [Order.updated_at.set(clock.iso())]
     if step.complete:
-        status = orders.DISPUTED if event.type is EventType.DISPUTED else orders.REFUNDED
+        status = OrderStatus.DISPUTED if event.type is EventType.DISPUTED else OrderStatus.REFUNDED
         actions.append(Order.status.set(status))
         if event.type is EventType.DISPUTED:
             actions.append(Order.failure_reason.set(CHARGEBACK))
@@ -531,7 +534,7 @@ def _order_moves(
 
 def _reverse_credited(order: Order, event: PaymentEvent) -> Outcome | None:
     """One step of a credited order's reversal; None when the order changed under us."""
-    if order.status != orders.PAID:
+    if order.status != OrderStatus.PAID:
         return Outcome.DUPLICATE  # already all taken back (refunded or charged back)
     step = _step(order, event)
     if step is None:
@@ -586,7 +589,7 @@ def _reverse_credited(order: Order, event: PaymentEvent) -> Outcome | None:
 def _reverse_uncredited(order: Order, event: PaymentEvent) -> Outcome | None:
     """A refund or dispute of money we never credited; None when the order changed."""
     full = event.type is EventType.REFUNDED and event.full_refund
-    if order.status == orders.PENDING:
+    if order.status == OrderStatus.PENDING:
         if not full:
             # Most likely the payment event is still on its way: credit first, then reverse.
             raise NotApplicableYet(
@@ -595,28 +598,28 @@ def _reverse_uncredited(order: Order, event: PaymentEvent) -> Outcome | None:
         # All of it came back before we saw it paid: close it, so a late payment event
         # cannot credit it.
         closing: list[Action] = [
-            Order.status.set(orders.REFUNDED),
-            Order.failure_reason.set(f"{orders.REFUNDED}_before_paid"),
+            Order.status.set(OrderStatus.REFUNDED),
+            Order.failure_reason.set(f"{OrderStatus.REFUNDED}_before_paid"),
             Order.refunded_money.set(order.pay_money),
             Order.pending_shard.remove(),
             Order.updated_at.set(clock.iso()),
         ]
-        if not _update_if(order, closing, Order.status == orders.PENDING):
+        if not _update_if(order, closing, Order.status == OrderStatus.PENDING):
             return None
         logger.warning("refund of an uncredited order", extra={"order_id": order.order_id})
         return Outcome.CLOSED
-    if order.status == orders.DISPUTED and completable(order):
+    if order.status == OrderStatus.DISPUTED and completable(order):
         # Taken but never credited (mismatch, late): once money goes back, an admin must no
         # longer credit it; a full refund closes it.
         marking: list[Action] = [Order.updated_at.set(clock.iso())]
         if full:
             marking += [
-                Order.status.set(orders.REFUNDED),
+                Order.status.set(OrderStatus.REFUNDED),
                 Order.refunded_money.set(order.pay_money),
             ]
         reason = CHARGEBACK if event.type is EventType.DISPUTED else REFUNDED_BEFORE_CREDIT
         marking.append(Order.failure_reason.set(reason))
-        condition = (Order.status == orders.DISPUTED) & (
+        condition = (Order.status == OrderStatus.DISPUTED) & (
             Order.failure_reason == (order.failure_reason or "")
         )
         if not _update_if(order, marking, condition & Order.paid_at.does_not_exist()):

@@ -28,6 +28,7 @@ from pynamodb.expressions.update import Action
 
 from billing import accounts, clock, money
 from billing.errors import DomainError, InvalidAmount, InvalidRequest, NotFound, ProviderError
+from billing.facts import OrderStatus
 from billing.models import Order
 from billing.pagination import newest_first
 from billing.payments.providers.base import CheckoutRequest
@@ -41,13 +42,6 @@ ORDER_PREFIX = "ord_"
 _ID_ALPHABET = string.ascii_letters + string.digits
 _ID_LENGTH = 24  # ~143 bits: order ids are unguessable, and plain enough for every gateway
 MAX_ORDER_ID_LENGTH = 64
-
-PENDING = "pending"
-PAID = "paid"
-FAILED = "failed"
-EXPIRED = "expired"
-REFUNDED = "refunded"
-DISPUTED = "disputed"
 
 EXPIRED_BY_TTL = "ttl"  # failure_reason of an order expired by its lifetime
 PENDING_SHARDS = 4  # open_orders index keys: pending orders spread so no key gets hot
@@ -185,7 +179,7 @@ def checkout(
         pay_money=money.format_amount(priced.pay_money, priced.currency, method),
         currency=priced.currency,
         quota=priced.quota,
-        status=PENDING,
+        status=OrderStatus.PENDING,
         test_mode=config.test_mode,
         created_at=at,
         expires_at=clock.iso(moment + timedelta(seconds=settings.limits.order_ttl_seconds)),
@@ -257,7 +251,11 @@ def expires_at(order: Order) -> str | None:
 def is_overdue(order: Order, at: str | None = None) -> bool:
     """A pending order past its lifetime (it reads as expired even before the sweep)."""
     deadline = expires_at(order)
-    return order.status == PENDING and deadline is not None and (at or clock.iso()) > deadline
+    return (
+        order.status == OrderStatus.PENDING
+        and deadline is not None
+        and (at or clock.iso()) > deadline
+    )
 
 
 def mark_failed(order: Order, reason: str) -> None:
@@ -269,12 +267,12 @@ def _mark_failed(order: Order, reason: str) -> None:
     try:
         order.update(
             actions=[
-                Order.status.set(FAILED),
+                Order.status.set(OrderStatus.FAILED),
                 Order.failure_reason.set(reason),
                 Order.pending_shard.remove(),
                 Order.updated_at.set(clock.iso()),
             ],
-            condition=Order.status == PENDING,
+            condition=Order.status == OrderStatus.PENDING,
         )
     except PynamoDBException:
         # The provider error is what the caller must see; the order stays pending and
@@ -320,7 +318,7 @@ def render_order(order: Order) -> dict[str, Any]:
         "pay_money": order.pay_money,
         "currency": order.currency,
         "quota": int(order.quota),
-        "status": EXPIRED if overdue else order.status,
+        "status": OrderStatus.EXPIRED if overdue else order.status,
         "refunded_money": money.format_exact(refunded, order.currency, order.method),
         "created_at": order.created_at,
         "paid_at": order.paid_at,
@@ -370,12 +368,12 @@ def _expire(hit: Order) -> str:
     try:
         hit.update(
             actions=[
-                Order.status.set(EXPIRED),
+                Order.status.set(OrderStatus.EXPIRED),
                 Order.failure_reason.set(EXPIRED_BY_TTL),
                 Order.pending_shard.remove(),
                 Order.updated_at.set(at),
             ],
-            condition=(Order.status == PENDING) & Order.pending_shard.exists(),
+            condition=(Order.status == OrderStatus.PENDING) & Order.pending_shard.exists(),
         )
         return "expired"
     except UpdateError as exc:
@@ -384,7 +382,7 @@ def _expire(hit: Order) -> str:
     try:
         hit.update(
             actions=[Order.pending_shard.remove()],
-            condition=(Order.status != PENDING) & Order.order_id.exists(),
+            condition=(Order.status != OrderStatus.PENDING) & Order.order_id.exists(),
         )
     except UpdateError as exc:
         if exc.cause_response_code != "ConditionalCheckFailedException":

@@ -13,6 +13,7 @@ from aws_lambda_powertools import Logger
 
 from billing import clock, metrics
 from billing.errors import DomainError
+from billing.facts import ErrorCode
 from billing.metrics import Metric
 from billing.payments import payment_queue
 from billing.payments.providers import METHODS, get_provider
@@ -30,7 +31,7 @@ logger = Logger(child=True)
 class ProviderUnavailable(DomainError):
     """The provider's module is not deployed: 503 so the provider retries later."""
 
-    code = "provider_unavailable"
+    code = ErrorCode.PROVIDER_UNAVAILABLE.value
     status = 503
     message = "This payment provider is not available right now."
 
@@ -38,7 +39,7 @@ class ProviderUnavailable(DomainError):
 class QueueUnavailable(DomainError):
     """The event could not be queued: 503 so the provider delivers it again."""
 
-    code = "queue_unavailable"
+    code = ErrorCode.QUEUE_UNAVAILABLE.value
     status = 503
     message = "The event could not be recorded; please retry."
 

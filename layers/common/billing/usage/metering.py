@@ -65,6 +65,7 @@ from billing.errors import (
     InvalidEvent,
     LimitExceeded,
 )
+from billing.facts import UsageStatus as Status  # re-exported: metering.Status
 from billing.models import Account, LimitCounter, UsageRecord
 from billing.settings import Settings, load_settings
 from billing.usage import limits, pricing
@@ -93,18 +94,6 @@ class Action(StrEnum):
     RESERVE = "reserve"
     SETTLE = "settle"
     RELEASE = "release"
-
-
-class Status(StrEnum):
-    """Result statuses (API.md) and, for the first five, usage record statuses."""
-
-    CHARGED = "charged"
-    RESERVED = "reserved"
-    SETTLED = "settled"
-    RELEASED = "released"
-    EXPIRED = "expired"  # record only: the sweeper released the hold (result: released)
-    DUPLICATE = "duplicate"
-    REJECTED = "rejected"
 
 
 @dataclass(frozen=True)

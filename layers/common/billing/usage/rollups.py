@@ -27,11 +27,10 @@ from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
 from billing import clock, db
+from billing.facts import BILLED_USAGE_STATUSES
 from billing.models import RollupMarker, UsageRollup
 from billing.retry import pause
 
-# Statuses of a usage record whose quota was taken (billing/usage/metering.py, Status).
-BILLED_STATUSES = frozenset({"charged", "settled"})
 # A transaction holds at most 100 items: one rollup update and its markers.
 MARKERS_PER_TRANSACTION = 99
 # Markers outlive the stream's 24 h retention (and its retries) by far.
@@ -102,9 +101,9 @@ def contribution(record: Mapping[str, Any]) -> Contribution | None:
     old = _image(change.get("OldImage"))
     if record.get("eventName") == "REMOVE" or new is None:
         return None
-    if new.get("status") not in BILLED_STATUSES:
+    if new.get("status") not in BILLED_USAGE_STATUSES:
         return None
-    if old is not None and old.get("status") in BILLED_STATUSES:
+    if old is not None and old.get("status") in BILLED_USAGE_STATUSES:
         return None  # billed before: counted when it became so
     billed_at = str(new.get("updated_at") or new.get("created_at") or "")
     key_id = new.get("key_id")

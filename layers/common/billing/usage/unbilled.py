@@ -36,6 +36,7 @@ from pynamodb.models import Model
 
 from billing import clock
 from billing.errors import AccountNotFound, DomainError, InvalidRequest, NotFound, UnknownModel
+from billing.facts import ErrorCode
 from billing.pagination import decode_cursor, encode_cursor
 from billing.settings import Settings
 from billing.usage import metering
@@ -94,13 +95,13 @@ class UnbilledUsage(Model):
 
 
 class RemeterFailed(DomainError):
-    code = "remeter_failed"
+    code = ErrorCode.REMETER_FAILED.value
     status = 409
     message = "The usage still cannot be billed."
 
 
 class TryAgain(DomainError):
-    code = "try_again"
+    code = ErrorCode.TRY_AGAIN.value
     status = 503
     message = "The usage could not be metered now; try again."
 

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from billing import money
+from billing.facts import ErrorCode
 from billing.payments.providers.base import InvalidSignature, WebhookReply
 
 
@@ -29,7 +30,9 @@ def json_ack(accepted: bool, refused_status: int) -> WebhookReply:
         return WebhookReply(status=200, body=json.dumps({"received": True}))
     return WebhookReply(
         status=refused_status,
-        body=json.dumps({"error": {"code": "invalid_signature", "message": "Invalid signature."}}),
+        body=json.dumps(
+            {"error": {"code": ErrorCode.INVALID_SIGNATURE, "message": "Invalid signature."}}
+        ),
     )
 
 
