@@ -1,5 +1,6 @@
 // The top-up console: sign in, create the account on the first visit (with ?aff=CODE), then
-// the balance, online top-up, redemption code, referral, history and (for admins) codes.
+// the balance, online top-up, redemption code, referral, usage, spend limits, history and (for
+// admins) codes.
 
 import { setupAdmin } from "./js/admin.js";
 import { setupAlerts } from "./js/alerts.js";
@@ -9,6 +10,7 @@ import { renderBalance } from "./js/balance.js";
 import { loadConfig } from "./js/config.js";
 import { $, busy, clearStatus, el, setFieldError, showStatus } from "./js/dom.js";
 import { setupHistory } from "./js/history.js";
+import { setupLimits } from "./js/limits.js";
 import { setupUsage } from "./js/usage.js";
 import { setupOrderTracking } from "./js/order.js";
 import { setupRedeem } from "./js/redeem.js";
@@ -174,7 +176,12 @@ async function enterApp(ctx, account, message) {
   renderAccount(ctx);
   ctx.sections.topup.setOptions();
   ctx.sections.order.resumeFromUrl();
-  const loads = [ctx.sections.history.reload(), ctx.sections.alerts.load(), ctx.sections.usage.reload()];
+  const loads = [
+    ctx.sections.history.reload(),
+    ctx.sections.alerts.load(),
+    ctx.sections.usage.reload(),
+    ctx.sections.limits.load(),
+  ];
   if (ctx.session.isAdmin) loads.push(ctx.sections.admin.show());
   await Promise.all(loads);
 }
@@ -224,7 +231,8 @@ function createContext(config, auth) {
       reloadWith("Your session has expired. Please sign in again.");
     },
   });
-  ctx.refreshAccount = () => Promise.all([refreshAccount(ctx), ctx.sections.alerts.load()]);
+  ctx.refreshAccount = () =>
+    Promise.all([refreshAccount(ctx), ctx.sections.alerts.load(), ctx.sections.limits.load()]);
   ctx.afterChange = () => Promise.all([refreshAccount(ctx), ctx.sections.history.reload()]);
   ctx.sections = {
     topup: setupTopup(ctx),
@@ -233,6 +241,7 @@ function createContext(config, auth) {
     referral: setupReferral(ctx),
     history: setupHistory(ctx),
     usage: setupUsage(ctx),
+    limits: setupLimits(ctx),
     admin: setupAdmin(ctx),
     alerts: setupAlerts(ctx),
   };

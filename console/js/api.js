@@ -42,7 +42,7 @@ export class Submission {
   #pending = null;
 
   keyFor(payload) {
-    const fingerprint = JSON.stringify(payload);
+    const fingerprint = toJson(payload);
     if (this.#pending?.fingerprint !== fingerprint) {
       this.#pending = { fingerprint, key: newIdempotencyKey() };
     }
@@ -88,6 +88,33 @@ function withQuery(path, query) {
   return text ? `${path}?${text}` : path;
 }
 
+/** JSON with BigInts written as exact integers (quota goes up to 10^18, past 2^53). */
+export function toJson(value) {
+  if (typeof value === "bigint") return value.toString();
+  if (Array.isArray(value)) return `[${value.map((item) => toJson(item ?? null)).join(",")}]`;
+  if (value !== null && Object.getPrototypeOf(value) === Object.prototype) {
+    const fields = Object.entries(value).filter(([, item]) => item !== undefined && typeof item !== "function");
+    return `{${fields.map(([name, item]) => `${JSON.stringify(name)}:${toJson(item)}`).join(",")}}`;
+  }
+  return JSON.stringify(value); // strings, numbers, booleans, null, and objects with toJSON
+}
+
+/** JSON.parse, with integers past 2^53 as exact BigInts where the browser gives the reviver
+ * the source text (quota and limits go up to 10^18); elsewhere they stay numbers. */
+export function parseJson(text) {
+  return JSON.parse(text, (_key, value, context) =>
+    typeof value === "number" && !Number.isSafeInteger(value) && /^-?\d+$/.test(context?.source ?? "")
+      ? BigInt(context.source)
+      : value,
+  );
+}
+
+/** A limit's scope as a path segment: the characters a valid scope has are all legal there
+ * as they are ("key:ci@team"), anything else is percent-encoded. */
+function scopePath(scope) {
+  return encodeURIComponent(scope).replace(/%(3A|40|2B|3D)/gi, (escaped) => decodeURIComponent(escaped));
+}
+
 export function createApi({ baseUrl, getToken, onUnauthorized }) {
   const root = String(baseUrl ?? "").replace(/\/+$/, "");
 
@@ -115,7 +142,7 @@ export function createApi({ baseUrl, getToken, onUnauthorized }) {
       response = await fetch(root + withQuery(path, query), {
         method,
         headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
+        body: body === undefined ? undefined : toJson(body),
       });
     } catch {
       throw new ApiError(0, "network_error", NETWORK_MESSAGE);
@@ -126,7 +153,7 @@ export function createApi({ baseUrl, getToken, onUnauthorized }) {
       throw error;
     }
     if (accept && accept !== "application/json") return { status: response.status, data: await response.blob() };
-    const data = await response.json().catch(() => null);
+    const data = await response.text().then(parseJson).catch(() => null);
     return { status: response.status, data };
   }
 
@@ -142,6 +169,10 @@ export function createApi({ baseUrl, getToken, onUnauthorized }) {
       data("PUT", "/account/alerts", { body: { low_balance_threshold: threshold } }),
     getAutoTopup: () => data("GET", "/account/auto-topup"),
     putAutoTopup: (rule) => data("PUT", "/account/auto-topup", { body: rule }),
+    listLimits: () => data("GET", "/limits"),
+    putLimit: (scope, maxQuota, period) =>
+      data("PUT", `/limits/${scopePath(scope)}`, { body: { max_quota: BigInt(maxQuota), period } }),
+    deleteLimit: (scope) => data("DELETE", `/limits/${scopePath(scope)}`),
     listLedger: (cursor) => page("/ledger", cursor),
     usageSummary: (groupBy, from, to) =>
       data("GET", "/usage/summary", { query: { group_by: groupBy, from, to } }),

@@ -191,3 +191,53 @@ def test_non_admins_and_unknown_requests_are_refused_and_nothing_is_written(
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
     assert unbilled_item(stack, settle["request_id"]) == before
     assert usage_record(stack, settle["request_id"]) is None
+
+
+def test_kept_usage_keeps_its_key_id_and_is_remetered_against_the_key_limit(
+    stack: LocalStack,
+) -> None:
+    user = new_user()  # no account yet: the keyed settle is kept
+    key = f"key-{new_request()[4:16]}"
+    settle = usage_event(user, "settle", prompt_tokens=96, key_id=key)  # 120 quota
+    assert invoke(stack, settle)["unbilled"] is True
+    assert unbilled_item(stack, settle["request_id"])["key_id"] == key  # type: ignore[index]
+    (item,) = [i for i in wait_listed(stack, {settle["request_id"]}) if i["user_id"] == user]
+    assert item["key_id"] == key
+
+    create_account(stack, user)
+    admin = stack.token(ADMIN, admin=True)
+    adjusted = stack.request(
+        "POST",
+        f"/admin/accounts/{user}/adjust",
+        token=admin,
+        json={"delta": 1000, "reason": "unbilled key test"},
+    )
+    assert adjusted.status_code == 200, adjusted.text
+    token = stack.token(user)
+    limit = stack.request(
+        "PUT", f"/limits/key:{key}", token=token, json={"max_quota": 200, "period": "day"}
+    )
+    assert limit.status_code == 200, limit.text
+    charge = usage_event(user, key_id=key)  # 100 quota: fits (0 + 100 <= 200)
+    assert invoke(stack, charge)["status"] == "charged"
+
+    remetered = stack.request("POST", remeter_path(settle["request_id"]), token=admin)
+    assert remetered.status_code == 200, remetered.text
+    assert (remetered.json()["key_id"], remetered.json()["result"]["status"]) == (key, "settled")
+    # The re-meter counted in the key's window (a settle may take it above its limit) ...
+    limits = stack.request("GET", "/limits", token=token).json()["limits"]
+    assert [(lim["scope"], lim["spent"]) for lim in limits] == [(f"key:{key}", 220)]
+    assert usage_record(stack, settle["request_id"])["key_id"] == key  # type: ignore[index]
+    # ... so the key's next charge is over its limit, while the account's other usage is not.
+    over = invoke(stack, usage_event(user, key_id=key))
+    assert (over["status"], over["error"]) == ("rejected", "limit_exceeded")
+    assert invoke(stack, usage_event(user))["status"] == "charged"
+    account = assert_ledger_sums(stack, user)
+    assert account["quota"] == 1000 - 100 - 120 - 100
+    # The re-metered usage is listed under its key.
+    wait_for_indexes(stack)
+    by_key = stack.request("GET", f"/usage?key_id={key}&limit=100", token=token)
+    assert by_key.status_code == 200, by_key.text
+    assert {u["request_id"] for u in by_key.json()["items"]} == {
+        charge["request_id"], settle["request_id"],
+    }  # fmt: skip

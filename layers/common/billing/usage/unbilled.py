@@ -6,7 +6,9 @@ kept as an item of the unbilled-usage table (its own table: it is in no account'
 and moves no balance), keyed by request_id, so a repeat of the event keeps it once. An admin
 lists the open items (newest first) and re-meters one: it is then metered now, with the
 current settings, as a `settle` (the usage happened, so it is billed even below zero, over
-any hold the request still has), and the item is closed with the result.
+any hold the request still has), and the item is closed with the result. The item keeps the
+event's `key_id`, so the re-metered usage counts in that key's spend-limit windows (as a
+settle: it may take a window above its limit) and is listed under the key.
 
 Exactly once: the usage record of the request_id (billing.usage.metering) decides whether
 the usage is billed, so any number of concurrent re-meters (or a late delivery of the event
@@ -77,6 +79,7 @@ class UnbilledUsage(Model):
     action = UnicodeAttribute()  # the event as it came: settle | charge
     model = UnicodeAttribute()
     group = UnicodeAttribute(null=True)
+    key_id = UnicodeAttribute(null=True)  # the API key served: its spend limit and usage
     prompt_tokens = NumberAttribute()
     completion_tokens = NumberAttribute()
     error = UnicodeAttribute()  # why it could not be billed: unknown_model | account_not_found
@@ -190,6 +193,7 @@ def _put(event: UsageEvent, refusal: Result, at: str) -> None:
         action=event.action.value,
         model=event.model,
         group=event.group,
+        key_id=event.key_id,
         prompt_tokens=event.prompt_tokens,
         completion_tokens=event.completion_tokens,
         error=str(refusal["error"]),
@@ -215,6 +219,7 @@ def render(item: UnbilledUsage) -> dict[str, Any]:
         "action": item.action,
         "model": item.model,
         "group": item.group,
+        "key_id": item.key_id,
         "prompt_tokens": int(item.prompt_tokens),
         "completion_tokens": int(item.completion_tokens),
         "error": item.error,
@@ -311,6 +316,7 @@ def remeter(admin_id: str, request_id: str, *, settings: Settings | None = None)
         prompt_tokens=int(item.prompt_tokens),
         completion_tokens=int(item.completion_tokens),
         group=item.group,
+        key_id=item.key_id,  # counted in the key's window, and listed under the key
     )
     outcome = metering.meter([event], settings=settings)
     (result,) = outcome.results
