@@ -165,6 +165,7 @@ class UnbilledUsage(_Body):
     action: Literal["settle", "charge"]
     model: str
     group: str | None
+    key_id: str | None = Field(description="The API key the gateway served, if it said.")
     prompt_tokens: int
     completion_tokens: int
     error: Literal["unknown_model", "account_not_found"]
