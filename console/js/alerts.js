@@ -38,6 +38,15 @@ export function setupAlerts(ctx) {
     max: $("#autotopup-max"),
   };
   let threshold = null;
+  // What the user is typing is never overwritten by a read that lands meanwhile (the first
+  // load, a refresh, the pending poll): a form shows the server's values until it is edited,
+  // and again once it is saved.
+  const edited = { alert: false, rule: false };
+  thresholdInput.addEventListener("input", () => { edited.alert = true; });
+  for (const input of Object.values(fields)) {
+    input.addEventListener("input", () => { edited.rule = true; });
+    input.addEventListener("change", () => { edited.rule = true; });
+  }
   // While an off-session payment is in flight ("Paying…"), the rule is read again now and
   // then, so its outcome (success or failure) shows without a manual refresh.
   const PENDING_POLL_MS = 3000;
@@ -86,6 +95,7 @@ export function setupAlerts(ctx) {
     const success = rule.last_success;
     $("#autotopup-success-row").hidden = !success;
     if (success) $("#autotopup-success").textContent = formatTime(success.at);
+    if (edited.rule) return;
     fields.enabled.checked = Boolean(rule.enabled);
     if (rule.threshold !== undefined) fields.threshold.value = String(rule.threshold);
     if (rule.amount !== undefined) fields.amount.value = String(rule.amount);
@@ -96,7 +106,7 @@ export function setupAlerts(ctx) {
     try {
       const [alerts, rule] = await Promise.all([ctx.api.getAlerts(), ctx.api.getAutoTopup()]);
       threshold = alerts.low_balance_threshold;
-      thresholdInput.value = threshold === null ? "" : String(threshold);
+      if (!edited.alert) thresholdInput.value = threshold === null ? "" : String(threshold);
       renderBanner();
       renderRule(rule);
       watchPending(rule);
@@ -115,6 +125,7 @@ export function setupAlerts(ctx) {
     try {
       const saved = await ctx.api.putAlerts(read.value);
       threshold = saved.low_balance_threshold;
+      edited.alert = false;
       renderBanner();
       showStatus(alertStatus, "success",
         threshold === null ? "Alert removed." : `You will be warned below ${formatQuota(threshold)} quota.`);
@@ -147,6 +158,7 @@ export function setupAlerts(ctx) {
         method: "stripe",
         max_per_day: values.max,
       });
+      edited.rule = false;
       renderRule(rule);
       watchPending(rule);
       showStatus(autoStatus, "success", rule.enabled ? "Auto top-up is on." : "Auto top-up is off.");
