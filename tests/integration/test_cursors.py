@@ -14,7 +14,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.support.payments import checkout
-from tests.support.stack import LocalStack
+from tests.support.stack import LocalStack, wait_for
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,16 @@ def _charge(stack: LocalStack, user: str) -> None:
 
 
 def _first_page(stack: LocalStack, path: str, token: str) -> dict[str, Any]:
-    response = stack.request("GET", f"{path}?limit=1", token=token)
-    assert response.status_code == 200, response.text
-    page: dict[str, Any] = response.json()
-    assert len(page["items"]) == 1 and page["next_cursor"], page
+    """The first page at limit=1, once the list's index shows two items (lists read
+    eventually consistent indexes: what was just written appears within moments)."""
+
+    def two_pages() -> dict[str, Any] | None:
+        response = stack.request("GET", f"{path}?limit=1", token=token)
+        assert response.status_code == 200, response.text
+        page: dict[str, Any] = response.json()
+        return page if len(page["items"]) == 1 and page["next_cursor"] else None
+
+    page: dict[str, Any] = wait_for(two_pages, message=f"two pages of {path}")
     return page
 
 

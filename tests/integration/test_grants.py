@@ -156,6 +156,7 @@ def test_a_refund_after_usage_reverses_its_own_orders_grant_first(stack: LocalSt
     bonus = promo(stack, user, 1000)  # non-paid: drawn before the orders
     order = paid_checkout(stack, token, 1)
     first_order = str(order["order_id"])
+    stack.advance_clock(2)  # the second grant is younger (grants age in whole seconds)
     second_order = top_up(stack, user, token, 1)
     first, second = grant_id_for(f"topup#{first_order}"), grant_id_for(f"topup#{second_order}")
     used = charge(stack, user, 1100)

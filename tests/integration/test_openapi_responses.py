@@ -217,14 +217,18 @@ def test_every_resource_as_rendered_is_in_the_document(
         "/redeem",
         400,
     )
-    codes = ok(
-        stack.request("GET", "/admin/redemption-codes", token=admin),
-        "GET",
-        "/admin/redemption-codes",
-        200,
-    )
-    mine = [c for c in codes["items"] if c["batch_id"] == batch["batch_id"]]
-    assert len(mine) == 2
+
+    def listed() -> list[dict[str, Any]] | None:  # the listing's index is eventually consistent
+        codes = ok(
+            stack.request("GET", "/admin/redemption-codes", token=admin),
+            "GET",
+            "/admin/redemption-codes",
+            200,
+        )
+        found = [c for c in codes["items"] if c["batch_id"] == batch["batch_id"]]
+        return found if len(found) == 2 else None
+
+    mine = wait_for(listed, message="the batch's codes in the listing")
     ok(
         stack.request("DELETE", f"/admin/redemption-codes/{mine[0]['code_id']}", token=admin),
         "DELETE",

@@ -63,7 +63,8 @@ def test_a_late_payment_disputes_the_order_and_an_admin_credits_it_once(
     assert tables.order(order["order_id"])["status"] == "pending"  # not swept yet
 
     swept = short_lived.run_schedule("CreditPaymentFunction", "ExpireOrders")
-    assert swept.status_code == 200 and swept.json()["expired"] >= 1, swept.text
+    # (the schedule may be delivered twice, as EventBridge may: either run may expire it)
+    assert swept.status_code == 200, swept.text
     stored = tables.order(order["order_id"])
     assert (stored["status"], stored["failure_reason"]) == ("expired", "ttl")
     assert "pending_shard" not in stored  # out of the sweep's index
@@ -114,5 +115,9 @@ def test_the_sweep_leaves_paid_orders_alone_and_expires_each_order_once(
     short_lived.run_schedule("CreditPaymentFunction", "ExpireOrders")
     assert tables.order(forgotten["order_id"])["status"] == "expired"
     assert tables.order(refused["order_id"])["status"] == "failed"
+    expired_at = tables.order(forgotten["order_id"])["updated_at"]
     again = short_lived.run_schedule("CreditPaymentFunction", "ExpireOrders").json()
-    assert again == {"expired": 0, "cleared": 0}
+    # nothing expires twice; an index entry that still lags may be cleared again (no effect)
+    assert again["expired"] == 0, again
+    assert tables.order(forgotten["order_id"])["updated_at"] == expired_at
+    assert tables.order(refused["order_id"])["status"] == "failed"

@@ -59,9 +59,17 @@ def test_a_user_tops_up_through_the_sandbox(stack: LocalStack) -> None:
     assert [(e["kind"], e["delta"], e["ref"]) for e in ledger] == [
         ("topup", 100 * UNIT, order["order_id"])
     ]
-    listed = stack.request("GET", "/topups", token=token).json()
+    # /topups reads the orders' by-user index, eventually consistent: it shows "paid" soon
+    listed = wait_for(
+        lambda: (
+            page
+            if (page := stack.request("GET", "/topups", token=token).json())["items"]
+            and page["items"][0]["status"] == "paid"
+            else None
+        ),
+        message="the paid order in /topups",
+    )
     assert [o["order_id"] for o in listed["items"]] == [order["order_id"]]
-    assert listed["items"][0]["status"] == "paid"
 
 
 def test_the_hosted_pay_page_pays_and_returns_to_the_console(stack: LocalStack) -> None:
