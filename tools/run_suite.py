@@ -1,8 +1,9 @@
-"""Run the test suite as two pytest processes at once: tests/integration, and everything else.
+"""Run the test suite as three pytest processes at once: tests/integration in two parts, and
+everything else.
 
 Most of the suite's time is spent waiting (local stacks starting, queues and streams
-draining, schedules coming due), so two sessions side by side use the machine's two cores
-where one leaves them idle. Each session starts its own local stack, so they share nothing
+draining, schedules coming due), so sessions side by side use the machine's two cores where
+one leaves them idle. Each session starts its own local stack, so they share nothing
 but the machine. Each one's output goes to tests/artifacts/suite-<part>.log and is printed
 whole when it ends (interleaved lines would be unreadable). Any exit status but 0 fails the
 run, including pytest's 5 (no tests collected).
@@ -19,17 +20,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
-# Balanced by their durations on a 2-core machine (about 20 minutes each): the rest of the
-# suite also takes the slowest integration module.
-MOVED = "tests/integration/test_metering_queue.py"
-_OTHER_INTEGRATION = sorted(
-    str(path.relative_to(ROOT))
-    for path in (ROOT / "tests" / "integration").glob("test_*.py")
-    if str(path.relative_to(ROOT)) != MOVED
-)
+# Three sessions, about equally long on a 2-core machine: much of each one's time is spent
+# waiting, so three keep both cores busy. tests/integration is cut in two at SPLIT (by file
+# name): the first part runs the files before it, the second that file and those after.
+SPLIT = "test_metering.py"
+_INTEGRATION = sorted((ROOT / "tests" / "integration").glob("test_*.py"))
+_SECOND = [str(p.relative_to(ROOT)) for p in _INTEGRATION if p.name >= SPLIT]
 PARTS = {
-    "integration": ["tests/integration", f"--ignore={MOVED}"],
-    "rest": ["tests", *(f"--ignore={path}" for path in _OTHER_INTEGRATION)],
+    "integration-1": ["tests/integration", *(f"--ignore={path}" for path in _SECOND)],
+    "integration-2": _SECOND,
+    "rest": ["tests", "--ignore=tests/integration"],
 }
 
 
