@@ -91,7 +91,7 @@ template-lint: $(SAM_STAMP)
 	env -u PYTHONPATH $(SAM_VENV)/bin/cfn-lint infra/template.yaml
 	env -u PYTHONPATH $(SAM_VENV)/bin/sam validate --lint --template infra/template.yaml --region us-east-1
 
-# The checks run side by side, then the suite as three pytest sessions side by side
+# The checks run side by side, then the suite as two pytest sessions side by side
 # (tools/run_suite.py); `make pytest` is the same tests in one session.
 test: $(STAMP) $(SAM_STAMP) $(LITELLM_STAMP) system-deps
 	$(MAKE) -j3 --output-sync=target lint template-lint build lambda-runtime
