@@ -16,23 +16,8 @@ from playwright.sync_api import Locator, Page, Request, expect
 
 from tests.e2e.conftest import ConsoleLog, screenshot
 from tests.e2e.test_console import new_id, sign_in
-from tests.support.metering import invoke, usage_event
+from tests.support.metering import funded_user, invoke, usage_event
 from tests.support.stack import LocalStack
-
-ADMIN = "admin-limits-e2e"
-
-
-def funded(stack: LocalStack, prefix: str, quota: int = 1_000_000) -> str:
-    user = new_id(prefix)
-    assert stack.request("POST", "/account", token=stack.token(user), json={}).status_code == 201
-    adjusted = stack.request(
-        "POST",
-        f"/admin/accounts/{user}/adjust",
-        token=stack.token(ADMIN, admin=True),
-        json={"delta": quota, "reason": "e2e limits"},
-    )
-    assert adjusted.status_code == 200, adjusted.text
-    return user
 
 
 def server_limits(stack: LocalStack, user: str) -> dict[str, dict[str, Any]]:
@@ -68,7 +53,7 @@ def assert_bar_is_the_servers(page: Page, limit: dict[str, Any]) -> None:
 def test_set_limits_see_the_windows_spend_change_and_remove_them(
     stack: LocalStack, page: Page
 ) -> None:
-    user = funded(stack, "limits")
+    user = funded_user(stack, 1_000_000)
     key = new_id("ci-bot")
     sign_in(page, stack.base_url, user)
     expect(page.locator("#limits-empty")).to_be_visible()
@@ -153,7 +138,7 @@ def test_bad_input_shows_a_field_error_and_writes_nothing(
     field: str,
     message: str,
 ) -> None:
-    user = funded(stack, "limits-bad")
+    user = funded_user(stack, 1_000_000)
     existing = stack.request(
         "PUT",
         "/limits/account",
@@ -185,7 +170,7 @@ def test_bad_input_shows_a_field_error_and_writes_nothing(
 def test_exact_large_limits_and_a_refusal_of_the_server(
     stack: LocalStack, page: Page, console_log: ConsoleLog
 ) -> None:
-    user = funded(stack, "limits-edge")
+    user = funded_user(stack, 1_000_000)
     sign_in(page, stack.base_url, user)
     # A limit past 2^53 that a double cannot hold (it would round to 10^18): sent and shown
     # exactly.
