@@ -730,10 +730,16 @@ def test_cli_lists_and_disables(stack: LocalStack, tmp_path: Path) -> None:
         stack, "codes", "create", "--name", name, "--quota", "5", "--count", "1", "--out", str(out)
     )
     assert created.returncode == 0, created.stderr
-    listing = cli(stack, "codes", "list", "--limit", "5")
-    assert listing.returncode == 0, listing.stderr
-    items = [json.loads(line) for line in listing.stdout.splitlines()]
-    [mine] = [item for item in items if item["name"] == name]
+
+    def listed() -> list[dict[str, Any]]:
+        # Pages of 50 through every code: other tests may have created codes at a later
+        # (moved) clock, and the newest-first index is eventually consistent.
+        listing = cli(stack, "codes", "list", "--limit", "50", "--all")
+        assert listing.returncode == 0, listing.stderr
+        items = [json.loads(line) for line in listing.stdout.splitlines()]
+        return [item for item in items if item["name"] == name]
+
+    [mine] = wait_for(listed, message="the new code in the listing")
     disabled = cli(stack, "codes", "disable", mine["code_id"])
     assert disabled.returncode == 0, disabled.stderr
     assert json.loads(disabled.stdout)["status"] == "disabled"
