@@ -285,6 +285,7 @@ class SerializedApp:
         self.registry = registry
         self.lock = threading.Lock()
         self._sqs_activity = threading.Condition()
+        self._closing = False
         self.default_receive_wait: dict[str, int] = {}
         self.authorizer: Authorizer | None = None
         self.dynamodb: DynamoRules | None = None  # AWS's strictness (local/dynamodb_rules.py)
@@ -415,7 +416,7 @@ class SerializedApp:
             if not status_line.startswith("200") or _has_messages(payload, call.json_protocol):
                 break
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self._closing:
                 break
             # Every send wakes the poll at once; the timeout only catches messages that become
             # visible again (visibility timeout, delay), so it need not spin: each poller would
@@ -428,6 +429,13 @@ class SerializedApp:
             + [("Content-Length", str(len(payload)))],
         )
         return [payload]
+
+    def end_long_polls(self) -> None:
+        """Answer every waiting long poll now (empty) and the later ones at once: the stack
+        is stopping, and its pollers would otherwise wait up to 20 s for their answer."""
+        with self._sqs_activity:
+            self._closing = True
+            self._sqs_activity.notify_all()
 
 
 def _has_messages(payload: bytes, json_protocol: bool) -> bool:
@@ -505,6 +513,7 @@ class EmbeddedAws:
         self.app: SerializedApp | None = None
         self._clients: dict[tuple[str, str], Any] = {}
         self._clients_lock = threading.Lock()
+        self._session: Any = None
 
     def start(self) -> str:
         from moto.moto_server.werkzeug_app import (
@@ -520,7 +529,25 @@ class EmbeddedAws:
 
         _copy_tables_once_per_transaction()
         fast_dynamodb.install()
-        self.app = SerializedApp(DomainDispatcherApplication(create_backend_app), self.registry)
+
+        class RememberingDispatcher(DomainDispatcherApplication):
+            """moto's dispatcher, remembering which backend serves a host.
+
+            moto lists its package directory (a few hundred stat calls) and tries its URL
+            patterns again on every request; the answer for a host never changes.
+            """
+
+            def __init__(self) -> None:
+                super().__init__(create_backend_app)
+                self._backends: dict[str | None, Any] = {}
+
+            def get_backend_for_host(self, host: str | None) -> Any:
+                # Called under the dispatcher's own lock.
+                if host not in self._backends:
+                    self._backends[host] = super().get_backend_for_host(host)
+                return self._backends[host]
+
+        self.app = SerializedApp(RememberingDispatcher(), self.registry)
         if self.strictness is None:
             self.strictness = Strictness.from_environ(os.environ)
         self.app.streams = DynamoStreams(self.strictness.stream_shards, self.app.lock)
@@ -565,7 +592,12 @@ class EmbeddedAws:
         from botocore.config import Config
 
         access_key, secret_key, token = credentials or ("testing", "testing", None)
-        return boto3.session.Session().client(
+        # One session for every client (made under _clients_lock, as a session is not
+        # thread-safe): each new session would parse botocore's endpoint and service JSON
+        # again, most of a stack's start with a client per function and service.
+        if self._session is None:
+            self._session = boto3.session.Session()
+        return self._session.client(
             service,
             endpoint_url=self.endpoint,
             region_name="us-east-1",
@@ -596,6 +628,14 @@ class EmbeddedAws:
     def set_default_receive_wait(self, queue_name: str, seconds: int) -> None:
         if self.app is not None:
             self.app.default_receive_wait[queue_name] = seconds
+
+    def end_waits(self) -> None:
+        """The stack stops: long polls and stream reads answer at once, so that their
+        pollers see they must stop instead of waiting out their timeouts."""
+        if self.app is not None:
+            self.app.end_long_polls()
+            if self.app.streams is not None:
+                self.app.streams.end_waits()
 
     def stop(self) -> None:
         if self._server is not None:

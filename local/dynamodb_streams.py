@@ -116,6 +116,7 @@ class DynamoStreams:
         self.shard_count = max(1, shards)
         self.moto_lock = moto_lock  # the embedded AWS's lock, to look at moto's tables
         self._lock = threading.Condition()
+        self._closing = False
         self._streams: dict[str, TableStream] = {}
         self.recorded: Counter[str] = Counter()  # per table, for /_local/stats
 
@@ -208,9 +209,15 @@ class DynamoStreams:
                 if shard is not None and shard.records and shard.records[-1].sequence > after:
                     return True
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self._closing:
                     return False
                 self._lock.wait(remaining)
+
+    def end_waits(self) -> None:
+        """Wake every poller waiting for records, now and from now on: the stack stops."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
 
     def stats(self) -> dict[str, int]:
         with self._lock:

@@ -432,6 +432,7 @@ class Stack:
             poller.stop()
         for stream_poller in self.stream_pollers:
             stream_poller.stop()
+        self.aws.end_waits()
         for poller in self.pollers:
             poller.join(timeout=5)
         for stream_poller in self.stream_pollers:
