@@ -438,15 +438,21 @@ class FunctionPool:
             self._total -= 1
         worker.kill()
 
+    def check_handler(self) -> bool:
+        """Whether the handler's file exists; if not, say so now (and in the health)."""
+        if self.function.handler_exists():
+            return True
+        self.init_error = self._missing_handler()
+        self.output.write_line(
+            self.function.logical_id,
+            f"not started: handler file {self.function.handler_file} does not exist yet "
+            "(invocations will fail until it does)",
+        )
+        return False
+
     def prewarm(self) -> None:
         """Start one worker ahead of the first invocation (errors are only logged)."""
-        if not self.function.handler_exists():
-            self.init_error = self._missing_handler()
-            self.output.write_line(
-                self.function.logical_id,
-                f"not started: handler file {self.function.handler_file} does not exist yet "
-                "(invocations will fail until it does)",
-            )
+        if not self.check_handler():
             return
         acquired = self._acquire(ahead_of_demand=True)
         if isinstance(acquired, Worker):
@@ -601,7 +607,14 @@ class Runtime:
     def invoke(self, function: str, payload: str, request_id: str | None = None) -> InvokeResult:
         return self.pools[function].invoke(payload, request_id)
 
-    def prewarm(self) -> None:
+    def prewarm(self, start_workers: bool = True) -> None:
+        """One worker per function started ahead of demand; without start_workers, only the
+        handlers' files checked."""
+        if not start_workers:
+            for pool in self.pools.values():
+                pool.check_handler()
+            return
+
         def warm(pool: FunctionPool) -> None:
             try:
                 pool.prewarm()

@@ -237,7 +237,7 @@ class Stack:
         if failed:
             log.warning("sandbox modules that failed to load: %s", ", ".join(failed))
 
-        self.runtime.prewarm()
+        self.runtime.prewarm(start_workers=os.environ.get("LOCAL_PREWARM", "1") != "0")
         self.pollers = build_pollers(
             template,
             functions,
