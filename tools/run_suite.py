@@ -20,15 +20,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 # Two sessions, about equally long on a 2-core machine (three only slow each other down):
-# the rest of the suite also takes the slowest integration module.
-MOVED = "tests/integration/test_metering_queue.py"
+# the rest of the suite also takes these integration modules (measured with --durations).
+MOVED = (
+    "tests/integration/test_metering_queue.py",
+    "tests/integration/test_usage_insight.py",
+    "tests/integration/test_migrate_grants.py",
+)
 _OTHER_INTEGRATION = sorted(
     str(path.relative_to(ROOT))
     for path in (ROOT / "tests" / "integration").glob("test_*.py")
-    if str(path.relative_to(ROOT)) != MOVED
+    if str(path.relative_to(ROOT)) not in MOVED
 )
 PARTS = {
-    "integration": ["tests/integration", f"--ignore={MOVED}"],
+    "integration": ["tests/integration", *(f"--ignore={path}" for path in MOVED)],
     "rest": ["tests", *(f"--ignore={path}" for path in _OTHER_INTEGRATION)],
 }
 
