@@ -94,8 +94,8 @@ template-lint: $(SAM_STAMP)
 	env -u PYTHONPATH $(SAM_VENV)/bin/sam validate --lint --template infra/template.yaml --region us-east-1
 
 # The venvs are installed side by side, then the checks run side by side, then the suite as
-# two pytest sessions side by side
-# (tools/run_suite.py); `make pytest` is the same tests in one session.
+# two pytest sessions side by side (tools/run_suite.py); `make pytest` is the same tests in
+# one session.
 test: system-deps
 	$(MAKE) -j3 --output-sync=target $(STAMP) $(SAM_STAMP) $(LITELLM_STAMP)
 	$(MAKE) -j3 --output-sync=target lint template-lint build lambda-runtime
