@@ -247,6 +247,29 @@ def test_a_verified_event_we_do_not_act_on_is_acknowledged_and_not_queued(
     assert balance(stack, token, user) == 0
 
 
+def test_a_checkout_whose_order_update_meets_a_transaction_retries_it(stack: LocalStack) -> None:
+    user, token = new_user(stack)
+    before = stack.stats()["injected_faults"].get("dynamodb.UpdateItem", 0)
+    # The order's pay_url is written by a single-item update, which a transaction on the
+    # order (a provider's event already crediting it) refuses with TransactionConflict.
+    stack.fault(
+        service="dynamodb",
+        operation="UpdateItem",
+        error_code="TransactionConflictException",
+        count=2,
+        contains="pay_url",
+    )
+    try:
+        order = checkout(stack, token)
+    finally:
+        stack.clear_faults()
+    assert stack.stats()["injected_faults"]["dynamodb.UpdateItem"] - before == 2
+    assert get_order(stack, token, order["order_id"])["pay_url"] == order["pay_url"]
+    assert stack.pay(order["order_id"]).json()["webhook_status"] == 200
+    wait_status(stack, token, order["order_id"], "paid")
+    assert balance(stack, token, user) == 10 * UNIT
+
+
 def test_a_webhook_that_cannot_be_queued_gets_a_5xx_and_its_retry_credits_once(
     stack: LocalStack,
 ) -> None:

@@ -621,3 +621,43 @@ def test_transient_dynamodb_errors_raise_so_sqs_retries(aws: EmbeddedAws) -> Non
     aws.registry.clear()
     assert crediting.apply_event(event(order)) is Outcome.CREDITED
     assert balance(order.user_id) == QUOTA
+
+
+def conflicts(aws: EmbeddedAws, order: Order, count: int) -> None:
+    """The order's next `count` single-item updates meet a transaction on it."""
+    aws.registry.add(
+        Fault(
+            service="dynamodb",
+            operation="UpdateItem",
+            error_code="TransactionConflictException",
+            count=count,
+            contains=order.order_id,
+        )
+    )
+
+
+def test_order_updates_that_meet_a_transaction_are_retried(aws: EmbeddedAws) -> None:
+    failed, disputed = new_order(), new_order()
+    conflicts(aws, failed, 2)
+    conflicts(aws, disputed, 2)
+    assert crediting.apply_event(event(failed, EventType.FAILED)) is Outcome.FAILED
+    assert crediting.apply_event(event(disputed, amount=Decimal("9.99"))) is Outcome.MISMATCH
+    assert reload(failed).status == "failed" and reload(disputed).status == "disputed"
+    assert balance(failed.user_id) == balance(disputed.user_id) == 0
+    # The sweep too: an overdue order whose update meets a transaction is still expired.
+    overdue = overdue_order()
+    wait_for_indexes(aws)
+    conflicts(aws, overdue, 2)
+    assert orders.expire_overdue()["expired"] >= 1
+    assert reload(overdue).status == "expired"
+
+
+def test_an_order_update_that_keeps_conflicting_raises_for_sqs_to_retry(aws: EmbeddedAws) -> None:
+    order = new_order()
+    conflicts(aws, order, -1)
+    with pytest.raises(Exception) as raised:
+        crediting.apply_event(event(order, EventType.FAILED))
+    assert not isinstance(raised.value, AssertionError)
+    assert reload(order).status == "pending"
+    aws.registry.clear()
+    assert crediting.apply_event(event(order, EventType.FAILED)) is Outcome.FAILED

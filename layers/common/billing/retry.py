@@ -69,3 +69,18 @@ def retrying(
                 raise
             pause(attempt, base=base, cap=cap)
     raise ValueError("attempts must be at least 1")
+
+
+# A single-item write that met a transaction: tried this often in all before it fails.
+CONFLICT_ATTEMPTS = 5
+
+
+def is_conflict(exc: BaseException) -> bool:
+    return error_code(exc) == TRANSACTION_CONFLICT
+
+
+def through_conflicts(write: Callable[[], T]) -> T:
+    """A single-item write (update, put, delete) retried while it meets a transaction on the
+    same item (TransactionConflict: nothing was written, so another try is safe); other
+    errors, a failed condition among them, are raised at once."""
+    return retrying(write, retry_on=is_conflict, attempts=CONFLICT_ATTEMPTS, base=0.02, cap=0.5)

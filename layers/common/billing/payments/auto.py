@@ -14,7 +14,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from pynamodb.exceptions import PutError
 
-from billing import clock, money
+from billing import clock, money, retry
 from billing.facts import OrderStatus
 from billing.models import Order
 from billing.payments import AutoCharge, customers, orders
@@ -111,12 +111,15 @@ def charge_saved_card(user_id: str, order_id: str, amount: int) -> AutoCharge:
     if not result.accepted:
         orders.mark_failed(order, result.code or "declined")
     elif result.provider_payment_id:
-        order.update(
-            actions=[
-                Order.provider_payment_id.set(result.provider_payment_id),
-                Order.updated_at.set(clock.iso()),
-            ],
-            condition=Order.order_id.exists(),
+        payment_id = result.provider_payment_id
+        retry.through_conflicts(
+            lambda: order.update(
+                actions=[
+                    Order.provider_payment_id.set(payment_id),
+                    Order.updated_at.set(clock.iso()),
+                ],
+                condition=Order.order_id.exists(),
+            )
         )
     logger.info(
         "off-session charge",

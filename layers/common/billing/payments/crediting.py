@@ -642,7 +642,8 @@ def _reverse_uncredited(order: Order, event: PaymentEvent) -> Outcome | None:
 def _update_if(order: Order, actions: list[Action], condition: Condition) -> bool:
     """A conditional update of the order; False when the condition did not hold."""
     try:
-        order.update(actions=actions, condition=condition)
+        # The order's credit or reversal transaction in flight makes it TransactionConflict.
+        retry.through_conflicts(lambda: order.update(actions=actions, condition=condition))
     except UpdateError as exc:
         if exc.cause_response_code == "ConditionalCheckFailedException":
             return False

@@ -26,7 +26,7 @@ from aws_lambda_powertools import Logger
 from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
 from pynamodb.expressions.update import Action
 
-from billing import accounts, clock, money
+from billing import accounts, clock, money, retry
 from billing.errors import DomainError, InvalidAmount, InvalidRequest, NotFound, ProviderError
 from billing.facts import OrderStatus
 from billing.models import Order
@@ -219,7 +219,10 @@ def checkout(
     actions: list[Action] = [Order.pay_url.set(session.pay_url), Order.updated_at.set(clock.iso())]
     if session.session_id:
         actions.append(Order.provider_session_id.set(session.session_id))
-    order.update(actions=actions, condition=Order.order_id.exists())
+    # A provider's event for the order may already be crediting it in a transaction.
+    retry.through_conflicts(
+        lambda: order.update(actions=actions, condition=Order.order_id.exists())
+    )
     logger.info(
         "checkout created",
         extra={"order_id": order.order_id, "method": method, "pay_money": order.pay_money},
@@ -265,14 +268,16 @@ def mark_failed(order: Order, reason: str) -> None:
 
 def _mark_failed(order: Order, reason: str) -> None:
     try:
-        order.update(
-            actions=[
-                Order.status.set(OrderStatus.FAILED),
-                Order.failure_reason.set(reason),
-                Order.pending_shard.remove(),
-                Order.updated_at.set(clock.iso()),
-            ],
-            condition=Order.status == OrderStatus.PENDING,
+        retry.through_conflicts(
+            lambda: order.update(
+                actions=[
+                    Order.status.set(OrderStatus.FAILED),
+                    Order.failure_reason.set(reason),
+                    Order.pending_shard.remove(),
+                    Order.updated_at.set(clock.iso()),
+                ],
+                condition=Order.status == OrderStatus.PENDING,
+            )
         )
     except PynamoDBException:
         # The provider error is what the caller must see; the order stays pending and
@@ -366,23 +371,28 @@ def expire_overdue() -> dict[str, int]:
 def _expire(hit: Order) -> str:
     at = clock.iso()
     try:
-        hit.update(
-            actions=[
-                Order.status.set(OrderStatus.EXPIRED),
-                Order.failure_reason.set(EXPIRED_BY_TTL),
-                Order.pending_shard.remove(),
-                Order.updated_at.set(at),
-            ],
-            condition=(Order.status == OrderStatus.PENDING) & Order.pending_shard.exists(),
+        # A late payment's credit transaction may hold the order: try again, never skip it.
+        retry.through_conflicts(
+            lambda: hit.update(
+                actions=[
+                    Order.status.set(OrderStatus.EXPIRED),
+                    Order.failure_reason.set(EXPIRED_BY_TTL),
+                    Order.pending_shard.remove(),
+                    Order.updated_at.set(at),
+                ],
+                condition=(Order.status == OrderStatus.PENDING) & Order.pending_shard.exists(),
+            )
         )
         return "expired"
     except UpdateError as exc:
         if exc.cause_response_code != "ConditionalCheckFailedException":
             raise
     try:
-        hit.update(
-            actions=[Order.pending_shard.remove()],
-            condition=(Order.status != OrderStatus.PENDING) & Order.order_id.exists(),
+        retry.through_conflicts(
+            lambda: hit.update(
+                actions=[Order.pending_shard.remove()],
+                condition=(Order.status != OrderStatus.PENDING) & Order.order_id.exists(),
+            )
         )
     except UpdateError as exc:
         if exc.cause_response_code != "ConditionalCheckFailedException":
