@@ -13,12 +13,31 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import accounts, grant_history
+from billing.api_docs import (
+    BEARER,
+    CSV,
+    DEFAULT_LIMIT,
+    Cursor,
+    FromDay,
+    FromTime,
+    GroupBy,
+    KeyId,
+    Limit,
+    ModelName,
+    ToDay,
+    ToTime,
+    answers,
+    ok,
+    present,
+    text,
+)
+from billing.api_models import Account, GrantPage, LedgerPage, UsagePage, UsageSummary
 from billing.errors import InvalidAmount
 from billing.http import (
     RequestBody,
-    json_response,
     make_router,
-    page_params,
+    model_response,
+    open_page,
     principal,
     query_params,
 )
@@ -38,65 +57,117 @@ class CreateAccount(RequestBody):
     referral_code: str | None = None
 
 
-@router.post("/account")
+@router.post(
+    "/account",
+    security=BEARER,
+    responses=answers(
+        ok(201, Account, "Account created."),
+        ok(200, Account, "The existing account (referral_code ignored)."),
+        400,
+        401,
+        413,
+    ),
+)
 def create_account(body: CreateAccount | None = None) -> Response[str]:
     user = principal(router)
     account, created = signup.create_account(user.user_id, body.referral_code if body else None)
     if created:
         logger.info("account created", extra={"invited": bool(account.inviter_id)})
-    return json_response(201 if created else 200, accounts.render_account(account))
+    return model_response(201 if created else 200, Account, accounts.render_account(account))
 
 
-@router.get("/account")
+@router.get(
+    "/account", security=BEARER, responses=answers(ok(200, Account, "The account."), 401, 404)
+)
 def get_account() -> Response[str]:
     user = principal(router)
-    return json_response(200, accounts.render_account(accounts.get_account(user.user_id)))
+    account = accounts.get_account(user.user_id)
+    return model_response(200, Account, accounts.render_account(account))
 
 
-@router.get("/ledger")
-def list_ledger() -> Response[str]:
+@router.get(
+    "/ledger",
+    security=BEARER,
+    responses=answers(ok(200, LedgerPage, "Ledger entries, newest first."), 400, 401),
+)
+def list_ledger(limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> Response[str]:
     user = principal(router)
-    page = page_params(router, "ledger", user.user_id)
-    return json_response(
-        200, page.seal(accounts.list_ledger(user.user_id, page.limit, page.cursor))
+    page = open_page("ledger", user.user_id, limit, cursor)
+    return model_response(
+        200, LedgerPage, page.seal(accounts.list_ledger(user.user_id, page.limit, page.cursor))
     )
 
 
-@router.get("/usage")
-def list_usage() -> Response[str]:
+@router.get(
+    "/usage",
+    security=BEARER,
+    responses=answers(ok(200, UsagePage, "Usage records, newest first."), 400, 401),
+)
+def list_usage(
+    from_: FromTime = None,
+    to: ToTime = None,
+    model: ModelName = None,
+    key_id: KeyId = None,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> Response[str]:
     user = principal(router)
+    query_params(router, "from", "to", "model", "key_id", "limit", "cursor")  # no other
     filters = history.parse_filters(
-        query_params(router, "from", "to", "model", "key_id", "limit", "cursor")
+        present({"from": from_, "to": to, "model": model, "key_id": key_id})
     )
     # A cursor is sealed for its filters too: the next page of another filter is refused.
-    page = page_params(router, "usage" + filters.fingerprint(), user.user_id)
-    return json_response(
-        200, page.seal(history.list_usage(user.user_id, page.limit, page.cursor, filters))
+    page = open_page("usage" + filters.fingerprint(), user.user_id, limit, cursor)
+    return model_response(
+        200,
+        UsagePage,
+        page.seal(history.list_usage(user.user_id, page.limit, page.cursor, filters)),
     )
 
 
-@router.get("/grants")
-def list_grants() -> Response[str]:
+@router.get(
+    "/grants",
+    security=BEARER,
+    responses=answers(ok(200, GrantPage, "Credit grants, newest first."), 400, 401, 404),
+)
+def list_grants(limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> Response[str]:
     user = principal(router)
-    page = page_params(router, "grants", user.user_id)
+    page = open_page("grants", user.user_id, limit, cursor)
     account = accounts.get_account(user.user_id)
-    return json_response(
-        200, page.seal(grant_history.list_grants(account, page.limit, page.cursor))
+    return model_response(
+        200, GrantPage, page.seal(grant_history.list_grants(account, page.limit, page.cursor))
     )
 
 
-@router.get("/usage/summary")
-def usage_summary() -> Response[str]:
+@router.get(
+    "/usage/summary",
+    security=BEARER,
+    responses=answers(
+        ok(200, UsageSummary, "Usage by day, model or key, from the rollups."), 400, 401
+    ),
+)
+def usage_summary(
+    from_: FromDay = None,
+    to: ToDay = None,
+    group_by: GroupBy = None,
+) -> Response[str]:
     user = principal(router)
-    return json_response(
-        200, summary.usage_summary(user.user_id, query_params(router, "from", "to", "group_by"))
-    )
+    query_params(router, "from", "to", "group_by")  # no other
+    query = present({"from": from_, "to": to, "group_by": group_by})
+    return model_response(200, UsageSummary, summary.usage_summary(user.user_id, query))
 
 
-@router.get("/ledger/export")
-def export_ledger() -> Response[str]:
+@router.get(
+    "/ledger/export",
+    security=BEARER,
+    responses=answers(
+        text(200, "The ledger entries of the range as CSV, oldest first.", CSV), 400, 401
+    ),
+)
+def export_ledger(from_: FromDay = None, to: ToDay = None) -> Response[str]:
     user = principal(router)
-    body, span = statement.statement_csv(user.user_id, query_params(router, "from", "to"))
+    query_params(router, "from", "to")  # no other
+    body, span = statement.statement_csv(user.user_id, present({"from": from_, "to": to}))
     name = statement.filename(user.user_id, span)
     return Response(
         status_code=200,

@@ -8,9 +8,22 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from billing import accounts, grant_terms
+from billing.api_docs import (
+    BEARER,
+    CSV,
+    IDEMPOTENCY_409,
+    FromDay,
+    IdempotencyKey,
+    ToDay,
+    answers,
+    present,
+    replayable,
+    text,
+)
+from billing.api_models import Account
 from billing.auth import principal_from_event
 from billing.errors import InvalidRequest
-from billing.http import RequestBody, query_params
+from billing.http import RequestBody, checked, query_params
 from billing.idempotency import Reply, idempotent
 from billing.ops import adjustments, record_audit, statement
 from pydantic import Field
@@ -25,8 +38,22 @@ class Adjust(RequestBody):
     grant: dict[str, Any] | None = None
 
 
-@router.post("/admin/accounts/<user_id>/adjust")
-def adjust_account(user_id: str, body: Adjust) -> Response[str]:
+@router.post(
+    "/admin/accounts/<user_id>/adjust",
+    security=BEARER,
+    responses=answers(
+        replayable(200, Account, "The account after the adjustment."),
+        400,
+        401,
+        403,
+        404,
+        IDEMPOTENCY_409,
+        413,
+    ),
+)
+def adjust_account(
+    user_id: str, body: Adjust, idempotency_key: IdempotencyKey = None
+) -> Response[str]:
     admin = principal_from_event(router.current_event.raw_event)
     admin.require_admin()
     if body.delta == 0:
@@ -41,18 +68,29 @@ def adjust_account(user_id: str, body: Adjust) -> Response[str]:
         account = adjustments.adjust(
             admin.user_id, user_id, body.delta, body.reason, cause, body.grant
         )
-        return Reply(200, accounts.render_account(account))
+        return Reply(200, checked(Account, accounts.render_account(account)))
 
     request = {"user_id": user_id, **body.model_dump(mode="json")}
-    return idempotent(router, "admin_adjust", admin.user_id, request, apply)
+    return idempotent(router, "admin_adjust", admin.user_id, request, apply, idempotency_key)
 
 
-@router.get("/admin/accounts/<user_id>/ledger/export")
-def export_ledger(user_id: str) -> Response[str]:
+@router.get(
+    "/admin/accounts/<user_id>/ledger/export",
+    security=BEARER,
+    responses=answers(
+        text(200, "Any user's ledger entries of the range as CSV, oldest first.", CSV),
+        400,
+        401,
+        403,
+        404,
+    ),
+)
+def export_ledger(user_id: str, from_: FromDay = None, to: ToDay = None) -> Response[str]:
     admin = principal_from_event(router.current_event.raw_event)
     admin.require_admin()
     accounts.get_account(user_id)  # 404 account_not_found for a user without an account
-    body, span = statement.statement_csv(user_id, query_params(router, "from", "to"))
+    query_params(router, "from", "to")  # no other
+    body, span = statement.statement_csv(user_id, present({"from": from_, "to": to}))
     # Who read whose statement, for which range (never its content).
     record_audit(
         admin.user_id,

@@ -6,9 +6,11 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
+from billing.api_docs import BEARER, DEFAULT_LIMIT, Cursor, Limit, answers, ok
+from billing.api_models import Code, CodeBatch, CodePage
 from billing.auth import Principal, principal_from_event
 from billing.codes import admin as code_admin
-from billing.http import RequestBody, json_response, page_params
+from billing.http import RequestBody, model_response, open_page
 from pydantic import Field
 
 router = APIGatewayHttpRouter()
@@ -34,7 +36,11 @@ def _admin() -> Principal:
 _RESERVE_SECONDS = 4.0
 
 
-@router.post("/admin/redemption-codes")
+@router.post(
+    "/admin/redemption-codes",
+    security=BEARER,
+    responses=answers(ok(201, CodeBatch, "The new codes."), 400, 401, 403, 413),
+)
 def create_codes(body: CreateCodes) -> Response[str]:
     admin = _admin()
     remaining = router.lambda_context.get_remaining_time_in_millis() / 1000
@@ -48,19 +54,26 @@ def create_codes(body: CreateCodes) -> Response[str]:
         body.grant,
         time_budget=min(code_admin.WRITE_BUDGET_SECONDS, remaining - _RESERVE_SECONDS),
     )
-    return json_response(201, {"batch_id": batch.batch_id, "codes": batch.codes})
+    return model_response(201, CodeBatch, {"batch_id": batch.batch_id, "codes": batch.codes})
 
 
-@router.get("/admin/redemption-codes")
-def list_codes() -> Response[str]:
+@router.get(
+    "/admin/redemption-codes",
+    security=BEARER,
+    responses=answers(ok(200, CodePage, "Codes, newest first."), 400, 401, 403),
+)
+def list_codes(limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> Response[str]:
     admin = _admin()
-    page = page_params(router, "redemption_codes", admin.user_id)
-    return json_response(
-        200, page.seal(code_admin.list_codes(admin.user_id, page.limit, page.cursor))
-    )
+    page = open_page("redemption_codes", admin.user_id, limit, cursor)
+    listed = code_admin.list_codes(admin.user_id, page.limit, page.cursor)
+    return model_response(200, CodePage, page.seal(listed))
 
 
-@router.delete("/admin/redemption-codes/<code_id>")
+@router.delete(
+    "/admin/redemption-codes/<code_id>",
+    security=BEARER,
+    responses=answers(ok(200, Code, "The code, disabled."), 401, 403, 404),
+)
 def disable_code(code_id: str) -> Response[str]:
     admin = _admin()
-    return json_response(200, code_admin.disable(admin.user_id, code_id))
+    return model_response(200, Code, code_admin.disable(admin.user_id, code_id))

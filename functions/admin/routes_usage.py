@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
+from billing.api_docs import BEARER, DEFAULT_LIMIT, Cursor, Limit, answers, ok
+from billing.api_models import UnbilledUsage, UnbilledUsagePage
 from billing.auth import Principal, principal_from_event
-from billing.http import json_response, page_params
+from billing.http import model_response, open_page
 from billing.usage import unbilled
 
 router = APIGatewayHttpRouter()
@@ -17,14 +19,33 @@ def _admin() -> Principal:
     return admin
 
 
-@router.get("/admin/unbilled-usage")
-def list_unbilled_usage() -> Response[str]:
+@router.get(
+    "/admin/unbilled-usage",
+    security=BEARER,
+    responses=answers(
+        ok(200, UnbilledUsagePage, "Open unbilled usage, newest first."), 400, 401, 403
+    ),
+)
+def list_unbilled_usage(limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> Response[str]:
     admin = _admin()
-    page = page_params(router, "unbilled_usage", admin.user_id)
-    return json_response(200, page.seal(unbilled.list_open(page.limit, page.cursor)))
+    page = open_page("unbilled_usage", admin.user_id, limit, cursor)
+    listed = unbilled.list_open(page.limit, page.cursor)
+    return model_response(200, UnbilledUsagePage, page.seal(listed))
 
 
-@router.post("/admin/unbilled-usage/<request_id>/remeter")
+@router.post(
+    "/admin/unbilled-usage/<request_id>/remeter",
+    security=BEARER,
+    responses=answers(
+        ok(200, UnbilledUsage, "Billed now (or before): the item, remetered."),
+        401,
+        403,
+        404,
+        409,
+        503,
+    ),
+)
 def remeter_unbilled_usage(request_id: str) -> Response[str]:
     admin = _admin()
-    return json_response(200, unbilled.render(unbilled.remeter(admin.user_id, request_id)))
+    item = unbilled.render(unbilled.remeter(admin.user_id, request_id))
+    return model_response(200, UnbilledUsage, item)

@@ -8,8 +8,20 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from billing.api_docs import (
+    BEARER,
+    DEFAULT_LIMIT,
+    IDEMPOTENCY_409,
+    Cursor,
+    IdempotencyKey,
+    Limit,
+    answers,
+    ok,
+    replayable,
+)
+from billing.api_models import Order, OrderPage, TopupOptions
 from billing.errors import InvalidAmount
-from billing.http import RequestBody, json_response, make_router, page_params, principal
+from billing.http import RequestBody, checked, make_router, model_response, open_page, principal
 from billing.idempotency import Reply, idempotent
 from billing.payments import orders, topup_options
 from billing.secrets import provider_secrets
@@ -31,14 +43,31 @@ class Checkout(RequestBody):
     save_card: bool = False
 
 
-@router.get("/topup/options")
+@router.get(
+    "/topup/options",
+    security=BEARER,
+    responses=answers(ok(200, TopupOptions, "What can be bought, and how."), 401),
+)
 def get_options() -> Response[str]:
     principal(router)
-    return json_response(200, topup_options.options(load_settings(), provider_secrets()))
+    options = topup_options.options(load_settings(), provider_secrets())
+    return model_response(200, TopupOptions, options)
 
 
-@router.post("/checkout")
-def create_checkout(body: Checkout) -> Response[str]:
+@router.post(
+    "/checkout",
+    security=BEARER,
+    responses=answers(
+        replayable(201, Order, "A pending order with its pay_url."),
+        400,
+        401,
+        404,
+        IDEMPOTENCY_409,
+        413,
+        502,
+    ),
+)
+def create_checkout(body: Checkout, idempotency_key: IdempotencyKey = None) -> Response[str]:
     user = principal(router)
 
     def create(_cause: str) -> Reply:
@@ -50,23 +79,34 @@ def create_checkout(body: Checkout) -> Response[str]:
             product_id=body.product_id,
             save_card=body.save_card,
         )
-        return Reply(201, orders.render_order(order))
+        return Reply(201, checked(Order, orders.render_order(order)))
 
     # A retry under the same Idempotency-Key gets the same order, never a second one.
-    return idempotent(router, "checkout", user.user_id, body.model_dump(mode="json"), create)
+    request = body.model_dump(mode="json")
+    return idempotent(router, "checkout", user.user_id, request, create, idempotency_key)
 
 
-@router.get("/topups")
-def list_topups() -> Response[str]:
+@router.get(
+    "/topups",
+    security=BEARER,
+    responses=answers(ok(200, OrderPage, "The user's orders, newest first."), 400, 401),
+)
+def list_topups(limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> Response[str]:
     user = principal(router)
-    page = page_params(router, "topups", user.user_id)
-    return json_response(200, page.seal(orders.list_orders(user.user_id, page.limit, page.cursor)))
+    page = open_page("topups", user.user_id, limit, cursor)
+    listed = orders.list_orders(user.user_id, page.limit, page.cursor)
+    return model_response(200, OrderPage, page.seal(listed))
 
 
-@router.get("/topups/<order_id>")
+@router.get(
+    "/topups/<order_id>",
+    security=BEARER,
+    responses=answers(ok(200, Order, "The order."), 401, 404),
+)
 def get_topup(order_id: str) -> Response[str]:
     user = principal(router)
-    return json_response(200, orders.render_order(orders.get_order(user.user_id, order_id)))
+    order = orders.get_order(user.user_id, order_id)
+    return model_response(200, Order, orders.render_order(order))
 
 
 @logger.inject_lambda_context(

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import inspect
+from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from billing.api_docs import RAW_JSON_BODY, Responses, answers, ok, signature_header, text
+from billing.api_models import WebhookAck
 from billing.errors import InvalidRequest
 from billing.http import make_router
 from billing.payments import webhooks
@@ -23,12 +27,35 @@ from billing.payments.providers.base import WebhookRequest
 logger = Logger()
 router = make_router()
 
+
+@dataclass(frozen=True)
+class Webhook:
+    """A provider's webhook route as its protocol has it (no JWT: security none)."""
+
+    methods: list[str]
+    responses: Responses
+    # The header its signature of the raw JSON body comes in (EPay signs its parameters).
+    signature: str | None = None
+
+
 # The routes of infra/template.yaml: EPay notifies with GET or POST, the others POST.
-ROUTES: dict[str, list[str]] = {
-    "stripe": ["POST"],
-    "epay": ["GET", "POST"],
-    "creem": ["POST"],
-    "waffo": ["POST"],
+WEBHOOKS: dict[str, Webhook] = {
+    "stripe": Webhook(
+        ["POST"],
+        answers(ok(200, WebhookAck, "Received (queued or ignored)."), 400, 413, 503),
+        "Stripe-Signature",
+    ),
+    "epay": Webhook(
+        ["GET", "POST"],
+        # EPay's protocol: the text "success", or "fail".
+        answers(text(200, "success"), text(400, "fail (bad sign or not a notification)"), 413, 503),
+    ),
+    "creem": Webhook(
+        ["POST"], answers(ok(200, WebhookAck, "Received."), 401, 413, 503), "creem-signature"
+    ),
+    "waffo": Webhook(
+        ["POST"], answers(ok(200, WebhookAck, 'Signed {"message": ...}.'), 413, 503), "X-SIGNATURE"
+    ),
 }
 
 
@@ -61,16 +88,30 @@ def _receive(provider: str) -> Response[str]:
     )
 
 
-def _register(provider: str, methods: list[str]) -> None:
-    def route() -> Response[str]:
+def _register(provider: str, hook: Webhook) -> None:
+    def route(signature: str | None = None) -> Response[str]:
+        # Declared for the document; the provider's module verifies it on the raw request.
+        del signature
         return _receive(provider)
 
+    if hook.signature is None:
+        route.__signature__ = inspect.Signature(return_annotation=Response[str])  # type: ignore[attr-defined]
+    else:
+        route.__annotations__ = {
+            "signature": signature_header(hook.signature),
+            "return": Response[str],
+        }
     route.__name__ = f"{provider}_webhook"
-    router.route(f"/webhooks/{provider}", method=methods)(route)
+    router.route(
+        f"/webhooks/{provider}",
+        method=hook.methods,
+        responses=hook.responses,
+        openapi_extensions=RAW_JSON_BODY if hook.signature else None,
+    )(route)
 
 
-for _provider, _methods in ROUTES.items():
-    _register(_provider, _methods)
+for _provider, _hook in WEBHOOKS.items():
+    _register(_provider, _hook)
 
 
 @logger.inject_lambda_context(

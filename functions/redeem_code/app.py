@@ -8,9 +8,11 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from billing.api_docs import BEARER, answers, ok
+from billing.api_models import Redeemed
 from billing.codes import redemption
 from billing.errors import RedeemFailed
-from billing.http import RequestBody, json_response, make_router, principal
+from billing.http import RequestBody, make_router, model_response, principal
 from pydantic import Field
 
 logger = Logger()
@@ -22,12 +24,16 @@ class Redeem(RequestBody):
     code: str = Field(min_length=1, max_length=64)
 
 
-@router.post("/redeem")
+@router.post(
+    "/redeem",
+    security=BEARER,
+    responses=answers(ok(200, Redeemed, "The code's quota was added."), 400, 401, 404, 413, 429),
+)
 def redeem(body: Redeem) -> Response[str]:
     user = principal(router)
     http = (router.current_event.raw_event.get("requestContext") or {}).get("http") or {}
     result = redemption.redeem(user.user_id, body.code, str(http.get("sourceIp") or ""))
-    return json_response(200, {"quota_added": result.quota_added, "quota": result.quota})
+    return model_response(200, Redeemed, {"quota_added": result.quota_added, "quota": result.quota})
 
 
 @logger.inject_lambda_context(

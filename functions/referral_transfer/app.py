@@ -8,7 +8,9 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from billing.http import RequestBody, make_router, principal
+from billing.api_docs import BEARER, IDEMPOTENCY_409, IdempotencyKey, answers, replayable
+from billing.api_models import Transferred
+from billing.http import RequestBody, checked, make_router, principal
 from billing.idempotency import Reply, idempotent
 from billing.referral import rewards as referral
 
@@ -20,8 +22,19 @@ class Transfer(RequestBody):
     quota: int
 
 
-@router.post("/referral/transfer")
-def transfer(body: Transfer) -> Response[str]:
+@router.post(
+    "/referral/transfer",
+    security=BEARER,
+    responses=answers(
+        replayable(200, Transferred, "Moved to the balance."),
+        400,
+        401,
+        404,
+        IDEMPOTENCY_409,
+        413,
+    ),
+)
+def transfer(body: Transfer, idempotency_key: IdempotencyKey = None) -> Response[str]:
     user = principal(router)
 
     def move(cause: str) -> Reply:
@@ -29,9 +42,11 @@ def transfer(body: Transfer) -> Response[str]:
         # after its stored reply has expired.
         account = referral.transfer(user.user_id, body.quota, f"{user.user_id}#{cause}")
         logger.info("referral transfer", extra={"quota": body.quota})
-        return Reply(200, {"aff_quota": int(account.aff_quota), "quota": int(account.quota)})
+        moved = {"aff_quota": int(account.aff_quota), "quota": int(account.quota)}
+        return Reply(200, checked(Transferred, moved))
 
-    return idempotent(router, "referral_transfer", user.user_id, body.model_dump(mode="json"), move)
+    request = body.model_dump(mode="json")
+    return idempotent(router, "referral_transfer", user.user_id, request, move, idempotency_key)
 
 
 @logger.inject_lambda_context(

@@ -1,13 +1,24 @@
 """openapi.json (committed, served by the local stack) is what tools/openapi.py generates from
-the handlers now, and it documents every route of API.md whose function exists."""
+the handlers now, and it documents every route of API.md whose function exists; the build
+fails when a route declares no responses or its security disagrees with the template."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from billing.api_docs import BEARER, answers
+from billing.api_models import Transferred
+from billing.http import RenderError, checked
+from pydantic import ValidationError
 
 from tests.support.stack import ROOT
+from tools import openapi
 
 # The routes API.md names (method, path).
 API_MD_ROUTES = {
@@ -77,3 +88,85 @@ def test_it_documents_every_route_of_the_contract_with_its_errors() -> None:
             body = operation.get("requestBody", {}).get("content", {}).get("application/json")
             if body and not public:
                 assert {"400", "413"} <= statuses, (method, path)
+
+
+# ---------------------------------------------------------------- the cross-check can fail
+
+
+def _build_with(
+    monkeypatch: pytest.MonkeyPatch, change: Callable[[Any], None]
+) -> SystemExit | None:
+    """tools/openapi.py's build(), with `change` applied to every route of every function
+    (before any document is generated, so the change is what Powertools sees)."""
+    real = openapi.load_handler
+
+    def load(code_dir: Path) -> Any:
+        module = real(code_dir)
+        for route in module.router._static_routes + module.router._dynamic_routes:
+            change(route)
+        return module
+
+    monkeypatch.setattr(openapi, "load_handler", load)
+    try:
+        openapi.build()
+    except SystemExit as failure:
+        return failure
+    return None
+
+
+def _only(method: str, path: str, change: Callable[[Any], None]) -> Callable[[Any], None]:
+    def apply(route: Any) -> None:
+        if route.method == method and route.openapi_path == path:
+            route._dependant = None  # the responses feed the route's cached dependant
+            change(route)
+
+    return apply
+
+
+def test_the_routes_as_they_are_build() -> None:
+    document = openapi.build()
+    assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    for item in document["paths"].values():
+        for operation in item.values():
+            assert "422" not in operation["responses"]  # make_router answers 400
+
+
+def test_a_route_without_responses_fails_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    failure = _build_with(
+        monkeypatch, _only("GET", "/ledger", lambda route: setattr(route, "responses", None))
+    )
+    assert failure is not None and "GET /ledger declares no responses" in str(failure.code)
+
+
+def test_a_route_with_errors_only_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    failure = _build_with(
+        monkeypatch,
+        _only("GET", "/topups", lambda route: setattr(route, "responses", answers(400, 401))),
+    )
+    assert failure is not None and "GET /topups declares no responses" in str(failure.code)
+
+
+def test_an_authorized_route_without_bearer_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    failure = _build_with(
+        monkeypatch, _only("POST", "/checkout", lambda route: setattr(route, "security", None))
+    )
+    assert failure is not None
+    assert "POST /checkout is behind the JWT authorizer" in str(failure.code)
+
+
+def test_a_webhook_with_security_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    failure = _build_with(
+        monkeypatch,
+        _only("POST", "/webhooks/stripe", lambda route: setattr(route, "security", BEARER)),
+    )
+    assert failure is not None
+    assert "POST /webhooks/stripe has no authorizer in the template" in str(failure.code)
+
+
+def test_a_rendered_field_the_model_lacks_fails_at_once() -> None:
+    body = {"aff_quota": 1, "quota": 2**60}
+    assert checked(Transferred, body) == body  # ints beyond 2**53 stay ints
+    with pytest.raises(ValidationError):
+        checked(Transferred, {**body, "undeclared": 1})
+    with pytest.raises(RenderError):  # a value the model would render otherwise
+        checked(Transferred, {**body, "quota": "2"})

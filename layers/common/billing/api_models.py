@@ -1,9 +1,10 @@
 """The API's response bodies: one pydantic model per resource, strict (a field the handlers
 render but a model lacks fails validation, so the OpenAPI document cannot hide it).
 
-tools/openapi.py builds the document's schemas from these; tests/integration/
-test_openapi_responses.py validates what the handlers render, through the local stack,
-against that document.
+Each route names its models in `responses=` (billing.api_docs) and renders its bodies
+through them (billing.http.model_response), so the document's schemas are these;
+tests/integration/test_openapi_responses.py validates what the handlers render, through the
+local stack, against that document.
 """
 
 from __future__ import annotations
@@ -319,29 +320,3 @@ class WebhookAck(_Body):
 
     received: bool | None = None
     message: str | None = None
-
-
-MODELS: tuple[type[BaseModel], ...] = (
-    Error,
-    GatewayMessage,
-    Account,
-    LedgerPage,
-    GrantPage,
-    UsagePage,
-    UsageSummary,
-    SpendLimit,
-    SpendLimits,
-    LimitDeleted,
-    UnbilledUsage,
-    UnbilledUsagePage,
-    TopupOptions,
-    Order,
-    OrderPage,
-    Redeemed,
-    Transferred,
-    CodeBatch,
-    CodePage,
-    Alerts,
-    AutoTopupRule,
-    WebhookAck,
-)

@@ -21,15 +21,13 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from pydantic import BaseModel, ConfigDict
 
+from billing.api_docs import DEFAULT_LIMIT, MAX_CURSOR_LENGTH, MAX_LIMIT, SECURITY_SCHEMES
 from billing.auth import Principal, principal_from_event
 from billing.errors import DomainError, InvalidRequest, NotFound, PayloadTooLarge
 from billing.pagination import open_cursor, seal_cursor
 
 MAX_BODY_BYTES = 64 * 1024
 JSON = "application/json"
-DEFAULT_LIMIT = 20
-MAX_LIMIT = 100
-MAX_CURSOR_LENGTH = 2048
 _LIMIT = re.compile(r"[0-9]{1,6}")
 
 logger = Logger(child=True)
@@ -73,6 +71,26 @@ def error_response(
 
 def json_response(status: int, body: Any) -> Response[str]:
     return Response(status_code=status, content_type=JSON, body=json.dumps(body))
+
+
+class RenderError(RuntimeError):
+    """A handler rendered a body its response model does not describe (a bug: 500)."""
+
+
+def checked(model: type[BaseModel], body: Mapping[str, Any]) -> dict[str, Any]:
+    """`body`, once its response model (billing.api_models, strict) has read it back unchanged:
+    a field the model lacks, or a value it would render otherwise, fails here, at once. The
+    body itself is what is sent, so its bytes stay the handler's (key order, big ints)."""
+    data = json.loads(json.dumps(body))
+    rendered = model.model_validate(data).model_dump(mode="json", by_alias=True, exclude_unset=True)
+    if rendered != data:
+        raise RenderError(f"{model.__name__} does not render the body as it is")
+    return dict(body)
+
+
+def model_response(status: int, model: type[BaseModel], body: Mapping[str, Any]) -> Response[str]:
+    """A JSON response whose body is the route's response model (see `checked`)."""
+    return json_response(status, checked(model, body))
 
 
 def _body_size(event: Mapping[str, Any]) -> int:
@@ -134,6 +152,8 @@ def make_router(field_codes: Mapping[str, DomainError] | None = None) -> APIGate
     "amount" → InvalidAmount), so a contract-specific code wins over invalid_request.
     """
     router = _LimitedResolver(enable_validation=True)
+    # The routes declare security=BEARER (billing.api_docs): the scheme they name.
+    router.configure_openapi(security_schemes=SECURITY_SCHEMES)
     specific = dict(field_codes or {})
 
     @router.exception_handler(DomainError)
@@ -184,11 +204,17 @@ def page_params(
     """?limit= (ASCII digits, 1..100, default 20) and ?cursor= (one this server issued for
     `list_name` and `caller`) of a list; anything else is 400 invalid_request."""
     query = router.current_event.query_string_parameters or {}
-    raw_limit = query.get("limit", str(DEFAULT_LIMIT))
+    return open_page(list_name, caller, query.get("limit", DEFAULT_LIMIT), query.get("cursor"))
+
+
+def open_page(list_name: str, caller: str, limit: str | int, cursor: str | None) -> Page:
+    """The page of a list from its ?limit= (text as sent, or the default) and ?cursor=, as the
+    route declares them (billing.api_docs.Limit, Cursor): see `page_params`."""
+    raw_limit = str(limit)
     # str.isdigit() also accepts "²" or "٣", which int() refuses or reads as another number.
     if not _LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIMIT:
         raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}.")
-    cursor = query.get("cursor") or None
+    cursor = cursor or None
     if cursor is not None and len(cursor) > MAX_CURSOR_LENGTH:
         raise InvalidRequest("The cursor is invalid.")
     return Page(list_name, caller, int(raw_limit), open_cursor(list_name, caller, cursor))

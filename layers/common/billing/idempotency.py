@@ -136,21 +136,32 @@ def run_once(
     return Reply(int(stored["status"]), stored["body"], replayed=bool(stored.get(_REPLAYED)))
 
 
+class _FromEvent:
+    """The Idempotency-Key not handed over by the route: read from the event's headers."""
+
+
+_FROM_EVENT = _FromEvent()
+
+
 def idempotent(
     router: APIGatewayHttpResolver | APIGatewayHttpRouter,
     operation: str,
     caller: str,
     request: Mapping[str, Any],
     run: Callable[[str], Reply],
+    sent_key: str | _FromEvent | None = _FROM_EVENT,
 ) -> Response[str]:
     """The route's response under the request's Idempotency-Key, if it sent one.
 
     `request` is what a replay must match (path parameters and the parsed body). `run(cause)`
     does the work; `cause` is the stable id of the request under its key (without a key, API
-    Gateway's request id: each request is its own cause).
+    Gateway's request id: each request is its own cause). `sent_key` is the header as the
+    route declares it (billing.api_docs.IdempotencyKey); by default it is read from the event.
     """
     event = router.current_event
-    key = parse_key((event.headers or {}).get(HEADER))
+    if isinstance(sent_key, _FromEvent):
+        sent_key = (event.headers or {}).get(HEADER)
+    key = parse_key(sent_key)
     if key is None:
         request_id = event.request_context.request_id
         if not request_id:  # API Gateway always sets it; never let all such requests share one
