@@ -41,7 +41,7 @@ from billing.settings import parse_settings
 from billing.usage import metering
 
 from local.aws import EmbeddedAws
-from tests.support.embedded_tables import embedded_tables
+from tests.support.embedded_tables import embedded_tables, wait_for_indexes
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = parse_settings((ROOT / "settings" / "local.json").read_text())
@@ -538,6 +538,10 @@ def test_redemptions_of_another_quota_are_named(aws: EmbeddedAws) -> None:
 
 def test_a_difference_gone_on_a_fresh_read_is_not_reported(aws: EmbeddedAws) -> None:
     world = busy_world()
+    # The world's own writes visible in the indexes first: a usage record still lagging
+    # there is a suspect of its own on the first read (rechecked away too, but not the
+    # difference this test plants).
+    wait_for_indexes(aws)
     key = {"user_id": {"S": world["user"]}}
     update_raw(aws, tables().accounts, key, "ADD quota :one", {":one": {"N": "1"}})
     seen: list[list[Difference]] = []
