@@ -732,9 +732,9 @@ def test_cli_lists_and_disables(stack: LocalStack, tmp_path: Path) -> None:
     assert created.returncode == 0, created.stderr
 
     def listed() -> list[dict[str, Any]]:
-        # Pages of 50 through every code: other tests may have created codes at a later
+        # Pages of 100 through every code: other tests may have created codes at a later
         # (moved) clock, and the newest-first index is eventually consistent.
-        listing = cli(stack, "codes", "list", "--limit", "50", "--all")
+        listing = cli(stack, "codes", "list", "--limit", "100", "--all")
         assert listing.returncode == 0, listing.stderr
         items = [json.loads(line) for line in listing.stdout.splitlines()]
         return [item for item in items if item["name"] == name]
