@@ -261,14 +261,19 @@ def take_dead_letters(stack: LocalStack, marker: str) -> list[dict[str, Any]]:
 def collect_dead_letters(
     stack: LocalStack, marker: str, count: int, timeout: float = 30
 ) -> list[dict[str, Any]]:
-    """Wait until `count` dead letters with `marker` were taken (no more are expected)."""
-    taken: list[dict[str, Any]] = []
+    """Wait until `count` dead letters with `marker` were taken (no more are expected), one per
+    source message: a standard queue delivers at least once, so a message received again
+    before its first delivery was done (a slow worker past the visibility timeout) is
+    dead-lettered again, under the same source message id, as in AWS."""
+    by_source: dict[str, dict[str, Any]] = {}
 
     def enough() -> bool:
-        taken.extend(take_dead_letters(stack, marker))
-        return len(taken) >= count
+        for letter in take_dead_letters(stack, marker):
+            by_source.setdefault(str(letter["source"]), letter)
+        return len(by_source) >= count
 
     wait_for(enough, timeout=timeout, message=f"{count} dead letters of {marker}")
+    taken = list(by_source.values())
     assert len(taken) == count, taken
     return taken
 
