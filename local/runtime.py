@@ -30,6 +30,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, Any
 
+from local import forkserver
 from local import worker as worker_module
 from local.clock import BillingClock
 from local.memory_limit import MemoryWatch
@@ -129,12 +130,14 @@ class Worker:
         name: str,
         output: OutputMux,
         memory: MemoryWatch | None = None,
+        zygotes: forkserver.Zygotes | None = None,
     ) -> None:
         self.spec = spec
         self.name = name
         self.output = output
         self.memory = memory
-        self.process: WorkerProcess | None = None
+        self.zygotes = zygotes
+        self.process: WorkerProcess | forkserver.ForkedProcess | None = None
         self.conn: Connection | None = None
         self.invocations = 0
         self.out_of_memory = False  # killed by the memory watch
@@ -156,24 +159,33 @@ class Worker:
 
     def _start(self) -> dict[str, Any] | None:
         parent, child = socket.socketpair()
-        try:
-            popen = subprocess.Popen(  # noqa: S603 - the runtime's interpreter
-                [self.spec["python"], "-I", "-S", str(WORKER_SCRIPT), str(child.fileno())],
-                pass_fds=(child.fileno(),),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env=self.spec["environment"],
+        if self.zygotes is not None:
+            zygote = self.zygotes.get(
+                self.spec["python"],
+                [*self.spec["layer_paths"], *self.spec["runtime_paths"]],
+                self.spec["environment"],
             )
-        finally:
-            child.close()
-        self.process = WorkerProcess(popen)
+            self.process, stdout = zygote.spawn(child.detach())
+        else:
+            try:
+                popen = subprocess.Popen(  # noqa: S603 - the runtime's interpreter
+                    [self.spec["python"], "-I", "-S", str(WORKER_SCRIPT), str(child.fileno())],
+                    pass_fds=(child.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    env=self.spec["environment"],
+                )
+            finally:
+                child.close()
+            self.process = WorkerProcess(popen)
+            assert popen.stdout is not None
+            stdout = popen.stdout
         self.conn = Connection(parent.detach())
-        assert popen.stdout is not None
-        self.output.follow(self.spec["function_name"], popen.stdout)
+        self.output.follow(self.spec["function_name"], stdout)
         if self.memory is not None:
             limit = int(self.spec["memory_size"]) * 1024 * 1024
-            self.memory.watch(popen.pid, limit, self._killed_for_memory)
+            self.memory.watch(self.process.pid, limit, self._killed_for_memory)
         self.conn.send(("spec", self.spec))
         if not self.conn.poll(INIT_TIMEOUT_SECONDS):
             self.kill()
@@ -283,6 +295,7 @@ class FunctionPool:
         python: PreparedRuntime,
         memory: MemoryWatch | None = None,
         clock: BillingClock | None = None,
+        zygotes: forkserver.Zygotes | None = None,
     ) -> None:
         self.function = function
         self.clock = clock or BillingClock()
@@ -290,6 +303,7 @@ class FunctionPool:
         self.output = output
         self.python = python
         self.memory = memory
+        self.zygotes = zygotes
         self.max_instances = function.reserved_concurrency or max_instances
         self.spawn_slots = spawn_slots or threading.Semaphore(2)
         self._idle: list[Worker] = []
@@ -361,7 +375,7 @@ class FunctionPool:
         with self._cond:
             self._spawned += 1
             name = f"{self.function.logical_id}-{self._spawned}"
-        worker = Worker(self.spec, name, self.output, self.memory)
+        worker = Worker(self.spec, name, self.output, self.memory, self.zygotes)
         # Few processes initialize at once: they compete for the same CPUs.
         with self.spawn_slots:
             with self._cond:
@@ -586,6 +600,9 @@ class Runtime:
         base = {"AWS_ENDPOINT_URL": aws_endpoint}
         slots = threading.Semaphore(max(2, os.cpu_count() or 2))
         self.memory = MemoryWatch() if memory_limit else None
+        # Workers forked from a zygote per runtime and layer set (local/zygote.py): a worker
+        # then starts without importing its libraries again.
+        self.zygotes = forkserver.Zygotes(self.output.follow) if forkserver.ENABLED else None
         self.pools = {
             f.logical_id: FunctionPool(
                 f,
@@ -597,6 +614,7 @@ class Runtime:
                 python=python[f.runtime],
                 memory=self.memory,
                 clock=self.clock,
+                zygotes=self.zygotes,
             )
             for f in functions
         }
@@ -642,5 +660,7 @@ class Runtime:
             thread.start()
         for thread in threads:
             thread.join(timeout=10)
+        if self.zygotes is not None:
+            self.zygotes.close()
         if self.memory is not None:
             self.memory.stop()
