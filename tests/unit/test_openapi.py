@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from billing.api_docs import BEARER, answers
 from billing.api_models import Transferred
-from billing.http import RenderError, checked
+from billing.http import checked
 from pydantic import ValidationError
 
 from tests.support.stack import ROOT
@@ -163,10 +163,28 @@ def test_a_webhook_with_security_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "POST /webhooks/stripe has no authorizer in the template" in str(failure.code)
 
 
-def test_a_rendered_field_the_model_lacks_fails_at_once() -> None:
+def test_a_body_its_model_does_not_describe_is_sent_but_logged_and_counted(
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "QuotaTopupTest")
     body = {"aff_quota": 1, "quota": 2**60}
     assert checked(Transferred, body) == body  # ints beyond 2**53 stay ints
-    with pytest.raises(ValidationError):
-        checked(Transferred, {**body, "undeclared": 1})
-    with pytest.raises(RenderError):  # a value the model would render otherwise
-        checked(Transferred, {**body, "quota": "2"})
+    assert "ResponseSchemaMismatch" not in capsys.readouterr().out and not caplog.records
+    # A field the model lacks, and a value it would render otherwise: the write behind the
+    # answer has committed, so the body goes out as it is; the mismatch is an error log line
+    # naming the fields (never their values) and one ResponseSchemaMismatch count (EMF).
+    for wrong, field in (
+        ({**body, "undeclared": "secret-code"}, "undeclared"),
+        ({**body, "quota": "2"}, "quota"),
+    ):
+        caplog.clear()
+        assert checked(Transferred, wrong) == wrong
+        (error,) = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert error.response_model == "Transferred"  # type: ignore[attr-defined]
+        assert field in error.fields  # type: ignore[attr-defined]
+        assert "secret-code" not in str(error.__dict__)
+        documents = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+        (emitted,) = [d for d in documents if "ResponseSchemaMismatch" in d]
+        assert emitted["ResponseSchemaMismatch"] in (1, [1], 1.0, [1.0])

@@ -19,8 +19,9 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from billing import metrics
 from billing.api_docs import DEFAULT_LIMIT, MAX_CURSOR_LENGTH, MAX_LIMIT, SECURITY_SCHEMES
 from billing.auth import Principal, principal_from_event
 from billing.errors import DomainError, InvalidRequest, NotFound, PayloadTooLarge
@@ -73,19 +74,37 @@ def json_response(status: int, body: Any) -> Response[str]:
     return Response(status_code=status, content_type=JSON, body=json.dumps(body))
 
 
-class RenderError(RuntimeError):
-    """A handler rendered a body its response model does not describe (a bug: 500)."""
-
-
 def checked(model: type[BaseModel], body: Mapping[str, Any]) -> dict[str, Any]:
-    """`body`, once its response model (billing.api_models, strict) has read it back unchanged:
-    a field the model lacks, or a value it would render otherwise, fails here, at once. The
-    body itself is what is sent, so its bytes stay the handler's (key order, big ints)."""
+    """`body`, read back by its response model (billing.api_models, strict). A field the model
+    lacks, or a value it would render otherwise, is a bug of ours, but the body is sent all
+    the same: on the POSTs that move money the write has committed by now, and failing the
+    answer would make the caller retry or give up on what was done. The mismatch is logged
+    and counted (ResponseSchemaMismatch, alarmed in the template; the test suite fails on
+    any). The body itself is what is sent, so its bytes stay the handler's (key order, big
+    ints)."""
     data = json.loads(json.dumps(body))
-    rendered = model.model_validate(data).model_dump(mode="json", by_alias=True, exclude_unset=True)
+    try:
+        rendered = model.model_validate(data).model_dump(
+            mode="json", by_alias=True, exclude_unset=True
+        )
+    except ValidationError as exc:
+        fields = sorted({".".join(str(p) for p in err["loc"]) for err in exc.errors()})
+        _mismatch(model, fields)
+        return dict(body)
     if rendered != data:
-        raise RenderError(f"{model.__name__} does not render the body as it is")
+        _mismatch(
+            model, sorted(k for k in set(data) | set(rendered) if data.get(k) != rendered.get(k))
+        )
     return dict(body)
+
+
+def _mismatch(model: type[BaseModel], fields: list[str]) -> None:
+    # Names of fields only: never their values (they may hold codes or money of a user).
+    logger.error(
+        "response body does not match its model",
+        extra={"response_model": model.__name__, "fields": fields[:20]},
+    )
+    metrics.count(metrics.Metric.RESPONSE_SCHEMA_MISMATCH)  # by service: the log names the model
 
 
 def model_response(status: int, model: type[BaseModel], body: Mapping[str, Any]) -> Response[str]:

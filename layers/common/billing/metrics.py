@@ -34,6 +34,7 @@ class Metric(StrEnum):
     USAGE_EVENTS_REJECTED = "UsageEventsRejected"
     LEDGER_CONTENTION_RETRIES = "LedgerContentionRetries"
     GRANT_NOTICES_FAILED = "GrantNoticesFailed"
+    RESPONSE_SCHEMA_MISMATCH = "ResponseSchemaMismatch"
 
 
 def count(metric: Metric, value: int = 1, **dimensions: str) -> None:
