@@ -1,28 +1,59 @@
-"""The layer ships exactly the runtime dependencies pyproject pins, and never boto3."""
+"""The layers ship exactly the runtime dependencies pyproject pins, split by need: the core layer
+(layers/common) everything every function imports, the payments layer (layers/payments) the
+provider SDKs; neither ships boto3, and only the functions that call a provider carry the
+payments layer."""
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
 
+from local.template import load_yaml
+
 ROOT = Path(__file__).resolve().parents[2]
+PROVIDER_SDKS = {"stripe", "requests", "cryptography"}
 
 
-def _requirements() -> list[str]:
-    lines = (ROOT / "layers" / "common" / "requirements.txt").read_text().splitlines()
+def _requirements(layer: str) -> list[str]:
+    lines = (ROOT / "layers" / layer / "requirements.txt").read_text().splitlines()
     return sorted(line.strip() for line in lines if line.strip() and not line.startswith("#"))
 
 
-def test_layer_requirements_match_pyproject() -> None:
+def _name(requirement: str) -> str:
+    return requirement.split("==")[0].split("[")[0].lower()
+
+
+def test_the_layers_together_ship_exactly_what_pyproject_pins() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert _requirements() == sorted(project["dependencies"])
+    core, payments = _requirements("common"), _requirements("payments")
+    assert sorted(core + payments) == sorted(project["dependencies"])
+    assert not {_name(r) for r in core} & {_name(r) for r in payments}
+
+
+def test_the_core_layer_has_no_provider_sdk_and_the_payments_layer_only_them() -> None:
+    assert not {_name(r) for r in _requirements("common")} & PROVIDER_SDKS
+    assert {_name(r) for r in _requirements("payments")} == PROVIDER_SDKS
 
 
 def test_every_dependency_is_pinned_and_boto3_is_not_shipped() -> None:
-    for requirement in _requirements():
+    for requirement in _requirements("common") + _requirements("payments"):
         assert "==" in requirement, requirement
-        name = requirement.split("==")[0].split("[")[0].lower()
-        assert name not in {"boto3", "botocore"}, "the Lambda runtime provides boto3"
+        assert _name(requirement) not in {"boto3", "botocore"}, "the Lambda runtime provides boto3"
+
+
+def test_the_core_layer_is_global_and_the_payments_layer_only_where_a_provider_is_called() -> None:
+    template = load_yaml(ROOT / "infra" / "template.yaml")
+    assert template["Globals"]["Function"]["Layers"] == [{"Ref": "CommonLayer"}]
+    with_payments = {
+        logical_id
+        for logical_id, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::Serverless::Function"
+        and {"Ref": "PaymentsLayer"} in (resource["Properties"].get("Layers") or [])
+    }
+    # Checkout creates provider payments; the webhook verifies provider signatures. Crediting,
+    # refunds and disputes work from the verified events on the queue, never a provider API.
+    assert {"CreateCheckoutFunction", "PaymentWebhookFunction"} <= with_payments
+    assert not {"CreditPaymentFunction", "AdminFunction", "AccountFunction"} & with_payments
 
 
 def test_every_function_has_a_handler_and_a_sample_event() -> None:
