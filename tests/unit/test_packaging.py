@@ -5,6 +5,8 @@ payments layer."""
 
 from __future__ import annotations
 
+import ast
+import re
 import tomllib
 from pathlib import Path
 
@@ -63,3 +65,28 @@ def test_every_function_has_a_handler_and_a_sample_event() -> None:
         assert any(name.startswith(function_dir.name) for name in events), (
             f"events/ has no sample event for {function_dir.name}"
         )
+
+
+def test_no_function_imports_what_the_core_layer_leaves_out() -> None:
+    # layers/common/Makefile drops Powertools utilities no function uses and pydantic's V1 copy;
+    # every import of ours (at start or deferred) must stay clear of them. The local stack runs
+    # the functions over the same pruned build, so a use the parse misses fails there too.
+    makefile = (ROOT / "layers" / "common" / "Makefile").read_text()
+    unused = re.search(r"^UNUSED_POWERTOOLS := (.+)$", makefile, re.MULTILINE)
+    assert unused is not None
+    left_out = [f"aws_lambda_powertools.utilities.{name}" for name in unused.group(1).split()]
+    left_out += ["pydantic.v1", "pydantic.mypy"]
+    sources = [*(ROOT / "functions").rglob("*.py"), *(ROOT / "layers" / "common").rglob("*.py")]
+    for source in sources:
+        for node in ast.walk(ast.parse(source.read_text())):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [f"{node.module}.{alias.name}" for alias in node.names]
+                if isinstance(node, ast.ImportFrom) and node.module
+                else []
+            )
+            for name in names:
+                assert not any(name == m or name.startswith(m + ".") for m in left_out), (
+                    f"{source.relative_to(ROOT)} imports {name}, which the core layer leaves out"
+                )
