@@ -3,8 +3,8 @@
 Each bench/*.py script (cold_start, capacity, throughput and the feature benches: topup_calls,
 redeem_calls, account_calls, metering, ...) runs as its own subprocess and writes its JSON under
 bench/results/; a script that fails is reported in results.md (with the tail of its output)
-and the others still run. Before them, `make build` builds the layer, whose unzipped size (and
-the absence of boto3/botocore) is measured here. results.md puts every figure next to its goal.
+and the others still run. Before them, `make build` builds the layers, whose unzipped sizes (and
+what they must not ship) are measured here. results.md puts every figure next to its goal.
 
     .venv/bin/python bench/run.py                  every script
     .venv/bin/python bench/run.py --only capacity  some (repeatable); --report only rewrites
@@ -25,12 +25,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tools.check_layer import modules_without_bytecode  # noqa: E402
+from tools import check_layer  # noqa: E402
 
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 REPORT = BENCH / "results.md"
-LAYER = ROOT / ".aws-sam" / "build" / "CommonLayer" / "python"
+BUILD = ROOT / ".aws-sam" / "build"
 TIMEOUT = int(os.environ.get("BENCH_TIMEOUT", "1800"))
 NOT_SCRIPTS = {"run.py"}
 # Known scripts first, in this order; any other bench/*.py after them.
@@ -88,35 +88,53 @@ def run_script(script: Path) -> dict[str, Any]:
     }
 
 
+def _parts(layer: Path) -> dict[str, int]:
+    """Bytes per top-level package of a built layer (a dist-info counted with its package)."""
+    sizes: dict[str, int] = {}
+    for entry in layer.iterdir():
+        files = [entry] if entry.is_file() else [f for f in entry.rglob("*") if f.is_file()]
+        name = entry.name.split("-")[0] if entry.name.endswith(".dist-info") else entry.name
+        sizes[name] = sizes.get(name, 0) + sum(f.stat().st_size for f in files)
+    return sizes
+
+
 def layer() -> dict[str, Any]:
-    """make build, then the layer's unzipped size and what it must not ship."""
+    """make build, then each layer's unzipped size, what it must not ship, and the layer check."""
     built = subprocess.run(
         ["make", "build"], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT, check=False
     )
     result: dict[str, Any] = {"build_ok": built.returncode == 0}
-    if not LAYER.is_dir():
-        result["error"] = "no .aws-sam/build/CommonLayer: " + "\n".join(
+    missing = [layer.logical_id for layer in check_layer.LAYERS if not layer.path(BUILD).is_dir()]
+    if missing:
+        result["error"] = f"no .aws-sam/build/{missing[0]}: " + "\n".join(
             (built.stdout + built.stderr).strip().splitlines()[-10:]
         )
         return result
-    sizes: dict[str, int] = {}
-    for entry in LAYER.iterdir():
-        files = [entry] if entry.is_file() else [f for f in entry.rglob("*") if f.is_file()]
-        name = entry.name.split("-")[0] if entry.name.endswith(".dist-info") else entry.name
-        sizes[name] = sizes.get(name, 0) + sum(f.stat().st_size for f in files)
-    total = sum(sizes.values())
-    forbidden = sorted(
-        n for n in sizes if n.split(".")[0].lower() in ("boto3", "botocore", "s3transfer")
-    )
+    layers: list[dict[str, Any]] = []
+    for spec in check_layer.LAYERS:
+        sizes = _parts(spec.path(BUILD))
+        shipped = set(check_layer.distributions(spec.path(BUILD)))
+        layers.append(
+            {
+                "layer": spec.logical_id,
+                "unzipped_mb": round(sum(sizes.values()) / 1e6, 1),
+                "goal_mb": None if spec.limit_bytes is None else spec.limit_bytes / 1e6,
+                "largest": {
+                    k: round(v / 1e6, 1)
+                    for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])[:8]
+                },
+                "forbidden_shipped": sorted(shipped & spec.forbidden),
+                "modules_without_bytecode": len(
+                    check_layer.modules_without_bytecode(spec.path(BUILD))
+                ),
+            }
+        )
     result.update(
         {
-            "unzipped_mb": round(total / 1e6, 1),
-            "goal_mb": 250,
-            "largest": {
-                k: round(v / 1e6, 1) for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])[:8]
-            },
-            "boto3_or_botocore": forbidden,
-            "modules_without_bytecode": len(modules_without_bytecode(LAYER)),
+            "layers": layers,
+            "lambda_limit_mb": 250,
+            "total_unzipped_mb": round(sum(layer["unzipped_mb"] for layer in layers), 1),
+            "check_problems": check_layer.check(BUILD),
         }
     )
     return result
@@ -139,24 +157,32 @@ def _goal_mark(met: Any) -> str:
     return "" if met is None else (" ✅" if met else " ❌ missed")
 
 
-def _cold_start_rows(rows: list[dict[str, Any]]) -> Iterator[str]:
-    yield "| handler | import ms | x `import boto3` | goal |"
-    yield "|---|---|---|---|"
+def _source_rows(rows: list[dict[str, Any]]) -> Iterator[str]:
+    yield "| handler | import ms | x `import boto3` |"
+    yield "|---|---|---|"
     for row in rows:
-        yield (
-            f"| {row['function']} | {row['import_ms']} | {row['ratio_to_boto3']} | "
-            f"< {row['goal_ratio']}x{_goal_mark(row.get('meets_goal'))} |"
-        )
+        yield f"| {row['function']} | {row['import_ms']} | {row['ratio_to_boto3']} |"
 
 
 def cold_start_section(data: dict[str, Any]) -> Iterator[str]:
     yield (
-        "Deployed, as Lambda runs them: each function's `sam build` artifact over the built "
-        "layer, Python 3.12, read-only (no bytecode written), boto3 from a 3.12 runtime "
-        "directory."
+        "Deployed, as Lambda runs them: each function's `sam build` artifact over its own "
+        "layers (unpacked into one /opt in order), Python 3.12, read-only (no bytecode "
+        "written), boto3 from a 3.12 runtime directory. Goal: each handler within 0.1x of its "
+        "library floor."
     )
     yield ""
-    yield from _cold_start_rows(data.get("handlers", []))
+    yield "| handler | layers | import ms | floor | floor ms | x floor | x `import boto3` | goal |"
+    yield "|---|---|---|---|---|---|---|---|"
+    for row in data.get("handlers", []):
+        if "ratio_to_floor" not in row:
+            continue
+        layers = " + ".join(row["layers"])
+        yield (
+            f"| {row['function']} | {layers} | {row['import_ms']} | {row['floor']} | "
+            f"{row['floor_ms']} | {row['ratio_to_floor']} | {row['ratio_to_boto3']} | "
+            f"≤ {row['goal_ratio_to_floor']}x floor{_goal_mark(row.get('meets_goal'))} |"
+        )
     yield ""
     yield (
         f"Bare `import boto3`: {data.get('boto3_import_ms')} ms (median of "
@@ -167,7 +193,7 @@ def cold_start_section(data: dict[str, Any]) -> Iterator[str]:
         yield ""
         yield (
             "Library floors: what a handler of each kind imports from the libraries DESIGN.md "
-            "names before a line of ours, deployed the same way. No handler can import faster "
+            "names before a line of ours, over the core layer. No handler can import faster "
             "than its floor; what is ours is the difference."
         )
         yield ""
@@ -183,10 +209,10 @@ def cold_start_section(data: dict[str, Any]) -> Iterator[str]:
         yield ""
         yield (
             f"Source tree (dev venv, cached bytecode; bare `import boto3` "
-            f"{source.get('boto3_import_ms')} ms):"
+            f"{source.get('boto3_import_ms')} ms), for comparison:"
         )
         yield ""
-        yield from _cold_start_rows(source.get("handlers", []))
+        yield from _source_rows(source.get("handlers", []))
 
 
 def import_profile_section(data: dict[str, Any]) -> Iterator[str]:
@@ -260,29 +286,45 @@ def throughput_section(data: dict[str, Any]) -> Iterator[str]:
 
 
 def layer_section(data: dict[str, Any]) -> Iterator[str]:
-    if "unzipped_mb" not in data:
+    if "layers" not in data:
         yield f"Not measured: {data.get('error', 'make build failed')}"
         return
-    clean = not data["boto3_or_botocore"]
     yield "| figure | value | goal |"
     yield "|---|---|---|"
-    fits = data["unzipped_mb"] < data["goal_mb"]
-    yield (
-        f"| CommonLayer unzipped (sam build) | {data['unzipped_mb']} MB | "
-        f"< {data['goal_mb']} MB (Lambda's unzipped limit){_goal_mark(fits)} |"
-    )
-    yield (
-        f"| boto3 / botocore / s3transfer in the layer | "
-        f"{_fmt(data['boto3_or_botocore'])} | none{_goal_mark(clean)} |"
-    )
-    if "modules_without_bytecode" in data:
-        missing = data["modules_without_bytecode"]
+    for layer in data["layers"]:
+        name, size, goal = layer["layer"], layer["unzipped_mb"], layer["goal_mb"]
+        if goal is not None:
+            yield (
+                f"| {name} unzipped (sam build) | {size} MB | "
+                f"≤ {goal:g} MB{_goal_mark(size <= goal)} |"
+            )
+        else:
+            yield f"| {name} unzipped (sam build) | {size} MB | - |"
+        forbidden = layer["forbidden_shipped"]
+        what = "boto3 / botocore / their dependencies" + (
+            ", stripe / requests / cryptography" if name == "CommonLayer" else ""
+        )
+        yield f"| {what} in {name} | {_fmt(forbidden)} | none{_goal_mark(not forbidden)} |"
+        missing = layer["modules_without_bytecode"]
         yield (
-            f"| modules without 3.12 bytecode (unchecked-hash pyc) | {missing} | "
+            f"| modules of {name} without 3.12 bytecode (unchecked-hash pyc) | {missing} | "
             f"0 (else Lambda compiles them at every cold start){_goal_mark(missing == 0)} |"
         )
+    total, limit = data["total_unzipped_mb"], data["lambda_limit_mb"]
+    yield (
+        f"| both layers unzipped | {total} MB | < {limit} MB (Lambda's unzipped limit)"
+        f"{_goal_mark(total < limit)} |"
+    )
+    problems = data["check_problems"]
+    yield (
+        f"| tools/check_layer.py problems (shared distributions, unmet requirements, ...) | "
+        f"{len(problems)} | 0{_goal_mark(not problems)} |"
+    )
     yield ""
-    yield f"Largest parts (MB): {_fmt(data['largest'])}."
+    for layer in data["layers"]:
+        yield f"Largest parts of {layer['layer']} (MB): {_fmt(layer['largest'])}."
+    for problem in problems:
+        yield f"- {problem}"
 
 
 def litellm_latency_section(data: dict[str, Any]) -> Iterator[str]:
@@ -331,8 +373,8 @@ def generic_section(data: Any, prefix: str = "") -> Iterator[str]:
 
 
 SECTIONS = {
-    "cold_start": ("Cold start: handler import time vs `import boto3`", cold_start_section),
-    "layer": ("Common layer (sam build)", layer_section),
+    "cold_start": ("Cold start: handler import time vs its library floor", cold_start_section),
+    "layer": ("Layers (sam build): core and payments", layer_section),
     "import_profile": ("Where the import time goes", import_profile_section),
     "capacity": ("Consumed write capacity per operation", capacity_section),
     "throughput": ("Local end-to-end throughput", throughput_section),

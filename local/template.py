@@ -398,6 +398,9 @@ class Template:
             return PSEUDO_PARAMETERS[name]
         if name in self.parameters:
             return self.parameters[name]
+        published = self._published(name)
+        if published is not None:
+            return published
         physical = self._physical.get(name, {})
         if "Ref" in physical:
             return physical["Ref"]
@@ -466,6 +469,28 @@ class Template:
         if kind == PARAMETER_TYPE and attribute in ("Type", "Value"):
             return self.resolve(resource.properties.get(attribute))
         raise TemplateError(f"!GetAtt {name}.{attribute}: not emulated locally for {kind}")
+
+    def _published(self, name: str) -> str | None:
+        """`Ref` of what SAM makes of a function's AutoPublishAlias: `<Fn>.Alias` and the
+        generated `<Fn>Alias<alias>` (the alias ARN), `<Fn>.Version` (the version ARN; locally
+        there is one published version, the code as it runs). None for any other name."""
+        function_id, _, suffix = name.rpartition(".")
+        if suffix not in ("Alias", "Version") or function_id not in self.resources:
+            function_id, suffix = "", ""
+            for fn in self.function_ids():
+                alias = self.resources[fn].properties.get("AutoPublishAlias")
+                if alias and name == f"{fn}Alias{self.resolve(alias)}":
+                    function_id, suffix = fn, "Alias"
+            if not function_id:
+                return None
+        resource = self.resources[function_id]
+        alias = self.function_properties(function_id).get("AutoPublishAlias")
+        if resource.type != FUNCTION_TYPE or not alias:
+            raise TemplateError(
+                f"!Ref {name}: {function_id} has no AutoPublishAlias, so no alias or version"
+            )
+        arn = f"arn:{PARTITION}:lambda:{REGION}:{ACCOUNT_ID}:function:{function_id}"
+        return f"{arn}:{self.resolve(alias)}" if suffix == "Alias" else f"{arn}:1"
 
     def _resource(self, name: str) -> Resource:
         if name in self.resources:

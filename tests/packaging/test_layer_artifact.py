@@ -1,6 +1,6 @@
-"""The built common layer (`make build`, which `make test` runs first) imports from its bytecode
-alone under Python 3.12: Lambda mounts it read-only at /opt, so a module whose pyc is missing,
-stale or for another Python would be compiled from source at every cold start."""
+"""The built layers (`make build`, which `make test` runs first) import from their bytecode alone
+under Python 3.12: Lambda mounts them read-only at /opt, so a module whose pyc is missing, stale
+or for another Python would be compiled from source at every cold start."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.runtime import python312
+from tests.support.runtime import python312, runtime_packages
 
 ROOT = Path(__file__).resolve().parents[2]
-LAYER = ROOT / ".aws-sam" / "build" / "CommonLayer" / "python"
-# What the HTTP handlers import from the layer (pynamodb needs the runtime's botocore, absent here)
+BUILD = ROOT / ".aws-sam" / "build"
+# Unpacked into one /opt in the order a payments function lists them (core first).
+LAYERS = ("CommonLayer", "PaymentsLayer")
+# What the handlers import from the layers, the provider SDKs included
 IMPORTS = (
     "billing.http, billing.settings, billing.errors, billing.auth, billing.payments.webhooks, "
     "billing.payments.providers.stripe, billing.payments.providers.epay, "
@@ -26,20 +28,24 @@ POISON = "raise RuntimeError('compiled from source: ' + __name__)\n"
 
 @pytest.fixture(scope="module")
 def poisoned_layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the built layer whose every source file raises if Python ever reads it."""
-    if not (LAYER / "billing").is_dir():
-        pytest.fail("no built layer in .aws-sam/build: run `make build` (make test does)")
+    """A copy of the built layers whose every source file raises if Python ever reads it."""
+    if not all((BUILD / layer / "python").is_dir() for layer in LAYERS):
+        pytest.fail("no built layers in .aws-sam/build: run `make build` (make test does)")
     copy = tmp_path_factory.mktemp("layer") / "python"
-    shutil.copytree(LAYER, copy, symlinks=True)
+    for layer in LAYERS:
+        shutil.copytree(BUILD / layer / "python", copy, symlinks=True, dirs_exist_ok=True)
     for source in copy.rglob("*.py"):
         source.write_text(POISON)
     return copy
 
 
 def _import(layer: Path, statement: str) -> subprocess.CompletedProcess[str]:
+    # Isolated (-I -S: no site-packages, no PYTHONPATH) and writing no bytecode (-B), as on
+    # Lambda: the layers, then the runtime's boto3/botocore with their dependencies.
+    paths = [str(layer), str(runtime_packages())]
     return subprocess.run(
-        [python312(), "-s", "-c", f"import sys; sys.path[:0] = [{str(layer)!r}]; {statement}"],
-        env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "AWS_REGION": "us-east-1"},
+        [python312(), "-I", "-S", "-B", "-c", f"import sys; sys.path[:0] = {paths!r}; {statement}"],
+        env={"PATH": "/usr/bin:/bin", "AWS_REGION": "us-east-1"},
         capture_output=True,
         text=True,
         timeout=120,

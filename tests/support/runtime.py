@@ -6,6 +6,7 @@ import glob
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 
 def python312() -> str:
@@ -22,3 +23,13 @@ def python312() -> str:
         if probe.stdout.strip() == "True":
             return candidate
     raise RuntimeError("no Python 3.12 found (python3.12 on PATH or pyenv's)")
+
+
+def runtime_packages() -> Path:
+    """boto3/botocore and their dependencies as the Lambda runtime ships them, for Python 3.12:
+    the local stack's build of them (.lambda-runtime/, built once and cached)."""
+    from local.python_runtime import prepare
+
+    root = Path(__file__).resolve().parents[2]
+    environ = {**os.environ, "PYTHON312": python312()}
+    return prepare(root, "python3.12", [], environ).runtime_dir

@@ -6,6 +6,8 @@ import os
 
 from pynamodb.connection import Connection
 
+from billing.restore import after_restore
+
 _shared: Connection | None = None
 
 
@@ -16,3 +18,10 @@ def connection() -> Connection:
         region = os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
         _shared = Connection(region=region)
     return _shared
+
+
+@after_restore
+def forget_connection() -> None:
+    """After a SnapStart restore: the shared client is made again on use."""
+    global _shared
+    _shared = None

@@ -41,6 +41,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billing.errors import IdempotencyKeyInProgress, IdempotencyKeyReused, InvalidRequest
 from billing.http import json_response
+from billing.restore import after_restore
 
 HEADER = "idempotency-key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -102,6 +103,13 @@ def _persistence() -> DynamoDBPersistenceLayer:
             raise RuntimeError("IDEMPOTENCY_TABLE is not set for this function")
         _store = DynamoDBPersistenceLayer(table_name=table)
     return _store
+
+
+@after_restore
+def forget_store() -> None:
+    """After a SnapStart restore: the idempotency table's client is made again on use."""
+    global _store
+    _store = None
 
 
 def run_once(

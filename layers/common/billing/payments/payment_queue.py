@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 from billing.payments.providers.base import PaymentEvent
+from billing.restore import after_restore
 
 _GROUP_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # SQS: 1..128 printable ASCII characters
 
@@ -40,6 +41,14 @@ def _sqs() -> Any:
                 ),
             )
     return _client
+
+
+@after_restore
+def forget_client() -> None:
+    """After a SnapStart restore: the SQS client is made again on the next send."""
+    global _client
+    with _lock:
+        _client = None
 
 
 def deduplication_id(event: PaymentEvent) -> str:

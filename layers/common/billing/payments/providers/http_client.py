@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools import Logger
 
 from billing.errors import ProviderError
+from billing.restore import after_restore
 
 if TYPE_CHECKING:
     import requests
@@ -37,6 +38,12 @@ def session() -> requests.Session:
     client.mount("https://", HTTPAdapter(max_retries=retry))
     client.mount("http://", HTTPAdapter(max_retries=retry))
     return client
+
+
+@after_restore
+def forget_session() -> None:
+    """After a SnapStart restore: the session (and its pooled connections) made again."""
+    session.cache_clear()
 
 
 def post(provider: str, url: str, *, order_id: str, **kwargs: Any) -> requests.Response:

@@ -35,6 +35,7 @@ from billing.payments.providers.payload import (
     text_or_id,
     verified_object,
 )
+from billing.restore import after_restore
 
 if TYPE_CHECKING:
     from stripe import StripeClient
@@ -71,6 +72,13 @@ def _client(api_key: str) -> StripeClient:
             )
             _clients[key] = client
     return client
+
+
+@after_restore
+def forget_clients() -> None:
+    """After a SnapStart restore: each StripeClient is made again, over the new session."""
+    with _clients_lock:
+        _clients.clear()
 
 
 def _key_mode(api_key: str) -> bool | None:
