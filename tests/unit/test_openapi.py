@@ -15,7 +15,6 @@ import pytest
 from billing.api_docs import BEARER, answers
 from billing.api_models import Transferred
 from billing.http import checked
-from pydantic import ValidationError
 
 from tests.support.stack import ROOT
 from tools import openapi
