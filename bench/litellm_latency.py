@@ -1,13 +1,16 @@
-"""The latency our LiteLLM callback adds to a proxied completion (reserve before, settle after).
+"""The latency our LiteLLM callback adds to a proxied completion: reserve before, settle after.
 
 Starts its own local stack (schedules off) and two LiteLLM proxies from .venv-litellm on the
-same mock model: one plain, one with quota_meter.litellm.callback. Sends completions one at a
-time with the official openai client, alternating between the two proxies so that both see
-the same machine load, and reports p50/p95 of each and the difference. The settle runs after
-the response (LiteLLM's success callback), so what the client waits for is mostly the
-reserve: one Invoke of the metering function on the local stack, also timed on its own
-(`reserve_alone`, the quota_meter client from this process) to tell the backend's share
-from the callback's.
+same mock model: one plain, one with quota_meter's callback. Sends completions one at a time
+with the official openai client, alternating between the two proxies so that both see the
+same machine load, and reports p50/p95 of each and their difference (what a client waits for
+more). The metered proxy runs the installed callback wrapped by
+bench/support/litellm_timed_callback.py, which times its two hooks in the proxy: the reserve
+(`async_pre_call_hook`, before the upstream call: on the client's path) and the settle
+(`async_log_success_event`, after the response: LiteLLM runs it off the client's path, but it
+is the proxy's work for that request all the same). Each request's reserve and settle are
+paired by request id; their sum is the callback's cost per request. Each metered request's
+settle ends before the next request is sent, so no figure carries another request's work.
 
     .venv/bin/python bench/litellm_latency.py      (BENCH_REQUESTS=100, BENCH_WARMUP=10)
 Writes bench/results/litellm_latency.json.
@@ -31,15 +34,16 @@ sys.path[:0] = [
 ]
 
 import openai  # noqa: E402
-from quota_meter import Meter  # noqa: E402
 
-from tests.client.helpers import account, funded_user  # noqa: E402
+from tests.client.helpers import account, funded_user, wait_until  # noqa: E402
 from tests.client.litellm_proxy import MASTER_KEY, LiteLLMProxy, mock_model  # noqa: E402
-from tests.support.stack import LocalStack  # noqa: E402
+from tests.support.stack import ARTIFACTS, LocalStack  # noqa: E402
 
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "100"))
 WARMUP = int(os.environ.get("BENCH_WARMUP", "10"))
 RESULTS = ROOT / "bench" / "results" / "litellm_latency.json"
+TIMED_CALLBACK = ROOT / "bench" / "support" / "litellm_timed_callback.py"
+TIMINGS = ARTIFACTS / f"litellm-timings-{os.getpid()}.jsonl"
 MODELS = [mock_model("gpt-4o", "Hello from the mock model, in a few words.")]
 MESSAGES: list[Any] = [{"role": "user", "content": "Say hello in a few words."}]
 
@@ -64,22 +68,36 @@ def timed(client: openai.OpenAI, user: str) -> float:
     return time.perf_counter() - started
 
 
-def timed_reserve(meter: Meter, user: str) -> float:
-    """What the callback waits for before the call: one reserve through the Invoke API."""
-    started = time.perf_counter()
-    result = meter.reserve(user_id=user, model="gpt-4o", prompt_tokens=20, completion_tokens=32)
-    elapsed = time.perf_counter() - started
-    meter.release(request_id=result.request_id, user_id=user, model="gpt-4o")
-    return elapsed
+def hook_timings() -> dict[str, dict[str, float]]:
+    """{request id: {"reserve": s, "settle": s}} from the timed callback's lines so far."""
+    paired: dict[str, dict[str, float]] = {}
+    if TIMINGS.exists():
+        for line in TIMINGS.read_text().splitlines():
+            timing = json.loads(line)
+            paired.setdefault(str(timing["request_id"]), {})[timing["hook"]] = timing["seconds"]
+    return paired
+
+
+def complete_timings() -> list[dict[str, float]]:
+    """The requests with both hooks timed, in the order of their reserves."""
+    return [t for t in hook_timings().values() if "reserve" in t and "settle" in t]
 
 
 def main() -> int:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    TIMINGS.unlink(missing_ok=True)
     with LocalStack("bench-litellm") as stack:
         stack.start(env={"LOCAL_SCHEDULES": "0"})
         user = funded_user(stack, 100_000_000, prefix="bench-litellm")
         with (
             LiteLLMProxy("bench-plain", stack, MODELS, metered=False) as plain,
-            LiteLLMProxy("bench-metered", stack, MODELS) as metered,
+            LiteLLMProxy(
+                "bench-metered",
+                stack,
+                MODELS,
+                callback_file=TIMED_CALLBACK,
+                env={"QUOTA_METER_TIMINGS": str(TIMINGS)},
+            ) as metered,
         ):
             clients = {
                 name: openai.OpenAI(base_url=proxy.base_url, api_key=MASTER_KEY, max_retries=0)
@@ -88,43 +106,65 @@ def main() -> int:
             for _ in range(WARMUP):
                 for client in clients.values():
                     timed(client, user)
-            meter = Meter(
-                endpoint_url=stack.base_url,
-                region_name="us-east-1",
-                aws_access_key_id="testing",
-                aws_secret_access_key="testing",
-            )
-            samples: dict[str, list[float]] = {"plain": [], "metered": [], "reserve": []}
+            samples: dict[str, list[float]] = {"plain": [], "metered": []}
             for _ in range(REQUESTS):
                 for name, client in clients.items():
                     samples[name].append(timed(client, user))
-                samples["reserve"].append(timed_reserve(meter, user))
-            time.sleep(2)  # the last settles land after their responses
+                    if name == "metered":
+                        # Its settle runs after the response: let it end before the next
+                        # request, so that neither proxy's figure carries the other's work.
+                        settled = len(hook_timings())
+                        wait_until(
+                            lambda n=settled: len(complete_timings()) >= n,
+                            message="the settle of the last request",
+                        )
+            # The last settles land after their responses.
+            wait_until(
+                lambda: account(stack, user)["request_count"] == REQUESTS + WARMUP,
+                message="every metered request settled",
+            )
             charged = account(stack, user)["request_count"]
+            # A settle's timing is written when its hook returns, just after the record.
+            wait_until(
+                lambda: len(complete_timings()) == REQUESTS + WARMUP,
+                message="every request's two hooks timed",
+            )
+    # The warm-up requests' hooks come first in the file: keep the measured ones only.
+    timings = complete_timings()
+    measured = timings[-REQUESTS:]
+    reserve = [t["reserve"] for t in measured]
+    settle = [t["settle"] for t in measured]
     without, with_callback = figures(samples["plain"]), figures(samples["metered"])
     result = {
         "requests": REQUESTS,
         "warmup": WARMUP,
         "without_callback": without,
         "with_callback": with_callback,
-        "reserve_alone": figures(samples["reserve"]),
         "added_ms": {
             "p50": round(with_callback["p50_ms"] - without["p50_ms"], 1),
             "p95": round(with_callback["p95_ms"] - without["p95_ms"], 1),
         },
+        "callback_hooks": {
+            "reserve": figures(reserve),
+            "settle": figures(settle),
+            "reserve_plus_settle": figures([r + s for r, s in zip(reserve, settle, strict=True)]),
+        },
+        "timed_requests": len(measured),
         "settled_requests": charged,
         "expected_settled": REQUESTS + WARMUP,
         "cpus": os.cpu_count(),
         "note": (
             "sequential completions of a LiteLLM mock model, alternating between a plain and a "
-            "metered proxy; the metered one reserves (one Invoke) before the call and settles "
-            "after the response"
+            "metered proxy; the metered one reserves (one Invoke) before the upstream call and "
+            "settles (one Invoke) after the response, before the next request is sent; the "
+            "hooks are timed inside the proxy"
         ),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    return 0 if charged == REQUESTS + WARMUP else 1
+    ok = charged == REQUESTS + WARMUP and len(measured) == REQUESTS
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

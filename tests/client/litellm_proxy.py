@@ -21,6 +21,8 @@ import requests
 
 from tests.support.stack import ARTIFACTS, LocalStack, free_port
 
+CALLBACK = "quota_meter.litellm.callback"
+
 ROOT = Path(__file__).resolve().parents[2]
 LITELLM = ROOT / ".venv-litellm" / "bin" / "litellm"
 MASTER_KEY = "sk-local-test-master-key"
@@ -44,6 +46,7 @@ class LiteLLMProxy:
         model_map: Mapping[str, str] | None = None,
         env: Mapping[str, str] | None = None,
         endpoint_url: str | None = None,
+        callback_file: Path | None = None,
     ) -> None:
         if not LITELLM.exists():
             raise RuntimeError(f"{LITELLM} is missing: run `make litellm-venv` first")
@@ -54,6 +57,9 @@ class LiteLLMProxy:
         self.model_map = dict(model_map or {})
         self.extra_env = dict(env or {})
         self.endpoint_url = endpoint_url or stack.base_url  # the Invoke API the callback uses
+        # Another callback module (its `callback`), which the proxy loads from its config's
+        # directory: a copy of the file goes next to the config.
+        self.callback_file = callback_file
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = ARTIFACTS / f"litellm-{name}-{os.getpid()}.log"
@@ -67,7 +73,12 @@ class LiteLLMProxy:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         config: dict[str, Any] = {"model_list": self.models}
         if self.metered:
-            config["litellm_settings"] = {"callbacks": "quota_meter.litellm.callback"}
+            callback = CALLBACK
+            if self.callback_file is not None:
+                module = f"{self.callback_file.stem}_{self.name}_{os.getpid()}".replace("-", "_")
+                (ARTIFACTS / f"{module}.py").write_text(self.callback_file.read_text())
+                callback = f"{module}.callback"
+            config["litellm_settings"] = {"callbacks": callback}
         # JSON is YAML: the proxy reads this file as its config.yaml.
         self.config_path.write_text(json.dumps(config, indent=2))
         self.port = free_port()

@@ -20,8 +20,20 @@ from tests.support.billing_events import (
     user_events,
     wait_events,
 )
-from tests.support.payments import new_user, paid_order
+from tests.support.payments import (
+    balance,
+    get_order,
+    new_user,
+    paid_order,
+    redeliver,
+    sandbox_refund,
+    wait_drained,
+)
 from tests.support.stack import LocalStack, template_copy, wait_for
+
+# The billing events function's event source on the ledger table's stream (its logical id and
+# event name in infra/template.yaml).
+BILLING_STREAM = "BillingEventsFunction/LedgerStream"
 
 
 def set_threshold(stack: LocalStack, token: str, threshold: int | None) -> dict[str, Any]:
@@ -177,13 +189,62 @@ def test_a_paid_topup_emits_topup_paid(stack: LocalStack) -> None:
     assert paid[0]["quota"] == order["quota"]
 
 
+@pytest.mark.parametrize(
+    "refunds",
+    [pytest.param([None], id="in-full"), pytest.param([300, None], id="partial-then-rest")],
+)
+def test_each_refund_of_a_paid_topup_emits_one_topup_refunded(
+    stack: LocalStack, refunds: list[int | None]
+) -> None:
+    """A refund through the Stripe sandbox (charge.refunded with the cumulative amount, each
+    notification delivered twice) emits one `topup.refunded` per refund: a partial refund
+    its proportional share, the rest the remainder; repeats emit nothing more."""
+    user, token, order, _ = paid_order(stack, amount=10)  # 10.00 USD, 1000 minor units
+    quota = order["quota"]
+    wait_events(stack, user, "topup.paid", 1)
+    refunded_minor, reversed_so_far = 0, 0
+    for step, minor in enumerate(refunds, start=1):
+        sent = sandbox_refund(stack, order, minor)
+        assert redeliver(stack, sent) == 200  # the provider repeats its notification
+        refunded_minor = 1000 if minor is None else refunded_minor + minor
+        due = quota if refunded_minor == 1000 else quota * refunded_minor // 1000
+        wait_events(stack, user, "topup.refunded", step)
+        wait_drained(stack)
+        settle_stream(stack)
+        events = user_events(stack, user, "topup.refunded")
+        assert len(events) == step, events
+        latest = events[-1]
+        assert set(latest) >= {"id", "type", "user_id", "quota", "created_at"}
+        assert (latest["type"], latest["user_id"], latest["order_id"]) == (
+            "topup.refunded",
+            user,
+            order["order_id"],
+        )
+        assert latest["delta"] == -(due - reversed_so_far)
+        reversed_so_far = due
+        # `quota` is the balance the refund left (nothing else moved it).
+        assert latest["quota"] == quota - due == balance(stack, token, user)
+    events = user_events(stack, user, "topup.refunded")
+    assert len({e["id"] for e in events}) == len(refunds)
+    assert sum(e["delta"] for e in events) == -quota
+    assert get_order(stack, token, order["order_id"])["status"] == "refunded"
+    assert len(user_events(stack, user, "topup.paid")) == 1
+
+
 # ------------------------------------------------------------ crashes and retries
+
+
+def billing_stream_stats(stack: LocalStack) -> dict[str, int]:
+    """The local stack's counters of the billing events function's ledger stream source."""
+    streams: dict[str, dict[str, int]] = stack.stats()["streams"]
+    return streams[BILLING_STREAM]
 
 
 def test_a_batch_retried_after_a_crash_publishes_nothing_twice(stack: LocalStack) -> None:
     user, token = new_user(stack)
     fund(stack, user, 10 * PRICE)
     set_threshold(stack, token, 8 * PRICE)
+    before = billing_stream_stats(stack)
     # The first put of this user's events fails (after the outbox was written): the function
     # fails, the stream retries the batch, and the retry puts the recorded events once.
     stack.fault(
@@ -198,15 +259,25 @@ def test_a_batch_retried_after_a_crash_publishes_nothing_twice(stack: LocalStack
         charge_concurrently(stack, user, 10)  # to zero: low and depleted
         wait_events(stack, user, "balance.low", 1)
         wait_events(stack, user, "balance.depleted", 1)
+        [fault] = [f for f in stack.faults()["faults"] if f["contains"] == user]
     finally:
         stack.clear_faults()
     settle_stream(stack)
+    # The fault did fire, and on the billing events function's stream: its batch failed
+    # (whole or in part) and was delivered again.
+    assert fault["fired"] == 1, fault
+    after = billing_stream_stats(stack)
+    failed = (after["function_errors"] + after["partial_failures"]) - (
+        before["function_errors"] + before["partial_failures"]
+    )
+    assert failed >= 1, (before, after)
+    assert after["invocations"] - before["invocations"] > failed, (before, after)
+    assert after["discarded"] == before["discarded"], (before, after)
+    # ... and nothing was published twice.
     events = user_events(stack, user)
     ids = [e["id"] for e in events]
     assert len(ids) == len(set(ids)), events
     assert sorted(e["type"] for e in events) == ["balance.depleted", "balance.low"]
-    stats = stack.stats()["streams"]
-    assert any(s.get("function_errors", 0) or s.get("partial_failures", 0) for s in stats.values())
 
 
 def test_a_crash_after_the_put_resends_the_same_ids(stack: LocalStack) -> None:

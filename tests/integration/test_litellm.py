@@ -44,6 +44,10 @@ MODELS = [
 ]
 MODEL_MAP = {"broken": "gpt-4o", "per-call": "dall-e-3", "slow": "gpt-4o"}
 MESSAGES: list[Any] = [{"role": "user", "content": "Say hello in a few words."}]
+# The user_id LiteLLM gives its master key (LITELLM_PROXY_ADMIN_NAME): the callback bills it
+# when a request names no `user`.
+KEY_USER_ID = "default_user_id"
+DEFAULT_MAX_TOKENS = 4096  # QUOTA_METER_DEFAULT_MAX_TOKENS when unset (gateway_settings)
 
 
 @pytest.fixture(scope="module")
@@ -101,13 +105,37 @@ def settled_records(stack: LocalStack, user: str, count: int) -> list[dict[str, 
     return records
 
 
-def test_a_completion_debits_exactly_the_price_of_its_usage(
-    stack: LocalStack, client: openai.OpenAI
-) -> None:
-    user = funded_user(stack, 100_000, prefix="litellm")
-    response = client.chat.completions.create(
-        model="gpt-4o", messages=MESSAGES, user=user, max_tokens=64
+def key_user(stack: LocalStack, quota: int) -> str:
+    """The user LiteLLM puts on the master key (its `user_id` metadata), funded once."""
+    user = KEY_USER_ID
+    created = stack.request("POST", "/account", token=stack.token(user), json={})
+    assert created.status_code == 201, created.text  # only one test bills this user
+    adjusted = stack.request(
+        "POST",
+        f"/admin/accounts/{user}/adjust",
+        token=stack.token("litellm-admin", admin=True),
+        json={"delta": quota, "reason": "litellm test"},
     )
+    assert adjusted.status_code == 200, adjusted.text
+    return user
+
+
+@pytest.mark.parametrize(
+    ("max_tokens", "named_user"),
+    [
+        pytest.param(64, True, id="max-tokens-and-user-from-the-request"),
+        # No `user` in the request: the key's user_id; no max_tokens: the default is held.
+        pytest.param(None, False, id="default-max-tokens-and-the-key-s-user"),
+    ],
+)
+def test_a_completion_debits_exactly_the_price_of_its_usage(
+    stack: LocalStack, client: openai.OpenAI, max_tokens: int | None, named_user: bool
+) -> None:
+    user = funded_user(stack, 100_000, prefix="litellm") if named_user else key_user(stack, 100_000)
+    extra: dict[str, Any] = {"user": user} if named_user else {}
+    if max_tokens is not None:
+        extra["max_tokens"] = max_tokens
+    response = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, **extra)
     assert response.choices[0].message.content == REPLY
     usage = response.usage
     assert usage is not None and usage.prompt_tokens > 0 and usage.completion_tokens > 0
@@ -119,8 +147,14 @@ def test_a_completion_debits_exactly_the_price_of_its_usage(
         usage.completion_tokens,
         expected,
     )
-    # The hold was the prompt as LiteLLM's token counter saw it plus max_tokens.
-    assert record["hold_quota"] >= price("gpt-4o", 0, 64)
+    # The hold was the prompt as LiteLLM's token counter saw it plus max_tokens (or the
+    # callback's default, QUOTA_METER_DEFAULT_MAX_TOKENS, when the request names none).
+    held = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
+    assert (
+        price("gpt-4o", 0, held)
+        <= record["hold_quota"]
+        <= price("gpt-4o", 2 * usage.prompt_tokens, held)
+    )
     state = account(stack, user)
     assert (state["quota"], state["used_quota"], state["request_count"]) == (
         100_000 - expected,
@@ -194,6 +228,40 @@ def test_a_user_without_quota_gets_402_and_no_usage_record(
         assert usage_records(stack, user) == []
         assert account(stack, user)["quota"] == 0
         assert usage_entries(stack, user) == []
+
+
+def test_a_request_above_the_user_s_spend_limit_gets_402_limit_exceeded(
+    stack: LocalStack, client: openai.OpenAI
+) -> None:
+    """The user has the quota, but an account spend limit (API.md "Spend limits") of less
+    than the hold: the reserve is refused with `limit_exceeded`, nothing is held or billed."""
+    user = funded_user(stack, 1_000_000, prefix="litellm")
+    token = stack.token(user)
+    limit = price("gpt-4o", 0, 64) - 1  # under the hold of any request for 64 tokens
+    put = stack.request(
+        "PUT", "/limits/account", token=token, json={"max_quota": limit, "period": "day"}
+    )
+    assert put.status_code == 200, put.text
+    for stream in (False, True):
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.chat.completions.create(
+                model="gpt-4o", messages=MESSAGES, user=user, max_tokens=64, stream=stream
+            )
+        assert refused.value.status_code == 402
+        error = refused.value.response.json()["error"]
+        assert error["code"] == "limit_exceeded" and error["message"]
+    assert usage_records(stack, user) == []  # no usage record, and no hold left open
+    assert usage_entries(stack, user) == []
+    state = account(stack, user)
+    assert (state["quota"], state["used_quota"], state["request_count"]) == (1_000_000, 0, 0)
+    [window] = stack.request("GET", "/limits", token=token).json()["limits"]
+    assert (window["scope"], window["spent"]) == ("account", 0)
+    # Without the limit the same user is served and billed: nothing was left holding quota.
+    assert stack.request("DELETE", "/limits/account", token=token).status_code == 200
+    client.chat.completions.create(model="gpt-4o", messages=MESSAGES, user=user, max_tokens=64)
+    [record] = settled_records(stack, user, 1)
+    assert record["status"] == "settled"
+    assert account(stack, user)["quota"] == 1_000_000 - record["quota"]
 
 
 def test_the_proxy_fails_closed_when_metering_is_unavailable(

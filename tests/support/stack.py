@@ -287,6 +287,14 @@ class LocalStack:
         result: dict[str, Any] = response.json()
         return result
 
+    def faults(self) -> dict[str, Any]:
+        """GET /_local/faults: the AWS faults in place (each with its `seen` and `fired`
+        counts) and the pollers' faults."""
+        response = self.http.get(f"{self.base_url}/_local/faults", timeout=10)
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
     def clear_faults(self) -> None:
         self.http.post(
             f"{self.base_url}/_local/faults", json={"clear": True}, timeout=10
