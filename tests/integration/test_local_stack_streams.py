@@ -36,7 +36,10 @@ ISO_SECOND = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 @pytest.fixture(scope="module")
 def sx() -> Iterator[LocalStack]:
-    stack = LocalStack("streams")
+    # Refused on purpose: a stream reader without DescribeStream, a publisher without PutEvents.
+    stack = LocalStack(
+        "streams", expect_access_denied={"DeniedFunction", "UnpermittedPublisherFunction"}
+    )
     stack.start(FIXTURES / "template.yaml", timeout=120)
     try:
         yield stack
