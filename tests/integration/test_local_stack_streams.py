@@ -829,7 +829,8 @@ def test_health_lists_the_buses_and_rules(sx: LocalStack) -> None:
 def test_a_rule_whose_target_is_an_api_destination_does_not_break_the_start() -> None:
     """With the webhook example switched on, its rule exists but its API destination is not a
     target the stack can run: the stack starts, records what the rule matches, says so."""
-    with LocalStack("streams-webhooks") as stack:
+    # The fixture's DeniedFunction is refused its stream here too, on purpose.
+    with LocalStack("streams-webhooks", expect_access_denied={"DeniedFunction"}) as stack:
         stack.start(FIXTURES / "template.yaml", parameters={"WebhooksEnabled": "true"}, timeout=120)
         rules = {rule["rule"]: rule for rule in stack.health()["event_rules"]}
         assert rules["quota-local-WebhookRule"]["targets"] == []
