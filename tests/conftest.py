@@ -3,7 +3,7 @@
 When the session ends, two checks fail the run (as an error at teardown):
 - IAM: every call any function made during the suite was allowed by its own policies in
   infra/template.yaml (the stack enforces them as AWS does; a refusal here is a refusal in
-  AWS, see GET /_local/iam).
+  AWS, see GET /_local/iam). LocalStack.stop makes this check for every stack the tests start.
 - Reconciliation (billing.ops.reconciliation): every balance must equal its ledger and every order
   its ledger entries, after everything the whole suite did to them.
 """
@@ -19,37 +19,15 @@ from tests.support.reconcile import assert_reconciled
 from tests.support.stack import LocalStack
 
 
-def access_denied_problems(stack: LocalStack) -> list[str]:
-    report = stack.iam()
-    if not report.get("enforced"):
-        return ["the session stack does not enforce IAM"]
-    if not report["denied_total"]:
-        # the log says the same (one line per refusal)
-        return ["AccessDenied in the stack's log"] if "IAM AccessDenied" in stack.log_text() else []
-    lines = [
-        f"{d['time']} {d['function']}: {d['action']} on {d['resource']} ({d['operation']})"
-        for d in report["denials"][:50]
-    ]
-    return [
-        f"IAM refused {report['denied_total']} calls of the functions during the suite "
-        "(grant what the code needs in infra/template.yaml, least privilege):\n" + "\n".join(lines)
-    ]
-
-
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
     local = LocalStack("session")
     local.start()
     try:
         yield local
-        problems = access_denied_problems(local)
-        try:
-            assert_reconciled(local)
-        except AssertionError as exc:
-            problems.append(str(exc))
-        assert not problems, "\n\n".join(problems)
+        assert_reconciled(local)
     finally:
-        local.stop()
+        local.stop()  # fails on any AccessDenied of the suite (as every stack's stop does)
 
 
 @pytest.fixture

@@ -323,7 +323,9 @@ def _without_put_events(document: dict[str, Any]) -> None:
 
 def test_without_put_events_nothing_is_published_and_the_batch_reaches_the_dlq() -> None:
     template = template_copy("alerts-no-put-events", _without_put_events)
-    with LocalStack("alerts-no-put-events") as local:
+    with LocalStack(
+        "alerts-no-put-events", expect_access_denied={"BillingEventsFunction"}
+    ) as local:
         local.start(template, env={"LOCAL_SCHEDULES": "0"})
         user, token = new_user(local)
         fund(local, user, 2 * PRICE)

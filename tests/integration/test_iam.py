@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.support.payments import UNIT, checkout, sandbox_event, wait_status
-from tests.support.stack import ROOT, LocalStack, template_copy, wait_for
+from tests.support.stack import ROOT, LocalStack, free_port, template_copy, wait_for
 
 FIXTURE = ROOT / "tests" / "fixtures" / "iam" / "template.yaml"
 ACCOUNT = "123456789012"
@@ -28,7 +28,10 @@ PROBE = f"arn:aws:sts::{ACCOUNT}:assumed-role/quota-local-ProbeFunctionRole/Prob
 
 @pytest.fixture(scope="module")
 def fx() -> Iterator[LocalStack]:
-    stack = LocalStack("iam")
+    # Refused on purpose: the probes, the target (it may not write GrantedTable) and the two
+    # workers; nothing else may be.
+    refused = {"ProbeFunction", "TargetFunction", "DeleteDeniedWorker", "ReceiveDeniedWorker"}
+    stack = LocalStack("iam", expect_access_denied=refused)
     stack.start(FIXTURE, env={"LOCAL_SCHEDULES": "0", "LOCAL_MAX_INSTANCES": "4"})
     try:
         yield stack
@@ -455,6 +458,24 @@ def test_the_iam_report_only_answers_get(fx: LocalStack) -> None:
     assert fx.iam()["enforced"] is True
 
 
+def test_a_refusal_its_owner_did_not_declare_fails_the_stack(fx: LocalStack) -> None:
+    """What LocalStack.stop checks for every stack the tests start: a refusal of a function
+    its owner did not name in expect_access_denied fails it, from GET /_local/iam while the
+    stack runs and from its log once it is gone."""
+    refused = probe(fx, "dynamodb", "put_item", TableName=table(fx, "OtherTable"), Item=item("k"))
+    assert_denied(refused)
+    assert fx.access_denied_problems() == []  # ProbeFunction is declared by this fixture
+    undeclared = LocalStack("iam", expect_access_denied={"DeleteDeniedWorker"})
+    undeclared.port, undeclared.log_path = fx.port, fx.log_path  # the same stack, another owner
+    (problem,) = undeclared.access_denied_problems()
+    assert "ProbeFunction" in problem
+    assert f"dynamodb:PutItem on {table_arn(fx, 'OtherTable')}" in problem
+    assert "DeleteDeniedWorker" not in problem
+    undeclared.port = free_port()  # nothing answers there: the log still tells
+    (from_log,) = undeclared.access_denied_problems()
+    assert "ProbeFunction" in from_log and "dynamodb:PutItem" in from_log
+
+
 # ---------------------------------------------------------------- the real template
 
 
@@ -491,7 +512,7 @@ def referred_pair(stack: LocalStack) -> tuple[str, str]:
 
 def test_a_permission_the_code_needs_taken_away_parks_the_refund_in_the_dlq() -> None:
     template = template_copy("iam-no-ledger-get", _without_ledger_get_item)
-    with LocalStack("iam-no-ledger-get") as stack:
+    with LocalStack("iam-no-ledger-get", expect_access_denied={"CreditPaymentFunction"}) as stack:
         stack.start(template, env={"LOCAL_SCHEDULES": "0"})
         inviter_token, invitee_token = referred_pair(stack)
         order = checkout(stack, invitee_token, amount=10)

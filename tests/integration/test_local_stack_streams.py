@@ -36,7 +36,10 @@ ISO_SECOND = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 @pytest.fixture(scope="module")
 def sx() -> Iterator[LocalStack]:
-    stack = LocalStack("streams")
+    # Refused on purpose: a stream reader without DescribeStream, a publisher without PutEvents.
+    stack = LocalStack(
+        "streams", expect_access_denied={"DeniedFunction", "UnpermittedPublisherFunction"}
+    )
     stack.start(FIXTURES / "template.yaml", timeout=120)
     try:
         yield stack
@@ -826,7 +829,8 @@ def test_health_lists_the_buses_and_rules(sx: LocalStack) -> None:
 def test_a_rule_whose_target_is_an_api_destination_does_not_break_the_start() -> None:
     """With the webhook example switched on, its rule exists but its API destination is not a
     target the stack can run: the stack starts, records what the rule matches, says so."""
-    with LocalStack("streams-webhooks") as stack:
+    # The fixture's DeniedFunction is refused its stream here too, on purpose.
+    with LocalStack("streams-webhooks", expect_access_denied={"DeniedFunction"}) as stack:
         stack.start(FIXTURES / "template.yaml", parameters={"WebhooksEnabled": "true"}, timeout=120)
         rules = {rule["rule"]: rule for rule in stack.health()["event_rules"]}
         assert rules["quota-local-WebhookRule"]["targets"] == []

@@ -10,7 +10,9 @@ floor(quota x R / P) after refunds totalling R of P, all of it at R = P, once.
 Also: the inviter's rebate goes back in the same proportion, from quota once it was transferred;
 N concurrent deliveries of one refund take back once; one poisoned credit record does not hold
 back another order's credit; a refund or dispute that matches no order is retried and kept in
-the credit DLQ (a stack of its own with immediate retries).
+the credit DLQ (a stack of its own with immediate retries). On a stack whose settings pay
+first-order bonuses: a full refund of the first order takes them back too, from the inviter's
+quota where a transfer emptied aff_quota.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pytest
 
 from tests.support.api import Api, Tables, User, drain, pay, post_stripe, stripe_event
 from tests.support.payments import dlq_bodies, redeliver, sandbox_refund
+from tests.support.reconcile import assert_reconciled, check_stack_account
 from tests.support.stack import LocalStack, wait_for
 
 UNIT = 500_000
@@ -224,6 +227,97 @@ def test_a_rebate_still_in_aff_quota_is_clawed_back_from_it_in_proportion(api: A
     account = assert_balanced(tables, inviter)
     assert account["aff_quota"] == rebate - rebate * 300 // 1000
     assert (account["quota"], account["aff_history_quota"]) == (0, account["aff_quota"])
+
+
+# ---------------------------------------------------------------- first-order bonuses
+
+INVITEE_BONUS, INVITER_BONUS = 1_000_000, 2_000_000
+
+
+@pytest.fixture(scope="module")
+def with_bonuses(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """A stack whose settings pay both first-order bonuses (settings/local.json pays none)."""
+    document = json.loads((ROOT / "settings" / "local.json").read_text())
+    document["referral"].update(invitee_bonus=INVITEE_BONUS, inviter_bonus=INVITER_BONUS)
+    path = tmp_path_factory.mktemp("settings") / "referral-bonuses.json"
+    path.write_text(json.dumps(document))
+    local = LocalStack("referral-bonuses")
+    local.start(settings=path, env={"LOCAL_SCHEDULES": "0"})
+    try:
+        yield local
+        assert_reconciled(local)
+    finally:
+        local.stop()
+
+
+def deltas(tables: Tables, user_id: str) -> dict[str, tuple[str, int]]:
+    return {e["entry_id"]: (e["balance"], e["delta"]) for e in tables.ledger(user_id)}
+
+
+def test_a_refunded_first_order_takes_its_bonuses_back_from_quota_once_transferred(
+    with_bonuses: LocalStack,
+) -> None:
+    api, tables = Api(with_bonuses), Tables(with_bonuses)
+    inviter = api.new_user(prefix="inviter")
+    invitee = api.new_user(referral_code=inviter.account()["aff_code"], prefix="invitee")
+    order = paid_order(api, invitee, "stripe")
+    oid, rebate = order["order_id"], QUOTA // 10  # referral.rebate_percent 10
+    # The first paid order paid both bonuses with its rebate, in its credit.
+    assert assert_balanced(tables, invitee)["quota"] == QUOTA + INVITEE_BONUS
+    rewarded = assert_balanced(tables, inviter)
+    assert (rewarded["quota"], rewarded["aff_quota"], rewarded["aff_history_quota"]) == (
+        0,
+        rebate + INVITER_BONUS,
+        rebate + INVITER_BONUS,
+    )
+
+    # Half of the rewards moved to the balance: aff_quota keeps 1 500 000.
+    moved = inviter.call(
+        "POST",
+        "/referral/transfer",
+        json={"quota": 1_000_000},
+        headers={"Idempotency-Key": uuid.uuid4().hex},
+    )
+    assert moved.status_code == 200, moved.text
+    assert moved.json() == {"aff_quota": rebate + INVITER_BONUS - 1_000_000, "quota": 1_000_000}
+
+    sandbox_refund(with_bonuses, order, 500)  # half: half the rebate, the bonuses stay
+    drain(with_bonuses)
+    halfway = assert_balanced(tables, inviter)
+    assert (halfway["quota"], halfway["aff_quota"]) == (1_000_000, 1_250_000)
+    assert assert_balanced(tables, invitee)["quota"] == QUOTA // 2 + INVITEE_BONUS
+
+    full = sandbox_refund(with_bonuses, order)  # the rest: all of it, the bonuses too
+    drain(with_bonuses)
+    assert redeliver(with_bonuses, full) == 200  # and the provider sends it again
+    drain(with_bonuses)
+    assert invitee.order(oid)["status"] == "refunded"
+    # The rest of the rebate (250 000) and 1 000 000 of the inviter's bonus come from what is
+    # left in aff_quota; the bonus's other 1 000 000 was transferred: it comes from quota.
+    after = assert_balanced(tables, inviter)
+    assert (after["quota"], after["aff_quota"], after["aff_history_quota"]) == (0, 0, 0)
+    bonus = f"signup_bonus_reversal#invitee#{invitee.user_id}"
+    ledger = deltas(tables, inviter.user_id)
+    transfers = {k: v for k, v in ledger.items() if k.startswith("referral_transfer#")}
+    assert sorted(transfers.values()) == [("aff_quota", -1_000_000), ("quota", 1_000_000)]
+    assert {k: v for k, v in ledger.items() if k not in transfers} == {
+        f"referral_reward#{oid}": ("aff_quota", rebate),
+        f"signup_bonus#invitee#{invitee.user_id}": ("aff_quota", INVITER_BONUS),
+        f"referral_clawback#{oid}#500": ("aff_quota", -rebate // 2),
+        f"referral_clawback#{oid}#1000": ("aff_quota", -rebate // 2),
+        bonus: ("aff_quota", -1_000_000),
+        f"{bonus}#quota": ("quota", -1_000_000),
+    }
+    assert assert_balanced(tables, invitee)["quota"] == 0
+    assert deltas(tables, invitee.user_id) == {
+        f"topup#{oid}": ("quota", QUOTA),
+        f"signup_bonus#{invitee.user_id}": ("quota", INVITEE_BONUS),
+        f"reversal#{oid}#500": ("quota", -QUOTA // 2),
+        f"reversal#{oid}#1000": ("quota", -QUOTA // 2),
+        f"signup_bonus_reversal#{invitee.user_id}": ("quota", -INVITEE_BONUS),
+    }
+    for user in (inviter, invitee):
+        assert check_stack_account(with_bonuses, user.user_id) == []
 
 
 # ---------------------------------------------------------------- one effect under concurrency

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.api import Api, Tables, drain, post_stripe
 from tests.support.payments import (
     UNIT,
     balance,
@@ -33,6 +34,7 @@ from tests.support.payments import (
     wait_drained,
     wait_status,
 )
+from tests.support.reconcile import check_stack_account
 from tests.support.stack import LocalStack, wait_for
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
@@ -530,6 +532,52 @@ def test_admin_completes_a_topup_once(stack: LocalStack) -> None:
     assert entry_ids(stack, user) == [f"topup#{order['order_id']}"]
     missing = stack.request("POST", "/admin/topups/ord_nothing_here/complete", token=admin)
     assert missing.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "changes", [{"amount_total": 999}, {"currency": "eur"}], ids=["amount", "currency"]
+)
+def test_admin_completes_a_mismatched_payment_once_at_the_orders_quota(
+    stack: LocalStack, changes: dict[str, Any]
+) -> None:
+    """The provider took another amount (or currency) than the order's: disputed, nothing
+    credited; an operator who checked the payment completes it, at the order's own quota and
+    its inviter's rebate, once however many admins press at once."""
+    api, tables = Api(stack), Tables(stack)
+    inviter = api.new_user(prefix="inviter")
+    user = api.new_user(referral_code=inviter.account()["aff_code"])
+    order = user.checkout("stripe", 10)
+    paid = session_event(order, **changes)
+    assert post_stripe(api, paid).status_code == 200
+    drain(stack)
+    disputed = user.order(order["order_id"])
+    assert disputed["status"] == "disputed" and disputed["failure_reason"].startswith("mismatch:")
+    assert tables.ledger(user.user_id) == [] and tables.ledger(inviter.user_id) == []
+
+    path = f"/admin/topups/{order['order_id']}/complete"
+    admin = api.admin_token()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        replies = list(pool.map(lambda _: stack.request("POST", path, token=admin), range(8)))
+    assert {r.status_code for r in replies} == {200}, [r.text for r in replies]
+    assert {r.json()["status"] for r in replies} == {"paid"}
+    assert len({r.json()["paid_at"] for r in replies}) == 1  # one credit, the rest unchanged
+    # The provider delivers the mismatched event again: a paid order stays as it is.
+    assert post_stripe(api, paid).status_code == 200
+    drain(stack)
+    again = stack.request("POST", path, token=admin)
+    assert again.status_code == 200 and again.json()["paid_at"] == replies[0].json()["paid_at"]
+
+    rebate = order["quota"] // 10  # referral.rebate_percent 10 in settings/local.json
+    assert order["quota"] == 10 * UNIT and user.account()["quota"] == order["quota"]
+    assert [(e["entry_id"], e["delta"]) for e in tables.ledger(user.user_id)] == [
+        (f"topup#{order['order_id']}", order["quota"])
+    ]
+    assert [(e["entry_id"], e["delta"]) for e in tables.ledger(inviter.user_id)] == [
+        (f"referral_reward#{order['order_id']}", rebate)
+    ]
+    assert inviter.account()["aff_quota"] == rebate
+    for account in (user, inviter):
+        assert check_stack_account(stack, account.user_id) == []
 
 
 # ------------------------------------------------------------ sample events (Invoke API)

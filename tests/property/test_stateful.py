@@ -6,7 +6,8 @@ provider deliveries re-sent byte for byte (duplicates, and stale events after ne
 refunds through the Stripe, Creem and Waffo sandboxes, whole or partial (Stripe's cumulative
 totals, Creem's and Waffo's one refund at a time), some held back by the provider and
 delivered later (out of order), Stripe disputes and expiries, a refund delivered before the
-payment (reordered), admin completion, admin-created redemption codes and redemptions, admin
+payment (reordered), a Stripe payment of another amount than the order's (disputed), admin
+completion (of such an order too), admin-created redemption codes and redemptions, admin
 adjustments (and their retries under the same Idempotency-Key), usage metering (charge,
 reserve, settle, release, duplicates, batches) and referral transfers (and their retries),
 inviters moving all their rewards to their balance before the invitee's refund, promo grants
@@ -76,6 +77,7 @@ from tests.support.api import (
     session_id,
     stripe_refund,
 )
+from tests.support.payments import session_event
 from tests.support.reconcile import check_stack_account
 from tests.support.stack import ROOT, LocalStack
 
@@ -172,7 +174,8 @@ class MOrder:
     intent_stored: bool = False  # a Stripe dispute finds the order by its payment intent
     rebate: int = 0  # what the owner's inviter earned on it
     paid_bonuses: bool = False  # its credit paid the first-order bonuses
-    sandbox: str = "open"  # the provider's side: open, paid, failed, expired
+    sandbox: str = "open"  # the provider's side: open, paid, failed, expired, mismatched
+    mismatch: bool = False  # disputed: the provider took another amount (an admin may complete)
     sandbox_refunded: int = 0  # minor units the provider has refunded (delivered or held)
     refunded: int = 0  # minor units our order counts as refunded (refunded_money)
     complete: bool = False  # all of its credit taken back (refunded in full, or disputed)
@@ -564,13 +567,30 @@ class BillingMachine(RuleBasedStateMachine):
         drain(self.stack)
         self._apply(order, REFUNDED, MRefund(order.paid_minor, cumulative=True, full=True))
 
+    @precondition(
+        lambda self: any(o.method == "stripe" and o.sandbox == "open" for o in self.orders)
+    )
+    @rule(data=st.data())
+    def stripe_pays_another_amount(self, data: st.DataObject) -> None:
+        """Stripe reports a payment of one cent more than the order: disputed, nothing
+        credited (its sandbox session never saw that payment: no more sandbox events)."""
+        order = data.draw(
+            st.sampled_from(self._orders(lambda o: o.method == "stripe" and o.sandbox == "open"))
+        )
+        body = session_event(order.api_order, amount_total=order.paid_minor + 1)
+        assert post_stripe(self.api, body).status_code == 200
+        drain(self.stack)
+        order.sandbox = "mismatched"
+        if order.status == "pending":
+            order.status, order.mismatch = DISPUTED, True
+
     @rule(data=st.data())
     def admin_completes(self, data: st.DataObject) -> None:
         if not self.orders:
             return
         order = data.draw(st.sampled_from(self.orders))
         response = self.api.call("POST", f"/admin/topups/{order.order_id}/complete", self.admin)
-        if order.status in (REFUNDED, DISPUTED):
+        if order.status == REFUNDED or (order.status == DISPUTED and not order.mismatch):
             assert response.status_code == 409, response.text
             assert response.json()["error"]["code"] == "order_not_completable"
             return

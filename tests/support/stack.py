@@ -4,20 +4,27 @@ stack = LocalStack().start()                     # infra/template.yaml
 stack.request("GET", "/account", token=stack.token("user-1"))
 stack.invoke("MeterUsageFunction", {...})        # Lambda Invoke API through boto3
 stack.boto3_client("dynamodb")                   # the embedded AWS (moto)
-stack.stop()
+stack.stop()                                     # fails on an unexpected IAM AccessDenied
+
+Every stack checks, when it stops, that IAM refused none of its functions' calls (the stack
+enforces infra/template.yaml's policies as AWS does: a refusal here is a refusal in AWS). A test
+that refuses calls on purpose names the functions it refuses:
+LocalStack("iam", expect_access_denied={"ProbeFunction"}); a refusal of any other function still
+fails the test that owns the stack.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +43,11 @@ T = TypeVar("T")
 # AWS's waits at 1/100; no worker started before its function is first invoked (a test's
 # stack uses a few of the functions, and the machine's cores are better spent on the tests).
 FAST = {"LOCAL_TIME_SCALE": "0.01", "LOCAL_PREWARM": "0"}
+
+# local/iam/enforcer.py logs one line per refusal.
+DENIAL_LINE = re.compile(
+    r"IAM AccessDenied: (?P<function>\S+) may not (?P<action>\S+) on (?P<rest>.*)"
+)
 
 
 class StackStartError(RuntimeError):
@@ -64,8 +76,12 @@ def free_port() -> int:
 
 
 class LocalStack:
-    def __init__(self, name: str = "stack") -> None:
+    def __init__(self, name: str = "stack", *, expect_access_denied: Collection[str] = ()) -> None:
+        """`expect_access_denied`: the logical ids of the functions whose calls the test has
+        IAM refuse on purpose; a refusal of any other function fails stop()."""
         self.name = name
+        self.expect_access_denied = frozenset(expect_access_denied)
+        self._healthy = False
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
         # One file per test process: several test runs may share the checkout.
@@ -137,27 +153,73 @@ class LocalStack:
                 response = self.http.get(f"{self.base_url}/_local/health", timeout=2)
                 if response.status_code == 200:
                     self._health = response.json()
+                    self._healthy = True
                     return
             except requests.RequestException:
                 pass
             time.sleep(0.2)
-        self.stop()
+        self.stop(check=False)
         raise StackStartError(
             f"the local stack was not healthy within {timeout:.0f} s\n{self.log_tail()}"
         )
 
-    def stop(self) -> None:
+    def stop(self, check: bool = True) -> None:
+        """Stop the stack; then (`check`) fail with AssertionError if IAM refused a call of a
+        function the owner did not name in `expect_access_denied`."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
+        problems = self.access_denied_problems() if check and self._healthy else []
+        self._healthy = False
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=5)
+            except ProcessLookupError:
+                pass
+        assert not problems, "\n\n".join(problems)
+
+    def access_denied_problems(self) -> list[str]:
+        """IAM refusals of functions not in `expect_access_denied`, from GET /_local/iam (and
+        from the log, which also holds them once the stack is gone); [] if none."""
+        refused: dict[str, int] = {}
+        lines: list[str] = []
         try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
-        except ProcessLookupError:
-            pass
+            report = self.iam()
+        except requests.RequestException:
+            report = None  # the stack died: its log still says what was refused
+        if report is not None:
+            if not report.get("enforced"):
+                return [f"the {self.name} stack does not enforce IAM"]
+            for function, calls in report["functions"].items():
+                if calls["denied_calls"] and function not in self.expect_access_denied:
+                    refused[function] = int(calls["denied_calls"])
+            lines = [
+                f"{d['time']} {d['function']}: {d['action']} on {d['resource']} ({d['operation']})"
+                for d in report["denials"]
+                if d["function"] not in self.expect_access_denied
+            ]
+        logged = [
+            match
+            for match in map(DENIAL_LINE.search, self.log_text().splitlines())
+            if match is not None and match["function"] not in self.expect_access_denied
+        ]
+        if not lines:
+            lines = [match.group(0) for match in logged]
+        for match in logged:
+            refused.setdefault(match["function"], 1)  # in the log only: at least one
+        if not refused:
+            return []
+        counts = ", ".join(f"{function} {n}" for function, n in sorted(refused.items()))
+        return [
+            f"IAM refused calls of the {self.name} stack's functions ({counts}): grant what "
+            "the code needs in infra/template.yaml (least privilege), or name a function the "
+            "test refuses on purpose in LocalStack(expect_access_denied=...)\n"
+            + "\n".join(lines[:50])
+        ]
 
     def __enter__(self) -> LocalStack:
         return self
