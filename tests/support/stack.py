@@ -165,11 +165,17 @@ class LocalStack:
 
     def stop(self, check: bool = True) -> None:
         """Stop the stack; then (`check`) fail with AssertionError if IAM refused a call of a
-        function the owner did not name in `expect_access_denied`."""
+        function the owner did not name in `expect_access_denied`, or if a handler answered
+        with a body its response model does not describe (billing.http.checked sends it all
+        the same, as in AWS, and counts ResponseSchemaMismatch)."""
         process, self.process = self.process, None
         if process is None:
             return
-        problems = self.access_denied_problems() if check and self._healthy else []
+        problems = (
+            self.access_denied_problems() + self.response_model_problems()
+            if check and self._healthy
+            else []
+        )
         self._healthy = False
         if process.poll() is None:
             try:
@@ -181,6 +187,24 @@ class LocalStack:
             except ProcessLookupError:
                 pass
         assert not problems, "\n\n".join(problems)
+
+    def response_model_problems(self) -> list[str]:
+        """Answers unlike their response model, from the functions' metrics; [] if none."""
+        try:
+            mismatches = self.metric_sum("ResponseSchemaMismatch")
+        except requests.RequestException:
+            mismatches = 0  # the stack died: the log still names them
+        lines = [
+            line
+            for line in self.log_text().splitlines()
+            if "response body does not match its model" in line
+        ]
+        if not mismatches and not lines:
+            return []
+        return [
+            f"{int(mismatches) or len(lines)} answers did not match their response model "
+            "(billing.api_models; fix the handler or the model):\n" + "\n".join(lines[:20])
+        ]
 
     def access_denied_problems(self) -> list[str]:
         """IAM refusals of functions not in `expect_access_denied`, from GET /_local/iam (and
