@@ -6,8 +6,8 @@ four passes, each page by page, so memory holds one page and one account at a ti
 small tallies (redemptions per redeemed code, invitations per inviter), never a table:
 1. accounts (Scan, consistent). Per account: its ledger (consistent Query of the base
    table), its orders (the orders table's by_user index plus the orders its entries name,
-   then consistent reads) and its usage records (the usage table's by_user index); then
-   the per-account checks below.
+   then consistent reads) and its usage records (every shard of the usage table's
+   by_user_shard index); then the per-account checks below.
 2. the ledger (Scan, keys and amounts): entries of accounts that do not exist; the
    redemptions of each code.
 3. the codes (Scan, consistent): uses against redemptions (`code_uses`).
@@ -70,7 +70,15 @@ from pynamodb.models import Model
 from billing import clock, retry
 from billing.facts import BILLED_USAGE_STATUSES, EntryKind, OrderStatus, UsageStatus
 from billing.grant_checks import grant_problems
-from billing.models import Account, LedgerEntry, Order, RedemptionCode, UsageRecord
+from billing.models import (
+    Account,
+    LedgerEntry,
+    Order,
+    RedemptionCode,
+    UsageRecord,
+    usage_of_user,
+)
+from billing.settings import load_settings
 
 KINDS = frozenset(EntryKind)
 # Cause prefix of an entry id -> the kinds it may carry.
@@ -359,9 +367,13 @@ def _orders(user_id: str, entries: Iterable[Entry]) -> list[Order]:
     return [o for o in _batch_get(Order, ids) if o.user_id == user_id]
 
 
+def _usage_shards() -> int:
+    return load_settings().usage.user_shards
+
+
 def _usage_from_index(user_id: str) -> UsageTotals:
     totals = UsageTotals()
-    for record in UsageRecord.by_user.query(user_id):
+    for record in usage_of_user(user_id, _usage_shards()):
         totals.add(record)
     return totals
 
@@ -370,7 +382,8 @@ def _usage_fresh(user_id: str) -> UsageTotals:
     """The records the index names, each read again from the table (current status)."""
     totals = UsageTotals()
     ids = (
-        r.request_id for r in UsageRecord.by_user.query(user_id, attributes_to_get=["request_id"])
+        r.request_id
+        for r in usage_of_user(user_id, _usage_shards(), attributes_to_get=["request_id"])
     )
     for record in _batch_get(UsageRecord, ids):
         totals.add(record)
