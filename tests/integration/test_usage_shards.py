@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
+import uuid
 from typing import Any
 from urllib.parse import quote
 
@@ -14,6 +18,7 @@ from tests.support.stack import ROOT, LocalStack
 
 SHARDS = json.loads((ROOT / "settings" / "local.json").read_text())["usage"]["user_shards"]
 CHARGES = 300
+BATCHED = 280  # in batches of 70; the last 20 one by one
 
 
 def _pages(stack: LocalStack, user: str, query: str, limit: int) -> list[list[dict[str, Any]]]:
@@ -60,11 +65,11 @@ def test_one_users_300_charges_page_across_shards_in_order(stack: LocalStack) ->
     events = [
         usage_event(user, **({"key_id": "k-shards"} if n % 3 == 0 else {})) for n in range(CHARGES)
     ]
-    for start in range(0, 200, 100):
-        batch = events[start : start + 100]
+    for start in range(0, BATCHED, 70):
+        batch = events[start : start + 70]
         results = invoke(stack, {"events": batch})["results"]
         assert [r["status"] for r in results] == ["charged"] * len(batch)
-    for event in events[200:]:
+    for event in events[BATCHED:]:
         assert invoke(stack, event)["status"] == "charged"
     for event in events:
         request_ids.append(event["request_id"])
@@ -78,17 +83,17 @@ def test_one_users_300_charges_page_across_shards_in_order(stack: LocalStack) ->
     assert shards <= {f"{user}#{n}" for n in range(SHARDS)}
 
     wait_for_indexes(stack)
-    pages = _pages(stack, user, "", limit=7)
+    pages = _pages(stack, user, "", limit=23)
     listed = [item for page in pages for item in page]
     _assert_newest_first(listed)
     assert len(listed) == CHARGES
     assert {i["request_id"] for i in listed} == set(request_ids)  # no gap, not the other's
-    assert len(pages) == -(-CHARGES // 7)
+    assert len(pages) == -(-CHARGES // 23)
     # The singles were charged after the batches: they come first, newest first.
-    assert [i["request_id"] for i in listed[:100]] == request_ids[200:][::-1]
+    assert [i["request_id"] for i in listed[: CHARGES - BATCHED]] == request_ids[BATCHED:][::-1]
 
     # A filter pages the same way, over its matches only.
-    filtered = [i for p in _pages(stack, user, "&key_id=k-shards", limit=9) for i in p]
+    filtered = [i for p in _pages(stack, user, "&key_id=k-shards", limit=17) for i in p]
     _assert_newest_first(filtered)
     assert {i["request_id"] for i in filtered} == set(keyed) and len(filtered) == len(keyed)
 
@@ -126,3 +131,46 @@ def test_shard_cursors_stay_signed_for_their_caller_and_filters(stack: LocalStac
     both = first["items"] + second["items"]
     _assert_newest_first(both)
     assert len(both) == 10 and second["next_cursor"] is not None
+
+
+def test_records_from_before_the_shards_are_listed_once_backfilled(stack: LocalStack) -> None:
+    user = funded_user(stack, 1_000_000)
+    assert invoke(stack, usage_event(user))["status"] == "charged"
+    # A record as metering wrote it before the index was sharded: no user_shard (a release
+    # that found no hold, so it moves no balance).
+    legacy = f"req-legacy-{uuid.uuid4().hex}"
+    client = stack.boto3_client("dynamodb")
+    table = stack.table_name("UsageTable")
+    client.put_item(
+        TableName=table,
+        Item={
+            "request_id": {"S": legacy},
+            "user_id": {"S": user},
+            "model": {"S": "gpt-4o"},
+            "status": {"S": "released"},
+            "quota": {"N": "0"},
+            "hold_quota": {"N": "0"},
+            "prompt_tokens": {"N": "0"},
+            "completion_tokens": {"N": "0"},
+            "results": {"M": {}},
+            "created_at": {"S": "2026-01-02T03:04:05.000006Z"},
+        },
+    )
+    wait_for_indexes(stack)
+    before = [i["request_id"] for p in _pages(stack, user, "", limit=5) for i in p]
+    assert legacy not in before and len(before) == 1
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'layers' / 'common'}:{ROOT}"}
+    command = [sys.executable, "-m", "tools.migrate_usage_shards", "--local", stack.base_url]
+    for _ in range(2):  # idempotent: the second run finds nothing to set
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["set"] == 0
+    shard = client.get_item(
+        TableName=table, Key={"request_id": {"S": legacy}}, ConsistentRead=True
+    )["Item"]["user_shard"]["S"]
+    assert shard.rpartition("#")[0] == user
+    wait_for_indexes(stack)
+    after = [i["request_id"] for p in _pages(stack, user, "", limit=5) for i in p]
+    assert after == [*before, legacy]  # the oldest, last

@@ -72,7 +72,11 @@ from billing.usage import limits, pricing
 
 Result = dict[str, Any]
 
-HOLD_SHARDS = 10
+# Shards of the open_holds index, for all users together: its sort key (the expiry) only
+# grows, and a hold writes it twice (reserve, then settle or release), so 64 keep each under
+# 1000 writes a second at 25,000 events a second (bench/capacity.py). Raise only: the sweeper
+# reads shards 0..HOLD_SHARDS-1.
+HOLD_SHARDS = 64
 # A transaction holds at most 100 items: the account, up to two ledger entries, the records.
 MAX_RECORDS_PER_TRANSACTION = 97
 # Re-reads of a contended account before the event is handed back as retryable.
