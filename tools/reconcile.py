@@ -77,7 +77,13 @@ def local_settings(base_url: str) -> tuple[Tables, str]:
     with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - checked above
         health: dict[str, Any] = json.load(response)
     names: dict[str, str] = health["tables"]
-    tables = Tables(**{field: names[logical] for field, logical in _LOCAL_TABLES.items()})
+    tables = Tables(
+        accounts=names[_LOCAL_TABLES["accounts"]],
+        ledger=names[_LOCAL_TABLES["ledger"]],
+        orders=names[_LOCAL_TABLES["orders"]],
+        usage=names[_LOCAL_TABLES["usage"]],
+        codes=names[_LOCAL_TABLES["codes"]],
+    )
     return tables, str(health["aws_endpoint"])
 
 

@@ -156,9 +156,13 @@ def _open_position(cursor: str | None) -> Position | None:
     if cursor is None:
         return None
     value = decode_cursor(cursor)
-    if set(value) != {"at", "id"} or not all(
-        isinstance(value[name], str) and 0 < len(value[name]) <= MAX_POSITION_PART
-        for name in ("at", "id")
+    if (
+        value is None
+        or set(value) != {"at", "id"}
+        or not all(
+            isinstance(value[name], str) and 0 < len(value[name]) <= MAX_POSITION_PART
+            for name in ("at", "id")
+        )
     ):
         raise InvalidRequest("The cursor is invalid.")
     return (value["at"], value["id"])
