@@ -339,8 +339,9 @@ class AuditRecord(Model):
 # ---------------------------------------------------------------- usage rollups (usage insight)
 # One table, two kinds of item: the rollup of one (day, model, key) under the user's partition
 # (sort key `<day>#<model>#<key>`, so a day range is one Query) and the marker of each usage
-# record already counted (`r#<request_id>`, under its own partition `m#<request_id>`), written
-# in the same transaction as the rollup's ADD so a replayed stream record is counted once.
+# record already counted (`r#<request_id>`, under its own partition
+# `m#<user_id>#<request_id>`), written in the same transaction as the rollup's ADD so a
+# replayed stream record is counted once.
 
 
 class UsageRollup(Model):
@@ -365,8 +366,8 @@ class RollupMarker(Model):
         table_name = _table("USAGE_ROLLUPS_TABLE")
         region = _REGION
 
-    # "m#<request_id>" (billing.usage.rollups.marker_partition): a partition per request, so
-    # a hot account's markers do not land on its rollups' partition. Markers written before
+    # "m#<user_id>#<request_id>" (billing.usage.rollups.marker_partition): a partition per
+    # request, so a hot account's markers do not land on its rollups' partition. Markers written before
     # were under the user_id; they expire with their TTL.
     user_id = UnicodeAttribute(hash_key=True)
     bucket = UnicodeAttribute(range_key=True)  # "r#<request_id>"
