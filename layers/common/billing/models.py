@@ -367,8 +367,8 @@ class RollupMarker(Model):
         region = _REGION
 
     # "m#<user_id>#<request_id>" (billing.usage.rollups.marker_partition): a partition per
-    # request, so a hot account's markers do not land on its rollups' partition. Markers written before
-    # were under the user_id; they expire with their TTL.
+    # request, so a hot account's markers do not land on its rollups' partition. Markers
+    # written before were under the user_id; they expire with their TTL.
     user_id = UnicodeAttribute(hash_key=True)
     bucket = UnicodeAttribute(range_key=True)  # "r#<request_id>"
     rollup = UnicodeAttribute()  # the bucket it was counted in
