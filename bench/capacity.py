@@ -13,6 +13,12 @@ every write request is captured (botocore), and each written item costs
 ConditionCheck items are counted apart (they read; their cost is not in the figure).
 Item sizes follow DynamoDB's rules (attribute names + values; numbers ~1 byte per 2 digits).
 
+The hot account (issue 20): one DynamoDB partition takes about 1000 write units a second,
+and an item can never be split. `hot_account` meters real batches for one account that holds
+grants and spend limits (account day and month, one key's day), folds the usage table's
+stream into rollups in the stream's batches, and prices every write per partition it lands
+on (table partition key, or index partition key), scaled to 25,000 events a second.
+
     .venv/bin/python bench/capacity.py          writes bench/results/capacity.json
 """
 
@@ -24,7 +30,8 @@ import os
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +49,9 @@ from tests.support.embedded_tables import embedded_tables  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "capacity.json"
 KB = 1024
+HOT_EVENTS_PER_SECOND = 25_000
+PARTITION_WCU = 1000  # what one DynamoDB partition takes a second
+HOT_BATCH = 500  # events per metering call (the most a batch holds)
 
 
 # ---------------------------------------------------------------- sizes
@@ -194,6 +204,58 @@ def cost(client: Any, capture: Capture) -> dict[str, Any]:
     }
 
 
+def per_partition(client: Any, capture: Capture) -> dict[tuple[str, str, str], dict[str, int]]:
+    """(table, index or "" or "#item", partition key value or item key) -> {units, writes}:
+    what each write costs on each partition it lands on (the table's, each index's that
+    holds the item) and on each item (which no partition split can spread)."""
+    found: dict[tuple[str, str, str], dict[str, int]] = {}
+
+    def add(where: tuple[str, str, str], cost_units: int) -> None:
+        row = found.setdefault(where, {"units": 0, "writes": 0})
+        row["units"] += cost_units
+        row["writes"] += 1
+
+    for write in capture.writes:
+        after = write.item if write.item is not None else _read(client, write.table, write.key)
+        size = max(item_size(write.before), item_size(after))
+        short = write.table.removeprefix("quota-local-")
+        schema = _schemas[write.table]
+        hash_name = schema["KeySchema"][0]["AttributeName"]
+        ((_, hash_value),) = write.key[hash_name].items()
+        base = units(size) * (2 if write.transactional else 1)
+        add((short, "", str(hash_value)), base)
+        add((short, "#item", json.dumps(write.key, sort_keys=True)), base)
+        local = {i["IndexName"] for i in schema.get("LocalSecondaryIndexes", [])}
+        for index in schema.get("GlobalSecondaryIndexes", []) + schema.get(
+            "LocalSecondaryIndexes", []
+        ):
+            names = [k["AttributeName"] for k in index["KeySchema"]]
+            keys = set(names) | {k["AttributeName"] for k in schema["KeySchema"]}
+            projection = index["Projection"]["ProjectionType"]
+            # A local index lives in its table's partition: its writes count there.
+            where_index = "" if index["IndexName"] in local else index["IndexName"]
+            for holder in {id(i): i for i in (write.before, after) if i}.values():
+                if not all(n in holder for n in names):
+                    continue
+                projected = (
+                    holder
+                    if projection == "ALL"
+                    else {k: v for k, v in holder.items() if k in keys}
+                )
+                ((_, index_hash),) = holder[names[0]].items()
+                add((short, where_index, str(index_hash)), units(item_size(projected)))
+                if (
+                    write.before is not None
+                    and after is not None
+                    and all(
+                        n in write.before and n in after and write.before[n] == after[n]
+                        for n in names
+                    )
+                ):
+                    break  # the same index item, updated in place: one write
+    return found
+
+
 @contextmanager
 def measured(
     client: Any, results: dict[str, Any], name: str, goal_items: int, why: str
@@ -233,6 +295,205 @@ def moto_report(client: Any, table: str) -> dict[str, Any]:
         "put_item_3kb": put,
         "transact_write_items": transact,
         "note": "a 3 KB PutItem costs 3 WRU in DynamoDB; TransactWriteItems reports none",
+    }
+
+
+# ---------------------------------------------------------------- the hot account
+
+# What each partition is, for the table (table, index) -> label.
+_PARTITIONS = {
+    ("AccountsTable", ""): "account item (the user's partition)",
+    ("LedgerTable", ""): "ledger entries + their local index by_seq (the user's partition)",
+    ("UsageTable", ""): "usage record (partition = its request_id)",
+    ("UsageTable", "by_user_shard"): "by_user_shard index: the user's hottest shard",
+    ("UsageTable", "open_holds"): "open_holds index: the hottest hold shard (all users)",
+    ("LimitCountersTable", ""): "limit counters (the user's partition, all windows)",
+    ("UsageRollupsTable", ""): "rollups (the user's partition; each marker its own)",
+    ("GrantsTable", ""): "grant history (the user's partition)",
+}
+# What a row over the goal means, and what is left to do about it.
+_NOTES = {
+    ("LimitCountersTable", ""): (
+        "each counter item stays under the goal (hottest_item); the user's partition holds "
+        "one counter per limit in force, all moved by every chunk, so past one limit the "
+        "partition key is over 1000 unless DynamoDB splits it between its items (distinct "
+        "sort keys, no local index: it can). Not sharded yet: a partition per counter would "
+        "move live windows' spend to new items (a migration of its own)."
+    ),
+}
+
+
+def _user_shard_of(request_id: str) -> int:
+    from billing.models import usage_shard_number
+    from billing.settings import load_settings
+
+    return usage_shard_number(request_id, load_settings().usage.user_shards)
+
+
+def _hold_shard_of(request_id: str) -> str:
+    from billing.usage import metering
+
+    return metering.hold_shard(request_id)
+
+
+# Indexes whose partition comes from the request id through a hash.
+_SHARDED: dict[str, Callable[[str], Any]] = {
+    "by_user_shard": _user_shard_of,
+    "open_holds": _hold_shard_of,
+}
+
+
+def _stream_batch_size() -> int:
+    text = (ROOT / "infra" / "template.yaml").read_text()
+    block = text[text.index("  UsageRollupFunction:") :]
+    return int(block[block.index("BatchSize:") :].split()[1])
+
+
+def hot_table(
+    found: dict[tuple[str, str, str], dict[str, int]], events: int
+) -> list[dict[str, Any]]:
+    """The hottest partition (and item) of every (table, index), scaled to the goal rate."""
+    scale = HOT_EVENTS_PER_SECOND / events
+    groups: dict[tuple[str, str], list[tuple[str, dict[str, int]]]] = {}
+    for (table, index, key), row in found.items():
+        groups.setdefault((table, index), []).append((key, row))
+    rows: list[dict[str, Any]] = []
+    for (table, index), members in sorted(groups.items()):
+        if index == "#item":
+            continue
+        key, hottest = max(members, key=lambda m: m[1]["units"])
+        items = [row for k, row in groups.get((table, "#item"), []) if index == ""]
+        hottest_item = max((row["units"] for row in items), default=None)
+        per_second = round(hottest["units"] * scale)
+        sharding = _SHARDED.get(index)
+        if sharding is not None:
+            # A few hundred events spread over the shards say little of the hottest one at
+            # the full rate: a second of it, drawn through the same hash, does.
+            writes = sum(row["writes"] for _, row in members)
+            unit = max(math.ceil(row["units"] / row["writes"]) for _, row in members)
+            drawn = Counter(sharding(uuid.uuid4().hex) for _ in range(round(writes * scale)))
+            per_second = max(drawn.values()) * unit
+        item_per_second = None if hottest_item is None else round(hottest_item * scale)
+        rows.append(
+            {
+                "partition": _PARTITIONS.get((table, index), f"{table} {index}".strip()),
+                "table": table,
+                "index": index or None,
+                "partitions_written": len(members),
+                "hottest_partition_writes": hottest["writes"],
+                "hottest_partition_units": hottest["units"],
+                "wcu_per_second": per_second,
+                "hottest_item_wcu_per_second": item_per_second,
+                "goal": f"<= {PARTITION_WCU} WCU/s",
+                "met": per_second <= PARTITION_WCU,
+                **(
+                    {"note": _NOTES[(table, index)]}
+                    if per_second > PARTITION_WCU and (table, index) in _NOTES
+                    else {}
+                ),
+            }
+        )
+    return rows
+
+
+def hot_account(client: Any, settings: Any, user: Any, order: Any, paid: Any) -> dict[str, Any]:
+    """One account at 25,000 events a second, on paper (module docstring)."""
+    from billing.codes import admin as code_admin
+    from billing.codes import redemption
+    from billing.payments import crediting
+    from billing.usage import metering, rollups, spend_limits
+
+    hot = user()
+    for _ in range(3):  # grants from three top-ups and a code: a realistic account item
+        assert crediting.apply_event(paid(order(hot))) is crediting.Outcome.CREDITED
+    batch = code_admin.create_batch("bench", "bench", 1000, 1, 1, None)
+    redemption.redeem(hot, batch.codes[0], "127.0.0.1")
+    for scope, period in (("account", "day"), ("account", "month"), ("key:k-hot", "day")):
+        spend_limits.put_limit(hot, scope, 10**12, period)
+    account_size = item_size(
+        client.get_item(
+            TableName=next(t for t in _schemas if t.endswith("AccountsTable")),
+            Key={"user_id": {"S": hot}},
+            ConsistentRead=True,
+        )["Item"]
+    )
+
+    def events(action: str, ids: list[str]) -> list[Any]:
+        return [
+            metering.UsageEvent(
+                action=metering.Action(action),
+                request_id=rid,
+                user_id=hot,
+                model="gpt-4o",
+                prompt_tokens=1000,
+                completion_tokens=500,
+                key_id="k-hot",
+            )
+            for rid in ids
+        ]
+
+    scenarios: dict[str, Any] = {}
+    # Charges: two full batches, then the stream of their records folded into rollups.
+    capture = Capture()
+    _state.capture = capture
+    try:
+        charged_ids = [uuid.uuid4().hex for _ in range(2 * HOT_BATCH)]
+        for start in range(0, len(charged_ids), HOT_BATCH):
+            outcome = metering.meter(
+                events("charge", charged_ids[start : start + HOT_BATCH]), settings=settings
+            )
+            assert outcome.complete and all(r and r["status"] == "charged" for r in outcome.results)
+    finally:
+        _state.capture = None
+    chunks = sum(1 for w in capture.writes if w.table.endswith("AccountsTable"))
+    usage_table = next(t for t in _schemas if t.endswith("UsageTable"))
+    stream = [
+        {
+            "eventName": "INSERT",
+            "dynamodb": {"SequenceNumber": str(n), "NewImage": w.item},
+        }
+        for n, w in enumerate(capture.writes)
+        if w.table == usage_table and w.item is not None
+    ]
+    batch_size = _stream_batch_size()
+    _state.capture = capture
+    try:
+        for start in range(0, len(stream), batch_size):
+            assert rollups.apply_stream_records(stream[start : start + batch_size]) == []
+    finally:
+        _state.capture = None
+    found = per_partition(client, capture)
+    scenarios["charge"] = {
+        "events": len(charged_ids),
+        "account_writes": chunks,
+        "events_per_account_write": round(len(charged_ids) / chunks, 1),
+        "stream_batch_size": batch_size,
+        "partitions": hot_table(found, len(charged_ids)),
+    }
+    # Reserve then settle: every request is two events (two writes of its record).
+    capture = Capture()
+    _state.capture = capture
+    try:
+        held_ids = [uuid.uuid4().hex for _ in range(HOT_BATCH)]
+        for action in ("reserve", "settle"):
+            outcome = metering.meter(events(action, held_ids), settings=settings)
+            assert outcome.complete
+    finally:
+        _state.capture = None
+    scenarios["reserve_then_settle"] = {
+        "events": 2 * len(held_ids),
+        "account_writes": sum(1 for w in capture.writes if w.table.endswith("AccountsTable")),
+        "partitions": hot_table(per_partition(client, capture), 2 * len(held_ids)),
+    }
+    every = [row for s in scenarios.values() for row in s["partitions"]]
+    return {
+        "events_per_second": HOT_EVENTS_PER_SECOND,
+        "usage_user_shards": settings.usage.user_shards,
+        "account_item_bytes": account_size,
+        "scenarios": scenarios,
+        "goal": f"every partition an event touches <= {PARTITION_WCU} WCU/s",
+        "met": all(row["met"] for row in every),
+        "over": sorted({row["partition"] for row in every if not row["met"]}),
     }
 
 
@@ -316,11 +577,11 @@ def run() -> dict[str, Any]:
             invitee = user(inviter)
         plain = user()
         for name, owner, items, why in (
-            ("credit a top-up", plain, 3, "order + topup entry + account"),
+            ("credit a top-up", plain, 4, "order + topup entry + account + grant record"),
             (
                 "credit a top-up of an invited user (with the inviter's rebate)",
                 invitee,
-                5,
+                6,
                 "+ inviter's account and reward entry",
             ),
         ):
@@ -346,10 +607,13 @@ def run() -> dict[str, Any]:
                     event_id=f"evt_{uuid.uuid4().hex}",
                     type=EventType.REFUNDED,
                     order_id=refunded.order_id,
+                    full_refund=True,  # a refund must say what it refunds (crediting)
                 )
             )
         batch = code_admin.create_batch("bench", "bench", 1000, 1, 5, None)
-        with measured(client, ops, "redeem a code", 3, "code + redeem entry + account"):
+        with measured(
+            client, ops, "redeem a code", 4, "code + redeem entry + account + grant record"
+        ):
             redemption.redeem(plain, batch.codes[0], "127.0.0.1")
         with measured(
             client, ops, "charge (one usage event)", 3, "usage record + usage entry + account"
@@ -368,13 +632,14 @@ def run() -> dict[str, Any]:
             "100 records + 2 chunks x (entry + account)",
         ):
             metering.meter([event(plain) for _ in range(100)], settings=settings)
-        with measured(client, ops, "admin adjustment", 3, "entry + account + audit record"):
+        with measured(client, ops, "admin adjustment", 4, "entry + account + audit + grant record"):
             adjustments.adjust("bench-admin", plain, 1000, "bench", uuid.uuid4().hex)
         rich = user(inviter)
         crediting.apply_event(paid(order(rich)))
-        with measured(client, ops, "referral transfer", 3, "two entries + account"):
+        with measured(client, ops, "referral transfer", 4, "two entries + account + grant record"):
             referral.transfer(inviter, 500_000, uuid.uuid4().hex)
         results["operations"] = ops
+        results["hot_account"] = hot_account(client, settings, user, order, paid)
         usage_table = next(t for t in _schemas if t.endswith("UsageTable"))
         results["moto_reports"] = moto_report(client, usage_table)
     results["method"] = (
@@ -396,6 +661,12 @@ def main() -> None:
             f"({figures['table_write_units']} table + {figures['index_write_units']} index, "
             f"{figures['items_written']} items, {figures['condition_checks']} checks)"
         )
+    hot = results["hot_account"]
+    print(f"\none account at {hot['events_per_second']} events/s (WCU/s per partition):")
+    for name, scenario in hot["scenarios"].items():
+        for row in scenario["partitions"]:
+            mark = "ok" if row["met"] else "OVER"
+            print(f"  {name:<20} {row['partition']:<62} {row['wcu_per_second']:>7}  {mark}")
 
 
 if __name__ == "__main__":

@@ -233,6 +233,39 @@ def import_profile_section(data: dict[str, Any]) -> Iterator[str]:
     )
 
 
+def _hot_account_rows(hot: dict[str, Any] | None) -> Iterator[str]:
+    if not hot:
+        return
+    yield ""
+    yield (
+        f"Hot account, on paper: one account at {hot['events_per_second']} events/s, write "
+        f"units a second on every partition an event touches (the account item is "
+        f"{hot['account_item_bytes']} bytes with 4 grants and 3 spend limits; "
+        f"usage.user_shards {hot['usage_user_shards']}). Goal: {hot['goal']}"
+        f"{_goal_mark(hot.get('met'))}."
+    )
+    yield ""
+    yield "| events | partition | partitions written | WCU/s | hottest item WCU/s | goal |"
+    yield "|---|---|---|---|---|---|"
+    notes: list[str] = []
+    for name, scenario in hot.get("scenarios", {}).items():
+        per_write = scenario.get("events_per_account_write")
+        label = name if per_write is None else f"{name} ({per_write} events/account write)"
+        for row in scenario.get("partitions", []):
+            item = row.get("hottest_item_wcu_per_second")
+            yield (
+                f"| {label} | {row['partition']} | {row['partitions_written']} | "
+                f"{row['wcu_per_second']} | {'-' if item is None else item} | "
+                f"{row['goal']}{_goal_mark(row.get('met'))} |"
+            )
+            if row.get("note") and row["note"] not in notes:
+                notes.append(row["note"])
+    for note in notes:
+        yield ""
+        yield f"Over the goal: {note}"
+    yield ""
+
+
 def capacity_section(data: dict[str, Any]) -> Iterator[str]:
     yield "| operation | write units | table + index | items written | goal | condition checks |"
     yield "|---|---|---|---|---|---|"
@@ -245,6 +278,7 @@ def capacity_section(data: dict[str, Any]) -> Iterator[str]:
         )
     yield ""
     yield f"Method: {data.get('method', '')}."
+    yield from _hot_account_rows(data.get("hot_account"))
     moto = data.get("moto_reports")
     if moto:
         yield (

@@ -9,6 +9,10 @@ With --local the table names and the embedded AWS endpoint come from the stack's
 endpoint from AWS_ENDPOINT_URL when set. Read-only, and streamed (memory holds one account
 at a time). Exit status: 0 clean, 1 differences, 2 the run itself failed. Accounts that kept
 changing through every re-check are printed as UNVERIFIED (not differences).
+
+The settings document says how many index shards hold a user's usage (usage.user_shards):
+SETTINGS_PARAMETER (the SSM parameter) or SETTINGS_FILE; with --local, settings/local.json
+(what the local stack is seeded from) unless SETTINGS_FILE is set.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import os
 import sys
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from billing.ops.reconciliation import Options, Tables, reconcile
@@ -72,7 +77,13 @@ def local_settings(base_url: str) -> tuple[Tables, str]:
     with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - checked above
         health: dict[str, Any] = json.load(response)
     names: dict[str, str] = health["tables"]
-    tables = Tables(**{field: names[logical] for field, logical in _LOCAL_TABLES.items()})
+    tables = Tables(
+        accounts=names[_LOCAL_TABLES["accounts"]],
+        ledger=names[_LOCAL_TABLES["ledger"]],
+        orders=names[_LOCAL_TABLES["orders"]],
+        usage=names[_LOCAL_TABLES["usage"]],
+        codes=names[_LOCAL_TABLES["codes"]],
+    )
     return tables, str(health["aws_endpoint"])
 
 
@@ -85,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.local:
+            local = Path(__file__).resolve().parents[1] / "settings" / "local.json"
+            os.environ.setdefault("SETTINGS_FILE", str(local))
             tables, endpoint = local_settings(args.local)
         else:
             environ = dict(os.environ)

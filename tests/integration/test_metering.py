@@ -445,7 +445,7 @@ def test_get_usage_lists_the_users_records_newest_first(stack: LocalStack) -> No
     invoke(stack, usage_event(other))
     reserve = usage_event(user, "reserve", prompt_tokens=40)
     invoke(stack, reserve)
-    wait_for_indexes(stack)  # GET /usage reads by_user, a GSI
+    wait_for_indexes(stack)  # GET /usage reads by_user_shard, a GSI
     page = stack.request("GET", "/usage?limit=2", token=stack.token(user))
     assert page.status_code == 200
     items = page.json()["items"]

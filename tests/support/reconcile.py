@@ -3,9 +3,14 @@ and for tests that prove nothing was lost or doubled."""
 
 from __future__ import annotations
 
+import json
+
 from billing.ops.reconciliation import Difference, Options, Report, Tables, check_account, reconcile
 
-from tests.support.stack import LocalStack
+from tests.support.stack import ROOT, LocalStack
+
+# The local stack is seeded with settings/local.json.
+_SETTINGS = json.loads((ROOT / "settings" / "local.json").read_text())
 
 
 def stack_tables(stack: LocalStack) -> Tables:
@@ -16,6 +21,7 @@ def stack_tables(stack: LocalStack) -> Tables:
         orders=tables["OrdersTable"],
         usage=tables["UsageTable"],
         codes=tables["RedemptionCodesTable"],
+        usage_shards=_SETTINGS["usage"]["user_shards"],
     )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from billing import clock, db, ledger
 from billing.errors import InvalidRequest, NotFound
-from billing.models import Account, LedgerEntry, UsageRecord
+from billing.models import Account, LedgerEntry, UsageRecord, usage_of_user
 from billing.referral import signup
 from billing.settings import parse_settings
 from billing.usage import intake, metering, unbilled
@@ -121,10 +121,10 @@ def assert_consistent(user: str) -> Account:
     found = account(user)
     entries = list(LedgerEntry.query(user, consistent_read=True))
     assert sum(int(e.delta) for e in entries if e.balance == "quota") == int(found.quota)
-    wait_for_indexes()  # the holds are read through by_user, a GSI
+    wait_for_indexes()  # the holds are read through by_user_shard, a GSI
     open_holds = sum(
         int(r.hold_quota)
-        for r in UsageRecord.by_user.query(user)
+        for r in usage_of_user(user, SETTINGS.usage.user_shards)
         if r.status == metering.Status.RESERVED
     )
     assert int(found.held_quota) == open_holds

@@ -174,7 +174,7 @@ def test_a_partly_counted_batch_adds_only_the_new_records(aws: EmbeddedAws) -> N
     assert rollups.apply_stream_records(earlier) == []
     assert totals(user)["total"]["quota"] == 300
     assert totals(user)["total"]["requests"] == 3
-    marker = RollupMarker.get(user, "r#r0", consistent_read=True)
+    marker = RollupMarker.get(rollups.marker_partition(user, "r0"), "r#r0", consistent_read=True)
     assert marker.rollup == rollups.bucket_name("2026-11-02", "m1", None)
 
 

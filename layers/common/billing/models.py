@@ -6,7 +6,9 @@ decimal string. Times are ISO-8601 UTC strings, which sort as they read.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from pynamodb.attributes import (
@@ -215,13 +217,32 @@ class LedgerEntry(Model):
     by_seq = LedgerBySeq()
 
 
-class UsageByUser(GlobalSecondaryIndex["UsageRecord"]):
+class UsageByUserShard(GlobalSecondaryIndex["UsageRecord"]):
+    """A user's usage, newest first, spread over `usage.user_shards` partitions (`user_shard`
+    = `<user_id>#<n>`, n from the request_id): created_at only grows, so one partition per
+    user would cap an account near 1000 records a second. Readers merge the shards
+    (billing.usage.history)."""
+
     class Meta:
-        index_name = "by_user"
+        index_name = "by_user_shard"
         projection = AllProjection()
 
-    user_id = UnicodeAttribute(hash_key=True)
+    user_shard = UnicodeAttribute(hash_key=True)
     created_at = UnicodeAttribute(range_key=True)
+
+
+def usage_shard_number(request_id: str, shards: int) -> int:
+    """The by_user_shard shard of a request: stable, so every write of a record keeps it."""
+    return int(hashlib.sha256(request_id.encode()).hexdigest()[:8], 16) % shards
+
+
+def usage_user_shard(user_id: str, request_id: str, shards: int) -> str:
+    return f"{user_id}#{usage_shard_number(request_id, shards)}"
+
+
+def usage_user_shards(user_id: str, shards: int) -> list[str]:
+    """Every by_user_shard partition of a user."""
+    return [f"{user_id}#{n}" for n in range(shards)]
 
 
 class OpenHolds(GlobalSecondaryIndex["UsageRecord"]):
@@ -244,6 +265,9 @@ class UsageRecord(Model):
 
     request_id = UnicodeAttribute(hash_key=True)
     user_id = UnicodeAttribute()
+    # "<user_id>#<n>" (usage_user_shard): the by_user_shard index key. Absent on records
+    # written before the index was sharded until tools/migrate_usage_shards.py backfills it.
+    user_shard = UnicodeAttribute(null=True)
     model = UnicodeAttribute()
     group = UnicodeAttribute(null=True)
     key_id = UnicodeAttribute(null=True)  # the API key the gateway served, if it said
@@ -264,8 +288,15 @@ class UsageRecord(Model):
     created_at = UnicodeAttribute()
     updated_at = UnicodeAttribute(null=True)
 
-    by_user = UsageByUser()
+    by_user_shard = UsageByUserShard()
     open_holds = OpenHolds()
+
+
+def usage_of_user(user_id: str, shards: int, **query: Any) -> Iterator[UsageRecord]:
+    """All of a user's usage records through the index, shard by shard (in no overall
+    order); `query`: further Query arguments (attributes_to_get, ...)."""
+    for key in usage_user_shards(user_id, shards):
+        yield from UsageRecord.by_user_shard.query(key, **query)
 
 
 class LimitCounter(Model):
@@ -306,10 +337,11 @@ class AuditRecord(Model):
 
 
 # ---------------------------------------------------------------- usage rollups (usage insight)
-# One table, two kinds of item under the user's partition: the rollup of one (day, model, key)
+# One table, two kinds of item: the rollup of one (day, model, key) under the user's partition
 # (sort key `<day>#<model>#<key>`, so a day range is one Query) and the marker of each usage
-# record already counted (`r#<request_id>`, sorting after every day), written in the same
-# transaction as the rollup's ADD so a replayed stream record is counted once.
+# record already counted (`r#<request_id>`, under its own partition
+# `m#<user_id>#<request_id>`), written in the same transaction as the rollup's ADD so a
+# replayed stream record is counted once.
 
 
 class UsageRollup(Model):
@@ -334,6 +366,9 @@ class RollupMarker(Model):
         table_name = _table("USAGE_ROLLUPS_TABLE")
         region = _REGION
 
+    # "m#<user_id>#<request_id>" (billing.usage.rollups.marker_partition): a partition per
+    # request, so a hot account's markers do not land on its rollups' partition. Markers
+    # written before were under the user_id; they expire with their TTL.
     user_id = UnicodeAttribute(hash_key=True)
     bucket = UnicodeAttribute(range_key=True)  # "r#<request_id>"
     rollup = UnicodeAttribute()  # the bucket it was counted in

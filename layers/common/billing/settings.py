@@ -107,6 +107,15 @@ class Limits(_Strict):
     max_batch_events: int = Field(default=500, gt=0, le=500)
 
 
+class Usage(_Strict):
+    # Shards of each user's usage index (by_user_shard): one index partition takes about
+    # 1000 write units a second and its sort key (created_at) only grows, so DynamoDB cannot
+    # split it; bench/capacity.py sizes this for one account at 25,000 events/s. Raise it
+    # only: the readers query shards 0..N-1, so records written to a higher shard under a
+    # larger N would drop out of GET /usage if it were lowered.
+    user_shards: int = Field(default=32, ge=1, le=256)
+
+
 class Settings(_Strict):
     quota_per_unit: int = Field(default=500000, gt=0)
     topup: Topup
@@ -115,6 +124,7 @@ class Settings(_Strict):
     pricing: Pricing = Pricing()
     referral: Referral = Referral()
     limits: Limits = Limits()
+    usage: Usage = Usage()
 
     @model_validator(mode="after")
     def _currencies_the_providers_take(self) -> Settings:

@@ -6,8 +6,8 @@ four passes, each page by page, so memory holds one page and one account at a ti
 small tallies (redemptions per redeemed code, invitations per inviter), never a table:
 1. accounts (Scan, consistent). Per account: its ledger (consistent Query of the base
    table), its orders (the orders table's by_user index plus the orders its entries name,
-   then consistent reads) and its usage records (the usage table's by_user index); then
-   the per-account checks below.
+   then consistent reads) and its usage records (every shard of the usage table's
+   by_user_shard index); then the per-account checks below.
 2. the ledger (Scan, keys and amounts): entries of accounts that do not exist; the
    redemptions of each code.
 3. the codes (Scan, consistent): uses against redemptions (`code_uses`).
@@ -70,7 +70,15 @@ from pynamodb.models import Model
 from billing import clock, retry
 from billing.facts import BILLED_USAGE_STATUSES, EntryKind, OrderStatus, UsageStatus
 from billing.grant_checks import grant_problems
-from billing.models import Account, LedgerEntry, Order, RedemptionCode, UsageRecord
+from billing.models import (
+    Account,
+    LedgerEntry,
+    Order,
+    RedemptionCode,
+    UsageRecord,
+    usage_of_user,
+)
+from billing.settings import load_settings
 
 KINDS = frozenset(EntryKind)
 # Cause prefix of an entry id -> the kinds it may carry.
@@ -150,6 +158,9 @@ class Tables:
     orders: str
     usage: str | None = None
     codes: str | None = None
+    # How many by_user_shard partitions hold a user's usage (settings usage.user_shards);
+    # None: read from the settings document.
+    usage_shards: int | None = None
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Tables:
@@ -359,18 +370,23 @@ def _orders(user_id: str, entries: Iterable[Entry]) -> list[Order]:
     return [o for o in _batch_get(Order, ids) if o.user_id == user_id]
 
 
-def _usage_from_index(user_id: str) -> UsageTotals:
+def _usage_shards(shards: int | None) -> int:
+    return shards if shards is not None else load_settings().usage.user_shards
+
+
+def _usage_from_index(user_id: str, shards: int | None) -> UsageTotals:
     totals = UsageTotals()
-    for record in UsageRecord.by_user.query(user_id):
+    for record in usage_of_user(user_id, _usage_shards(shards)):
         totals.add(record)
     return totals
 
 
-def _usage_fresh(user_id: str) -> UsageTotals:
+def _usage_fresh(user_id: str, shards: int | None) -> UsageTotals:
     """The records the index names, each read again from the table (current status)."""
     totals = UsageTotals()
     ids = (
-        r.request_id for r in UsageRecord.by_user.query(user_id, attributes_to_get=["request_id"])
+        r.request_id
+        for r in usage_of_user(user_id, _usage_shards(shards), attributes_to_get=["request_id"])
     )
     for record in _batch_get(UsageRecord, ids):
         totals.add(record)
@@ -391,7 +407,12 @@ def _quiet_since(account: Account) -> float | None:
 
 
 def read_user(
-    user_id: str, *, usage: bool, index_lag: float, first: Account | None = None
+    user_id: str,
+    *,
+    usage: bool,
+    index_lag: float,
+    first: Account | None = None,
+    usage_shards: int | None = None,
 ) -> UserState:
     """One user's account, ledger, orders and usage, read so that they agree in time (see the
     module's docstring); `first` is the account as a scan just read it."""
@@ -405,9 +426,9 @@ def read_user(
         totals: UsageTotals | None = None
         index_read_at = time.time()
         if usage:
-            totals = _usage_from_index(user_id)
+            totals = _usage_from_index(user_id, usage_shards)
             if before is not None and not totals.agrees_with(before):
-                totals = _usage_fresh(user_id)
+                totals = _usage_fresh(user_id, usage_shards)
         after = _account(user_id)
         if _version(before) == _version(after):
             quiet = None if after is None else _quiet_since(after)
@@ -948,7 +969,13 @@ class _Run:
                 self.invited[account.inviter_id] += 1
             if int(account.aff_count):
                 self.aff_counts[user_id] = int(account.aff_count)
-            state = read_user(user_id, usage=usage, index_lag=self.options.index_lag, first=account)
+            state = read_user(
+                user_id,
+                usage=usage,
+                index_lag=self.options.index_lag,
+                first=account,
+                usage_shards=self.tables.usage_shards,
+            )
             if state.usage is not None:
                 self.counts["usage_records"] += state.usage.records
             self.suspect(check_user(user_id, state))
@@ -1062,7 +1089,12 @@ class _Run:
         usage = self.tables.usage is not None
         for user_id in by_kind["user"]:
             self._in_time()
-            state = read_user(user_id, usage=usage, index_lag=self.options.index_lag)
+            state = read_user(
+                user_id,
+                usage=usage,
+                index_lag=self.options.index_lag,
+                usage_shards=self.tables.usage_shards,
+            )
             latest[f"user:{user_id}"] = check_user(user_id, state)
         if by_kind["invites"]:
             latest.update(self._recheck_invitations(by_kind["invites"]))
@@ -1128,9 +1160,13 @@ def check_account(
     test or an operator looking at one account. Tentative findings are included."""
     with bound(tables, endpoint=endpoint, credentials=credentials, region=region):
         run = _Run(tables, Options(index_lag=index_lag))
-        found = check_user(
-            user_id, read_user(user_id, usage=tables.usage is not None, index_lag=index_lag)
+        state = read_user(
+            user_id,
+            usage=tables.usage is not None,
+            index_lag=index_lag,
+            usage_shards=tables.usage_shards,
         )
+        found = check_user(user_id, state)
         return found + run._recheck_invitations([user_id])[f"invites:{user_id}"]
 
 

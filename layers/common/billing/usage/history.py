@@ -1,25 +1,42 @@
 """Usage history: the caller's usage records, newest first, optionally filtered.
 
+A user's records are spread over the `usage.user_shards` partitions of the by_user_shard
+index (billing.models.UsageByUserShard), each newest first by created_at. A page merges the
+shards in one total order, (created_at, request_id) descending (the records of one ledger
+transaction share their created_at), so the cursor is one position in that order: the last
+record handed out. The next page reads each shard from created_at <= that position on and
+skips what is not strictly after it; nothing is skipped or repeated however the records
+fall over the shards.
+
 Filters (GET /usage): `from` and `to` (ISO-8601 dates, inclusive, or times) on `created_at`
-(a key condition on the by_user index), `model` and `key_id` (filter conditions: DynamoDB
-pages on, so a page still holds `limit` matching records when there are that many).
+(a key condition on each shard), `model` and `key_id` (filter conditions: DynamoDB pages on,
+so a page still holds `limit` matching records when there are that many).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import heapq
+import itertools
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pynamodb.expressions.condition import Condition
 
 from billing import clock
 from billing.errors import InvalidRequest
-from billing.models import UsageRecord
-from billing.pagination import collect_page, decode_cursor, newest_first
+from billing.models import UsageRecord, usage_user_shards
+from billing.pagination import decode_cursor, encode_cursor
+from billing.settings import load_settings
 
 MAX_NAME = 128
+MAX_POSITION_PART = 256  # created_at and request_id (<= 128) fit in this
+
+T = TypeVar("T")
+# (created_at, request_id): the total order of the listing, newest first.
+Position = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -98,35 +115,112 @@ def render_usage(record: UsageRecord) -> dict[str, Any]:
     }
 
 
-def list_usage(
-    user_id: str, limit: int, cursor: str | None, filters: UsageFilters | None = None
-) -> dict[str, Any]:
-    if filters is None or filters.empty:
-        return newest_first(
-            UsageRecord.by_user.query, "user_id", user_id, limit, cursor, render_usage
+# ---------------------------------------------------------------- the merge (pure)
+
+
+def _ties_ordered(items: Iterable[T], key: Callable[[T], Position]) -> Iterator[T]:
+    """A shard's items (created_at descending, in whatever order the index keeps equal
+    created_at) in full (created_at, request_id) descending order: each run of equal
+    created_at is sorted."""
+    run: list[T] = []
+    for item in items:
+        if run and key(item)[0] != key(run[0])[0]:
+            yield from sorted(run, key=key, reverse=True)
+            run = []
+        run.append(item)
+    yield from sorted(run, key=key, reverse=True)
+
+
+def merge_newest_first(
+    shards: Sequence[Iterable[T]],
+    key: Callable[[T], Position],
+    limit: int,
+    after: Position | None = None,
+) -> tuple[list[T], bool]:
+    """Up to `limit` items strictly after `after` in (created_at, request_id) descending
+    order, from shards each in created_at descending order; and whether more follow."""
+    ordered = [
+        (item for item in _ties_ordered(shard, key) if after is None or key(item) < after)
+        for shard in shards
+    ]
+    merged = heapq.merge(*ordered, key=key, reverse=True)
+    page = list(itertools.islice(merged, limit + 1))  # one more: is there a next page?
+    return page[:limit], len(page) > limit
+
+
+def _position(record: UsageRecord) -> Position:
+    return (record.created_at, record.request_id)
+
+
+def _open_position(cursor: str | None) -> Position | None:
+    if cursor is None:
+        return None
+    value = decode_cursor(cursor)
+    if (
+        value is None
+        or set(value) != {"at", "id"}
+        or not all(
+            isinstance(value[name], str) and 0 < len(value[name]) <= MAX_POSITION_PART
+            for name in ("at", "id")
         )
+    ):
+        raise InvalidRequest("The cursor is invalid.")
+    return (value["at"], value["id"])
+
+
+# ---------------------------------------------------------------- the listing
+
+
+def list_usage(
+    user_id: str,
+    limit: int,
+    cursor: str | None,
+    filters: UsageFilters | None = None,
+    *,
+    shards: int | None = None,
+) -> dict[str, Any]:
+    """A page of the user's usage, newest first, merged over the index shards; `shards`
+    defaults to the settings' usage.user_shards."""
+    filters = filters or UsageFilters()
+    shards = shards if shards is not None else load_settings().usage.user_shards
+    after = _open_position(cursor)
     created = UsageRecord.created_at
+    # created_at is the index's sort key, so the range is a key condition (never a filter);
+    # a cursor lowers its upper end to the position (ties at it are skipped in the merge).
+    upper = _just_before(filters.end) if filters.end is not None else None
+    if after is not None:
+        upper = after[0] if upper is None else min(upper, after[0])
+    if filters.start is not None and upper is not None and filters.start > upper:
+        return {"items": [], "next_cursor": None}
     range_condition: Condition | None = None
-    # created_at is the index's sort key, so the range is a key condition (never a filter).
-    last = _just_before(filters.end) if filters.end is not None else None
-    if filters.start is not None and last is not None:
-        range_condition = created.between(filters.start, last)
+    if filters.start is not None and upper is not None:
+        range_condition = created.between(filters.start, upper)
     elif filters.start is not None:
         range_condition = created >= filters.start
-    elif last is not None:
-        range_condition = created <= last
+    elif upper is not None:
+        range_condition = created <= upper
     condition = None
     if filters.model is not None:
         condition = UsageRecord.model == filters.model
     if filters.key_id is not None:
         clause = UsageRecord.key_id == filters.key_id
         condition = clause if condition is None else condition & clause
-    results = UsageRecord.by_user.query(
-        user_id,
-        range_condition,
-        filter_condition=condition,
-        scan_index_forward=False,
-        limit=limit,
-        last_evaluated_key=decode_cursor(cursor, owner={"user_id": user_id}),
-    )
-    return collect_page(results, limit, render_usage)
+    # Read lazily, a few records per shard at a time: a page takes about limit / shards from
+    # each, and a shard that holds more is read on as the merge reaches it.
+    page_size = min(limit + 1, math.ceil((limit + 1) / shards) + 1)
+    streams = [
+        UsageRecord.by_user_shard.query(
+            key,
+            range_condition,
+            filter_condition=condition,
+            scan_index_forward=False,
+            page_size=page_size,
+        )
+        for key in usage_user_shards(user_id, shards)
+    ]
+    page, more = merge_newest_first(streams, _position, limit, after)
+    next_cursor = None
+    if more:
+        created_at, request_id = _position(page[-1])
+        next_cursor = encode_cursor({"at": created_at, "id": request_id})
+    return {"items": [render_usage(record) for record in page], "next_cursor": next_cursor}

@@ -66,13 +66,17 @@ from billing.errors import (
     LimitExceeded,
 )
 from billing.facts import UsageStatus as Status  # re-exported: metering.Status
-from billing.models import Account, LimitCounter, UsageRecord
+from billing.models import Account, LimitCounter, UsageRecord, usage_user_shard
 from billing.settings import Settings, load_settings
 from billing.usage import limits, pricing
 
 Result = dict[str, Any]
 
-HOLD_SHARDS = 10
+# Shards of the open_holds index, for all users together: its sort key (the expiry) only
+# grows, and a hold writes it twice (reserve, then settle or release), so 64 keep each under
+# 1000 writes a second at 25,000 events a second (bench/capacity.py). Raise only: the sweeper
+# reads shards 0..HOLD_SHARDS-1.
+HOLD_SHARDS = 64
 # A transaction holds at most 100 items: the account, up to two ledger entries, the records.
 MAX_RECORDS_PER_TRANSACTION = 97
 # Re-reads of a contended account before the event is handed back as retryable.
@@ -551,6 +555,7 @@ def _admit(
     taken = 0
     in_force = limits.stored_limits(account.limits)
     moves = limits.CounterMoves()
+    shards = settings.usage.user_shards
     for p in remaining:
         if single and admitted:
             break
@@ -590,7 +595,7 @@ def _admit(
             charged.append(p)
             floor_checked = floor_checked or price > 0
             result = _result(p, Status.CHARGED, price, quota)
-            ops.append(_new_record(p, Status.CHARGED, result, at, quota=price))
+            ops.append(_new_record(p, shards, Status.CHARGED, result, at, quota=price))
         elif event.action is Action.RESERVE:
             assert p.quote is not None
             hold = p.quote.quota
@@ -600,7 +605,9 @@ def _admit(
             expires_at = clock.iso(moment + timedelta(seconds=settings.limits.hold_ttl_seconds))
             result = {**_result(p, Status.RESERVED, hold, quota), "expires_at": expires_at}
             ops.append(
-                _new_record(p, Status.RESERVED, result, at, hold=hold, expires_at=expires_at)
+                _new_record(
+                    p, shards, Status.RESERVED, result, at, hold=hold, expires_at=expires_at
+                )
             )
         elif event.action is Action.SETTLE:
             assert p.quote is not None
@@ -615,9 +622,9 @@ def _admit(
             result = _result(p, Status.SETTLED, actual, quota)
             if p.record is None:
                 # The settle came before its reserve: the usage is billed with no hold.
-                ops.append(_new_record(p, Status.SETTLED, result, at, quota=actual))
+                ops.append(_new_record(p, shards, Status.SETTLED, result, at, quota=actual))
             else:
-                ops.append(_settle_record(p, result, at))
+                ops.append(_settle_record(p, shards, result, at))
         else:
             held -= p.hold
             hold_delta -= p.hold
@@ -625,9 +632,9 @@ def _admit(
             if p.record is None:
                 # The release came before its reserve: a closed record, so that the late
                 # reserve holds nothing.
-                ops.append(_tombstone(p, result, at))
+                ops.append(_tombstone(p, shards, result, at))
             else:
-                ops.append(_release_record(p, result, at))
+                ops.append(_release_record(p, shards, result, at))
         decided.append((p, result))
         admitted.append(p)
         taken += 1
@@ -803,6 +810,7 @@ def _quote_fields(quote: pricing.Quote) -> dict[str, Any]:
 
 def _new_record(
     p: _Pending,
+    shards: int,
     status: Status,
     result: Result,
     at: str,
@@ -815,6 +823,7 @@ def _new_record(
     record = UsageRecord(
         request_id=p.request_id,
         user_id=p.event.user_id,
+        user_shard=usage_user_shard(p.event.user_id, p.request_id, shards),
         prompt_tokens=p.event.prompt_tokens,
         completion_tokens=p.event.completion_tokens,
         quota=quota,
@@ -837,11 +846,12 @@ def _new_record(
     )
 
 
-def _tombstone(p: _Pending, result: Result, at: str) -> ledger.TxOp:
+def _tombstone(p: _Pending, shards: int, result: Result, at: str) -> ledger.TxOp:
     """The record of a release that found no hold: released, nothing held or charged."""
     record = UsageRecord(
         request_id=p.request_id,
         user_id=p.event.user_id,
+        user_shard=usage_user_shard(p.event.user_id, p.request_id, shards),
         model=p.event.model,
         group=p.event.group,
         prompt_tokens=p.event.prompt_tokens,
@@ -863,9 +873,15 @@ def _tombstone(p: _Pending, result: Result, at: str) -> ledger.TxOp:
 
 
 def _record_update(
-    p: _Pending, result: Result, at: str, status: Status, extra: list[Any]
+    p: _Pending, shards: int, result: Result, at: str, status: Status, extra: list[Any]
 ) -> ledger.TxOp:
     assert p.record is not None
+    if p.record.user_shard is None:
+        # A record from before the index was sharded joins its shard (tools/migrate_usage_shards).
+        extra = [
+            *extra,
+            UsageRecord.user_shard.set(usage_user_shard(p.event.user_id, p.request_id, shards)),
+        ]
     stored = {**_stored_results(p.record), p.event.action.value: {**result, "attempt": p.attempt}}
     return ledger.TxOp(
         label=f"usage:{p.request_id}",
@@ -884,7 +900,7 @@ def _record_update(
     )
 
 
-def _settle_record(p: _Pending, result: Result, at: str) -> ledger.TxOp:
+def _settle_record(p: _Pending, shards: int, result: Result, at: str) -> ledger.TxOp:
     assert p.quote is not None
     fields = _quote_fields(p.quote)
     actions: list[Any] = [
@@ -897,12 +913,12 @@ def _settle_record(p: _Pending, result: Result, at: str) -> ledger.TxOp:
     for name, value in fields.items():
         attribute = getattr(UsageRecord, name)
         actions.append(attribute.remove() if value is None else attribute.set(value))
-    return _record_update(p, result, at, Status.SETTLED, actions)
+    return _record_update(p, shards, result, at, Status.SETTLED, actions)
 
 
-def _release_record(p: _Pending, result: Result, at: str) -> ledger.TxOp:
+def _release_record(p: _Pending, shards: int, result: Result, at: str) -> ledger.TxOp:
     status = Status.EXPIRED if p.expire else Status.RELEASED
-    return _record_update(p, result, at, status, [])
+    return _record_update(p, shards, result, at, status, [])
 
 
 def _stored_results(record: UsageRecord) -> dict[str, Result]:

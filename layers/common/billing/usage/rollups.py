@@ -81,6 +81,13 @@ def bucket_name(day: str, model: str, key_id: str | None) -> str:
     return f"{day}#{quote(model, safe='')}#{key}"
 
 
+def marker_partition(user_id: str, request_id: str) -> str:
+    """A marker's partition: its own request's, never the user's alone. A user's markers
+    come at the user's event rate (2 write units each, transactional), far past what one
+    partition takes; spread by request_id they are as cold as the usage records."""
+    return f"m#{user_id}#{request_id}"
+
+
 # ---------------------------------------------------------------- the pure fold
 
 
@@ -221,7 +228,7 @@ def _transact(key: RollupKey, items: Sequence[Contribution]) -> None:
     with TransactWrite(connection=db.connection()) as transaction:
         for item in items:
             marker = RollupMarker(
-                user_id=key.user_id,
+                user_id=marker_partition(key.user_id, item.request_id),
                 bucket=f"r#{item.request_id}",
                 rollup=key.bucket,
                 expires_at=expires,
