@@ -236,6 +236,145 @@ def moto_report(client: Any, table: str) -> dict[str, Any]:
     }
 
 
+def _charge_event(user_id: str, key_id: str | None = None) -> Any:
+    from billing.usage import metering
+
+    return metering.UsageEvent(
+        action=metering.Action.CHARGE,
+        request_id=uuid.uuid4().hex,
+        user_id=user_id,
+        model="gpt-4o",
+        prompt_tokens=1000,
+        completion_tokens=500,
+        key_id=key_id,
+    )
+
+
+BENCH_KEY = "sk-live-7f3a9c2e"  # a gateway key id of a realistic length
+
+
+def _pre_grants_account(client: Any, settings: Any) -> str:
+    """An account as it was before grants and limits existed: no `grants`, no `limits`."""
+    from billing.ops import adjustments
+    from billing.referral import signup
+
+    user_id = str(uuid.uuid4())  # the length of a Cognito sub
+    signup.create_account(user_id, None)
+    adjustments.adjust("bench-admin", user_id, 987_654_321, "bench", uuid.uuid4().hex)
+    table = next(t for t in _schemas if t.endswith("AccountsTable"))
+    _state.inside = True
+    try:
+        _original(
+            client,
+            "UpdateItem",
+            {
+                "TableName": table,
+                "Key": {"user_id": {"S": user_id}},
+                "UpdateExpression": "REMOVE grants, limits",
+            },
+        )
+    finally:
+        _state.inside = False
+    return user_id
+
+
+def _account_at_grant_bound(settings: Any) -> str:
+    """MAX_GRANTS promo grants of distinct priorities and expiries, and the overdraft (a settle
+    above the balance, repaid only in part): the largest account item the bound allows."""
+    from billing.grants import MAX_GRANTS
+    from billing.ops import adjustments
+    from billing.referral import signup
+    from billing.usage import metering
+
+    user_id = str(uuid.uuid4())
+    signup.create_account(user_id, None)
+    over = metering.UsageEvent(
+        action=metering.Action.SETTLE,
+        request_id=uuid.uuid4().hex,
+        user_id=user_id,
+        model="gpt-4o",
+        prompt_tokens=10**6,
+        completion_tokens=0,
+    )
+    metering.meter([over], settings=settings)
+    for index in range(MAX_GRANTS):
+        adjustments.adjust(
+            "bench-admin",
+            user_id,
+            987_654_321 + index,
+            "bench",
+            uuid.uuid4().hex,
+            {"priority": index % 100, "expires_in_days": 30 + index},
+        )
+    return user_id
+
+
+def _with_limits(user_id: str) -> str:
+    from billing.usage import spend_limits
+
+    spend_limits.put_limit(user_id, "account", 900_000_000_000, "month")
+    spend_limits.put_limit(user_id, f"key:{BENCH_KEY}", 90_000_000_000, "day")
+    return user_id
+
+
+def _account_size(client: Any, user_id: str) -> int:
+    table = next(t for t in _schemas if t.endswith("AccountsTable"))
+    return item_size(_read(client, table, {"user_id": {"S": user_id}}))
+
+
+def grant_bound_charges(client: Any, settings: Any) -> dict[str, Any]:
+    """Write units of one charge (every item of its transaction, 2 x ceil(KB) each, + index
+    writes) on an account without grants-era fields and on one at the grant bound, without
+    and with spend limits (an account and a key limit: the key's charge also updates two
+    counters). The alerts state is not on the account item (its own table), so it adds none.
+    Goal: the bound adds at most 1 write unit to a charge."""
+    from billing.grants import MAX_GRANTS
+    from billing.usage import metering
+
+    cases = {
+        "today": (_pre_grants_account(client, settings), None),
+        "at_bound": (_account_at_grant_bound(settings), None),
+        "today_with_limits": (_with_limits(_pre_grants_account(client, settings)), BENCH_KEY),
+        "at_bound_with_limits": (_with_limits(_account_at_grant_bound(settings)), BENCH_KEY),
+    }
+    rows: dict[str, Any] = {}
+    for name, (user_id, key_id) in cases.items():
+        size_before = _account_size(client, user_id)
+        figures: dict[str, Any] = {}
+        with measured(client, figures, name, 5, "account + usage record + entry + counters"):
+            metering.meter([_charge_event(user_id, key_id)], settings=settings)
+        row = figures[name]
+        row["account_item_bytes"] = max(size_before, _account_size(client, user_id))
+        rows[name] = row
+    extra = rows["at_bound"]["write_units"] - rows["today"]["write_units"]
+    extra_limits = (
+        rows["at_bound_with_limits"]["write_units"] - rows["today_with_limits"]["write_units"]
+    )
+    return {
+        "max_grants": MAX_GRANTS,
+        "charges": rows,
+        "extra_write_units": extra,
+        "extra_write_units_with_limits": extra_limits,
+        "goal": "the grant bound adds at most +1 write unit to a charge",
+        "met": extra <= 1 and extra_limits <= 1,
+    }
+
+
+def grant_bound_only() -> dict[str, Any]:
+    """grant_bound_charges on a fresh embedded AWS (bench/grants.py reports it too)."""
+    botocore.client.BaseClient._make_api_call = _capturing
+    try:
+        with embedded_tables() as aws:
+            client = aws.client("dynamodb")
+            for table in client.list_tables()["TableNames"]:
+                _schemas[table] = client.describe_table(TableName=table)["Table"]
+            from billing.settings import load_settings
+
+            return grant_bound_charges(client, load_settings())
+    finally:
+        botocore.client.BaseClient._make_api_call = _original
+
+
 def run() -> dict[str, Any]:
     botocore.client.BaseClient._make_api_call = _capturing
     results: dict[str, Any] = {}
@@ -346,6 +485,7 @@ def run() -> dict[str, Any]:
                     event_id=f"evt_{uuid.uuid4().hex}",
                     type=EventType.REFUNDED,
                     order_id=refunded.order_id,
+                    full_refund=True,  # a partial refund without a refund id is never guessed
                 )
             )
         batch = code_admin.create_batch("bench", "bench", 1000, 1, 5, None)
@@ -375,6 +515,7 @@ def run() -> dict[str, Any]:
         with measured(client, ops, "referral transfer", 3, "two entries + account"):
             referral.transfer(inviter, 500_000, uuid.uuid4().hex)
         results["operations"] = ops
+        results["grant_bound"] = grant_bound_charges(client, settings)
         usage_table = next(t for t in _schemas if t.endswith("UsageTable"))
         results["moto_reports"] = moto_report(client, usage_table)
     results["method"] = (

@@ -32,6 +32,7 @@ MODEL_TABLES = {
     "UsageRollup": "UsageRollupsTable",
     "RollupMarker": "UsageRollupsTable",
     "GrantRecord": "GrantsTable",
+    "LimitCounter": "LimitCountersTable",
 }
 _AWS_VARIABLES = (
     "AWS_ENDPOINT_URL",

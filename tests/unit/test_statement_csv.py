@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from typing import Any
 
 import pytest
 from billing.models import LedgerEntry
@@ -14,8 +15,8 @@ from billing.ops import statement
 DANGEROUS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def entry(**fields: object) -> LedgerEntry:
-    values: dict[str, object] = {
+def entry(**fields: Any) -> LedgerEntry:
+    values: dict[str, Any] = {
         "user_id": "u-1",
         "entry_id": "usage#req-1",
         "seq": "000000000000007.000",
