@@ -276,6 +276,26 @@ def capacity_section(data: dict[str, Any]) -> Iterator[str]:
             f"{row.get('goal', '-')}{_goal_mark(row.get('met'))} | "
             f"{row['condition_checks']} |"
         )
+    bound = data.get("grant_bound")
+    if bound:
+        labels = {
+            "today": "charge, account without grants-era fields (today)",
+            "at_bound": f"charge, account at the grant bound ({bound['max_grants']} + overdraft)",
+            "today_with_limits": "charge with an account and a key limit, no grants",
+            "at_bound_with_limits": "charge with an account and a key limit, at the grant bound",
+        }
+        for name, row in bound["charges"].items():
+            yield (
+                f"| {labels.get(name, name)} | {row['write_units']} | "
+                f"{row['table_write_units']} + {row['index_write_units']} | "
+                f"{row['items_written']} | account item {row['account_item_bytes']} B | "
+                f"{row['condition_checks']} |"
+            )
+        yield (
+            f"| the grant bound's cost per charge | +{bound['extra_write_units']} "
+            f"(+{bound['extra_write_units_with_limits']} with limits) | | | "
+            f"{bound['goal']}{_goal_mark(bound.get('met'))} | |"
+        )
     yield ""
     yield f"Method: {data.get('method', '')}."
     yield from _hot_account_rows(data.get("hot_account"))

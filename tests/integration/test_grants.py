@@ -459,3 +459,28 @@ def test_the_admin_cli_creates_promo_codes(stack: LocalStack, tmp_path: Path) ->
         "--grant-priority", "500", "--out", str(tmp_path / "bad.csv"),
     )  # fmt: skip
     assert refused.returncode == 1 and not (tmp_path / "bad.csv").exists()
+
+
+def test_the_statements_grants_column_sums_to_each_rows_delta(stack: LocalStack) -> None:
+    """A charge that spans a promo grant and a paid one: the CSV statement's per-grant column
+    names both, and on every quota row it parses and sums to the row's delta."""
+    import io
+    import json
+
+    user, token = new_account(stack)
+    order_id = top_up(stack, user, token, 1)
+    paid = grant_id_for(f"topup#{order_id}")
+    soon = promo(stack, user, 100, expires_in_days=2)  # drawn first
+    assert charge(stack, user, 150)["status"] == "charged"
+
+    response = stack.request("GET", "/ledger/export", token=token)
+    assert response.status_code == 200, response.text
+    rows = list(csv.DictReader(io.StringIO(response.text, newline="")))
+    quota_rows = [row for row in rows if row["balance"] == "quota" and int(row["delta"])]
+    assert {row["kind"] for row in quota_rows} >= {"topup", "adjustment", "usage"}
+    for row in quota_rows:
+        per_grant = json.loads(row["grants"])
+        assert sum(per_grant.values()) == int(row["delta"]), row
+    (usage,) = [row for row in quota_rows if row["kind"] == "usage"]
+    assert json.loads(usage["grants"]) == {soon: -100, paid: -50}
+    assert int(usage["delta"]) == -150

@@ -24,6 +24,7 @@ MODELS = ("gpt-4o", "claude-3-5-sonnet")
 KEYS = ("key-a", "key-b", None)  # the API keys of the usage events (None: no key_id sent)
 DAY = 24 * 3600
 CATCH_UP_SECONDS = 90
+ROLLUP_STREAM = "UsageRollupFunction/UsageStream"  # the local stack's stream poller
 
 
 # ---------------------------------------------------------------- helpers
@@ -109,6 +110,12 @@ def summary_when(stack: LocalStack, user: str, requests: int, **params: Any) -> 
         return answer if answer["total"]["requests"] >= requests else None
 
     return wait_for(check, timeout=CATCH_UP_SECONDS, interval=0.5, message="the rollups")
+
+
+def rollup_stream(stack: LocalStack) -> dict[str, int]:
+    """The local stack's counters of the usage stream's delivery to UsageRollupFunction."""
+    stats: dict[str, int] = stack.stats()["streams"][ROLLUP_STREAM]
+    return stats
 
 
 # ---------------------------------------------------------------- the summary is exact
@@ -234,6 +241,7 @@ def test_a_failed_rollup_write_is_retried_without_counting_twice(stack: LocalSta
     # metering write contains) commits, then the function is told it failed: it reports the
     # batch's records, the stream delivers them again, and the markers hold.
     marker = f"r#{events[0]['request_id']}"
+    before = rollup_stream(stack)
     stack.fault(
         service="dynamodb",
         operation="TransactWriteItems",
@@ -252,7 +260,24 @@ def test_a_failed_rollup_write_is_retried_without_counting_twice(stack: LocalSta
         return any(f.get("contains") == marker and f.get("fired") for f in listed)
 
     wait_for(fired, timeout=CATCH_UP_SECONDS, message="the injected rollup failure")
-    answer = summary_when(stack, user, 40, group_by="model")
+
+    def redelivered() -> dict[str, int] | None:
+        # The failed batch was retried (the poller counted it), and since then every record
+        # the poller read has been delivered: the redelivery ran, and nothing was given up.
+        now = rollup_stream(stack)
+        failed = now["partial_failures"] + now["function_errors"]
+        settled = now["delivered"] + now["filtered"] + now["discarded"] == now["records"]
+        if (
+            now["retries"] > before["retries"]
+            and failed > before["partial_failures"] + before["function_errors"]
+            and settled
+        ):
+            return now
+        return None
+
+    after = wait_for(redelivered, timeout=CATCH_UP_SECONDS, message="the rollup redelivery")
+    assert after["discarded"] == before["discarded"]
+    answer = get(stack, user, "/usage/summary", group_by="model")
     account = get(stack, user, "/account")
     assert answer["total"]["quota"] == account["used_quota"] == sum(r["quota"] for r in results)
     assert answer["total"]["requests"] == 40
@@ -341,6 +366,65 @@ def test_the_statement_parses_and_sums_to_the_ledger(stack: LocalStack) -> None:
     assert list(csv.reader(io.StringIO(empty.text))) == [
         ["created_at", "id", "kind", "balance", "delta", "balance_after", "ref", "grants"]
     ]
+
+
+def test_the_statement_holds_exactly_the_range_across_pages(stack: LocalStack) -> None:
+    """More than a page (100) of entries in the range, and entries the day before and after:
+    the export has every entry of the range once, in order, and none outside it."""
+    user = funded_user(stack, 10**9)
+    admin = stack.token("admin-insight", admin=True)
+
+    def adjustments(count: int, day: int) -> None:
+        for n in range(count):
+            response = stack.request(
+                "POST",
+                f"/admin/accounts/{user}/adjust",
+                token=admin,
+                json={"delta": -(day * 1000 + n + 1), "reason": f"day {day} #{n}"},
+            )
+            assert response.status_code == 200, response.text
+
+    adjustments(5, 0)
+    stack.advance_clock(DAY)
+    in_range = stack.billing_now().date().isoformat()
+    adjustments(130, 1)
+    stack.advance_clock(DAY)
+    adjustments(5, 2)
+
+    ledger: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 100, **({"cursor": cursor} if cursor else {})}
+        page = get(stack, user, "/ledger", **params)
+        ledger.extend(page["items"])
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert len(ledger) == 1 + 5 + 130 + 5
+    wanted = {e["id"]: e for e in ledger if e["created_at"][:10] == in_range}
+    assert len(wanted) == 130
+
+    response = stack.request(
+        "GET",
+        "/ledger/export",
+        token=stack.token(user),
+        params={"from": in_range, "to": in_range},
+    )
+    assert response.status_code == 200, response.text
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    assert len(rows) == 130
+    assert {row["id"] for row in rows} == set(wanted)
+    assert all(row["created_at"][:10] == in_range for row in rows)
+    assert [int(row["delta"]) for row in rows] == [-(1000 + n + 1) for n in range(130)]
+    assert sum(int(row["delta"]) for row in rows) == sum(e["delta"] for e in wanted.values())
+    # The days around it hold their own entries, and only those.
+    days = sorted({e["created_at"][:10] for e in ledger})
+    assert len(days) == 3 and days[1] == in_range
+    for day, count in ((days[0], 6), (days[2], 5)):  # the funding + 5; 5
+        around = stack.request(
+            "GET", "/ledger/export", token=stack.token(user), params={"from": day, "to": day}
+        )
+        assert len(list(csv.DictReader(io.StringIO(around.text)))) == count, day
 
 
 # ---------------------------------------------------------------- bad input

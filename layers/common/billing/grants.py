@@ -31,9 +31,11 @@ OVERDRAFT = "overdraft"
 SOURCES = ("paid", "promo", "code", "referral", "bonus", "adjustment")
 DEFAULT_PRIORITY = 50
 MIN_PRIORITY, MAX_PRIORITY = 0, 100
-# Grants on the account item besides the overdraft. At 16 compact grants the item stays
-# within one write unit (1 KB) more than an account without grants (bench/account_calls.py).
-MAX_GRANTS = 16
+# Grants on the account item besides the overdraft. A charge writes the account item in a
+# transaction, 2 write units per started KB: at 8 grants (+ the overdraft and two spend
+# limits) the item stays within 1 KB, so a charge costs what it did before grants; at 16 it
+# crossed into the second KB, +2 units per charge (bench/capacity.py "grant_bound").
+MAX_GRANTS = 8
 EXPIRING_WINDOW_SECONDS = 7 * 86400  # GET /account expiring_quota
 EXPIRING_NOTICE_SECONDS = 3 * 86400  # grant.expiring (alerts)
 
