@@ -25,6 +25,7 @@ MOVED = (
     "tests/integration/test_metering_queue.py",
     "tests/integration/test_usage_insight.py",
     "tests/integration/test_migrate_grants.py",
+    "tests/integration/test_usage_shards.py",
 )
 _OTHER_INTEGRATION = sorted(
     str(path.relative_to(ROOT))

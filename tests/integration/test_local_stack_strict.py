@@ -330,9 +330,10 @@ def test_failed_message_comes_back_after_the_queue_visibility_timeout(sx: LocalS
     times = [float(t["S"]) for t in record["times"]["L"]]
     attempts = _attempts(record)
     gap = times[attempts.index(2)] - times[attempts.index(1)]
-    # Back no sooner than the queue's VisibilityTimeout (3 s in fast mode; allow for the
-    # batch's own work), not after the 1 s the lenient stack used.
-    assert gap > STANDARD_VISIBILITY - 0.5, gap
+    # Back no sooner than the queue's VisibilityTimeout (3 s in fast mode), not after the 1 s
+    # the lenient stack used. The times are the handler's, not the receives': the first
+    # handling may start up to a second after its receive on a busy machine (worker start).
+    assert gap > STANDARD_VISIBILITY - 1.0, gap
 
 
 def _attempts(record: dict[str, Any]) -> list[int]:

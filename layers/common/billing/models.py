@@ -27,6 +27,7 @@ from pynamodb.indexes import (
 )
 from pynamodb.models import Model
 
+from billing import restore  # noqa: F401 - registers the SnapStart hooks (model connections)
 from billing.facts import OrderStatus
 
 _REGION = os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
