@@ -19,3 +19,17 @@ def test_the_offset_moves_billing_time_but_not_real_time(monkeypatch: pytest.Mon
     assert timedelta(seconds=86395) < ahead < timedelta(seconds=86405)
     assert abs((clock.real_now() - datetime.now(UTC)).total_seconds()) < 5
     assert clock.iso() > clock.iso(datetime.now(UTC) + timedelta(hours=23))
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(311, 9, 21, 0, 0, tzinfo=UTC),
+        datetime(2026, 12, 2, 9, 5, 7, 123, tzinfo=UTC),
+        datetime(2026, 12, 2, 10, 5, 7, tzinfo=UTC).astimezone(),  # any zone: written as UTC
+    ],
+)
+def test_iso_is_fixed_width_utc_and_parses_back(moment: datetime) -> None:
+    text = clock.iso(moment)
+    assert len(text) == len("2026-12-02T09:05:07.000123Z") and text.endswith("Z")
+    assert clock.parse_iso(text) == moment

@@ -61,7 +61,9 @@ def aws(embedded: EmbeddedAws, monkeypatch: pytest.MonkeyPatch) -> EmbeddedAws:
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "QuotaTopupTest")
     monkeypatch.setenv("SETTINGS_FILE", str(ROOT / "settings" / "local.json"))
     dynamodb = client(embedded)
-    for table in (*vars(tables()).values(), ReferralCode.Meta.table_name):
+    names = tables()
+    table_names = (names.accounts, names.ledger, names.orders, names.usage, names.codes)
+    for table in (*table_names, ReferralCode.Meta.table_name):
         schema = dynamodb.describe_table(TableName=table)["Table"]["KeySchema"]
         names = [key["AttributeName"] for key in schema]
         for item in dynamodb.scan(TableName=table, ConsistentRead=True).get("Items", []):

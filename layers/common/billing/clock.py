@@ -31,7 +31,10 @@ def now() -> datetime:
 
 
 def iso(moment: datetime | None = None) -> str:
-    return (moment or now()).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: strftime's %Y does not pad years before 1000 ("311-09-21").
+    return (moment or now()).astimezone(UTC).replace(tzinfo=None).isoformat(
+        "T", "microseconds"
+    ) + "Z"
 
 
 def parse_iso(text: str) -> datetime:

@@ -31,14 +31,24 @@ class DayRange:
         return clock.iso(datetime.combine(self.end + timedelta(days=1), time(), tzinfo=UTC))
 
 
+# The dates a range may name: billing has no entry before 1970, and the range's arithmetic
+# (default length, the moment after the last day, the statement's clock-skew margin) must
+# stay inside Python's years 1..9999 instead of failing with a 500.
+EARLIEST = date(1970, 1, 1)
+LATEST = date(9998, 12, 31)
+
+
 def parse_date(name: str, text: str) -> date:
     # date.fromisoformat also takes "20261101" and week dates: ask for the plain form only.
     if len(text) != 10 or text[4] != "-" or text[7] != "-" or not text.isascii():
         raise InvalidRequest(f"{name} must be an ISO-8601 date (YYYY-MM-DD).")
     try:
-        return date.fromisoformat(text)
+        parsed = date.fromisoformat(text)
     except ValueError as exc:
         raise InvalidRequest(f"{name} must be an ISO-8601 date (YYYY-MM-DD).") from exc
+    if not EARLIEST <= parsed <= LATEST:
+        raise InvalidRequest(f"{name} must be a date from {EARLIEST} to {LATEST}.")
+    return parsed
 
 
 def day_range(start: str | None, end: str | None, *, default_days: int, max_days: int) -> DayRange:

@@ -20,12 +20,12 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any, TypeVar
 
 from pynamodb.expressions.condition import Condition
 
-from billing import clock
+from billing import clock, date_range
 from billing.errors import InvalidRequest
 from billing.models import UsageRecord, usage_user_shards
 from billing.pagination import decode_cursor, encode_cursor
@@ -59,17 +59,19 @@ class UsageFilters:
 
 
 def _bound(name: str, text: str, *, end: bool) -> str:
-    """created_at bound of a date (a whole day) or a time."""
+    """created_at bound of a date (a whole day) or a time, within billing.date_range's
+    years, so that a day after it or a microsecond before it (_just_before) stays inside
+    Python's calendar."""
+    whole_day = len(text) == 10
     try:
-        if len(text) == 10:
-            moment = clock.parse_iso(text + "T00:00:00Z")
-            return clock.iso(moment + timedelta(days=1) if end else moment)
-        if "T" not in text:
+        if not whole_day and "T" not in text:
             raise ValueError(text)
-        moment = clock.parse_iso(text)
-    except ValueError as exc:
+        moment = clock.parse_iso(text + "T00:00:00Z" if whole_day else text).astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
         raise InvalidRequest(f"{name} must be an ISO-8601 date or time.") from exc
-    return clock.iso(moment)
+    if not date_range.EARLIEST <= moment.date() <= date_range.LATEST:
+        raise InvalidRequest(f"{name} must be from {date_range.EARLIEST} to {date_range.LATEST}.")
+    return clock.iso(moment + timedelta(days=1) if whole_day and end else moment)
 
 
 def _name(name: str, text: str | None) -> str | None:
