@@ -39,7 +39,21 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "layers" / "common")]
-os.environ.setdefault("SETTINGS_FILE", str(ROOT / "settings" / "local.json"))
+
+def _deployed_settings() -> str:
+    """settings/local.json with usage.user_shards at its default (what a deployment gets),
+    not the local stack's 4: the hot-account figures are for production's shards."""
+    import tempfile
+
+    document = json.loads((ROOT / "settings" / "local.json").read_text())
+    document.pop("usage", None)
+    handle, path = tempfile.mkstemp(prefix="capacity-settings-", suffix=".json")
+    with os.fdopen(handle, "w") as out:
+        json.dump(document, out)
+    return path
+
+
+os.environ.setdefault("SETTINGS_FILE", _deployed_settings())
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "QuotaTopupBench")
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 
