@@ -381,6 +381,21 @@ def test_a_fixed_expiry_and_an_exhausted_grant_leave_the_index_without_an_entry(
     assert_grant_sums(stack, user)
 
 
+def test_a_grant_written_just_before_the_clock_moves_is_swept_when_it_moves(
+    stack: LocalStack,
+) -> None:
+    """Hours of billing time pass in an instant here: the schedules that came due run only
+    once the sweeper's index has caught up with the grant written a moment before (as it
+    would have in AWS hours later), so the write-off is done when POST /_local/clock answers."""
+    user, _ = new_account(stack)
+    adjust(stack, user, 70, {"expires_in_days": 1})
+    stack.advance_clock(DAY + 60)
+    expiries = [e for e in all_pages(stack, user, "/ledger") if e["kind"] == "expiry"]
+    assert [e["delta"] for e in expiries] == [-70]
+    assert get_account(stack, user)["quota"] == 0
+    assert_grant_sums(stack, user)
+
+
 def test_a_grant_expiring_within_three_days_is_announced_once(
     manual_sweeper: LocalStack,
 ) -> None:
