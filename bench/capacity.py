@@ -40,6 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "layers" / "common")]
 
+
 def _deployed_settings() -> str:
     """settings/local.json with usage.user_shards at its default (what a deployment gets),
     not the local stack's 4: the hot-account figures are for production's shards."""
