@@ -93,3 +93,29 @@ def test_shards_are_read_no_further_than_the_page_needs() -> None:
     page, more = merge_newest_first([shard(0), shard(1)], key, 10)
     assert len(page) == 10 and more
     assert len(pulled) < 30  # lazy: a page reads about its own size, not the shards
+
+
+def test_read_ahead_reads_the_shards_first_items_concurrently_and_keeps_everything() -> None:
+    """Every shard's first items are read at once (each shard here waits at a barrier that
+    only opens when READ_THREADS of them read together: one after the other, it breaks),
+    and the shards still yield all their items in order, the rest read on demand."""
+    import threading
+
+    from billing.usage.history import READ_THREADS, read_ahead
+
+    barrier = threading.Barrier(READ_THREADS, timeout=10)
+    consumed = [0] * (2 * READ_THREADS)
+
+    def shard(n: int) -> Iterator[Position]:
+        barrier.wait()  # the first read of each shard
+        for i in range(5):
+            consumed[n] += 1
+            yield (f"2026-11-0{9 - i}", f"r{n}-{i}")
+
+    shards = [shard(n) for n in range(2 * READ_THREADS)]
+    ahead = read_ahead(shards, 2)
+    assert consumed == [2] * len(shards)  # only the first page of each, before the merge
+    page, more = merge_newest_first(ahead, key, 7)
+    assert more and page == sorted(page, reverse=True) and len(page) == 7
+    everything = [item for it in read_ahead([[("b", "1"), ("a", "2")]], 1) for item in it]
+    assert everything == [("b", "1"), ("a", "2")]

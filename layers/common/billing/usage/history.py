@@ -19,6 +19,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 from typing import Any, TypeVar
@@ -133,6 +134,22 @@ def _ties_ordered(items: Iterable[T], key: Callable[[T], Position]) -> Iterator[
     yield from sorted(run, key=key, reverse=True)
 
 
+# Shards whose first page is read at once: GET /usage reads every shard before it can answer,
+# and 32 queries one after the other cost 32 round trips (~5-10 ms each in AWS).
+READ_THREADS = 8
+
+
+def read_ahead(shards: Sequence[Iterable[T]], first: int) -> list[Iterator[T]]:
+    """Each shard as an iterator whose first `first` items were read concurrently with the
+    other shards' (the rest is read on demand, as the merge reaches it)."""
+    iterators = [iter(shard) for shard in shards]
+    if len(iterators) < 2:
+        return iterators
+    with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(iterators))) as pool:
+        heads = list(pool.map(lambda it: list(itertools.islice(it, first)), iterators))
+    return [itertools.chain(head, it) for head, it in zip(heads, iterators, strict=True)]
+
+
 def merge_newest_first(
     shards: Sequence[Iterable[T]],
     key: Callable[[T], Position],
@@ -220,7 +237,7 @@ def list_usage(
         )
         for key in usage_user_shards(user_id, shards)
     ]
-    page, more = merge_newest_first(streams, _position, limit, after)
+    page, more = merge_newest_first(read_ahead(streams, page_size), _position, limit, after)
     next_cursor = None
     if more:
         created_at, request_id = _position(page[-1])
