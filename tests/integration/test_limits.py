@@ -200,6 +200,29 @@ def test_an_account_limit_and_a_key_limit_the_tighter_wins(stack: LocalStack) ->
     assert assert_ledger_sums(stack, user)["quota"] == 9500
 
 
+def test_a_key_id_no_scope_can_name_is_metered_under_the_account_limit(
+    stack: LocalStack,
+) -> None:
+    """Usage events take any key id of 1..128 characters, scopes a narrower set (a path
+    segment): such a key's usage is charged and listed, and only the account limit holds it."""
+    user = funded_user(stack, 10_000)
+    odd = "team/a b?c"
+    refused = stack.request(
+        "PUT",
+        "/limits/key:team%2Fa%20b%3Fc",
+        token=stack.token(user),
+        json={"max_quota": 100, "period": "day"},
+    )
+    assert refused.status_code in (400, 404), refused.text
+    put_limit(stack, user, "account", 200, "day")
+    results = [invoke(stack, keyed(user, odd)) for _ in range(3)]
+    assert statuses(results) == ["charged", "charged", "rejected"]
+    assert results[2]["limit"] == "account"
+    assert list(get_limits(stack, user)) == ["account"]
+    assert usage_record(stack, results[0]["request_id"])["key_id"] == odd
+    assert assert_ledger_sums(stack, user)["quota"] == 9800
+
+
 def test_a_charge_bigger_than_the_limit_is_refused_without_a_write(stack: LocalStack) -> None:
     user = funded_user(stack, 10_000)
     put_limit(stack, user, "key:k-6", 99, "total")
