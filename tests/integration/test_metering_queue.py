@@ -1,9 +1,12 @@
 """The usage queue under real batch sizes and failures (issues 21 and 13).
 
-- A full batch (the template's BatchSize messages x 500 events) on a stack whose
+- A full batch (the messages of 500 events one invocation meters) on a stack whose
   MeterUsageFunction has a few seconds only: the function meters within its time budget,
   hands back the messages it did not finish, and, delivered again (through the Invoke API by
   hand, and through the queue by the poller), everything ends billed exactly once.
+- A batch of more events than one invocation meters (MAX_QUEUE_EVENTS, small on a stack of
+  its own) puts the rest back on the queue, where they are metered once, none handed back;
+  single-event messages are metered many to an account write (the event source's batch).
 - Messages that cannot be read go to the usage DLQ (tests/integration/test_metering.py
   covers the kinds through the poller): here through the Invoke API with the sample event,
   and when the DLQ does not take them, the message is handed back, never deleted.
@@ -17,11 +20,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from billing.usage import intake
 
 from local.template import Template
 from tests.support.metering import (
     FUNCTION,
     ROOT,
+    account_item,
     assert_ledger_sums,
     collect_dead_letters,
     create_account,
@@ -60,6 +65,13 @@ def batch_size() -> int:
     return int(source["Properties"]["BatchSize"])
 
 
+def full_messages() -> int:
+    """The 500-event messages one invocation meters (the rest of a batch is put back)."""
+    count = intake.MAX_QUEUE_EVENTS // EVENTS_PER_MESSAGE
+    assert batch_size() >= count  # the event source delivers that many at once
+    return count
+
+
 @pytest.fixture(scope="module")
 def short_timeout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """A stack of its own whose metering function has SHORT_TIMEOUT seconds (and whose usage
@@ -82,7 +94,7 @@ def full_batch(stack: LocalStack, users: int = 20) -> tuple[list[str], list[dict
     needed) over `users` accounts per message; and all the accounts."""
     people: list[str] = []
     messages = []
-    for _ in range(batch_size()):
+    for _ in range(full_messages()):
         own = [new_user() for _ in range(users)]
         for user in own:
             create_account(stack, user)
@@ -192,6 +204,106 @@ def test_a_full_batch_through_the_queue_is_billed_once(short_timeout: LocalStack
     assert failed > 0, "nothing was handed back: the batch fitted the budget after all"
     for user in people:
         assert take_dead_letters(stack, user) == []
+
+
+# ---------------------------------------------------------------- batches beyond the cap
+
+CAP = 20
+
+
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """A stack of its own whose metering function meters CAP events per queue invocation."""
+    template = template_with_meter_timeout(
+        tmp_path_factory.mktemp("capped"), 300, max_queue_events=CAP
+    )
+    local = LocalStack("metering-capped")
+    local.start(template=template, env={"LOCAL_SCHEDULES": "0"})
+    try:
+        yield local
+        assert_reconciled(local)
+    finally:
+        local.stop()
+
+
+def test_messages_beyond_the_cap_go_back_on_the_queue_and_are_metered_once(
+    capped: LocalStack,
+) -> None:
+    stack = capped
+    user = new_user()
+    create_account(stack, user)
+    bodies = {
+        str(uuid.uuid4()): {"events": [usage_event(user, "settle") for _ in range(10)]}
+        for _ in range(5)
+    }
+    response = invoke(stack, sqs_event(stack, bodies, 1))
+    assert response["batchItemFailures"] == []  # nothing waits out a visibility timeout
+    assert get_account(stack, user)["request_count"] == CAP  # two messages metered now
+    wait_for(
+        lambda: (
+            get_account(stack, user)["request_count"] == 50
+            and queue_depth(stack, "UsageQueue") == 0
+        ),
+        timeout=120,
+        message="the messages put back to be metered",
+    )
+    account = assert_ledger_sums(stack, user)
+    assert (account["quota"], account["used_quota"]) == (-50 * PRICE, 50 * PRICE)
+    for body in bodies.values():
+        for event in body["events"]:
+            record = usage_record(stack, event["request_id"])
+            assert record is not None and record["status"] == "settled"
+    assert take_dead_letters(stack, user) == []
+
+
+def test_messages_the_queue_does_not_take_back_are_handed_back(capped: LocalStack) -> None:
+    stack = capped
+    user = new_user()
+    create_account(stack, user)
+    bodies = {
+        str(uuid.uuid4()): {"events": [usage_event(user, "settle") for _ in range(10)]}
+        for _ in range(3)
+    }
+    stack.fault(
+        service="sqs",
+        operation="SendMessageBatch",
+        error_code="ServiceUnavailable",
+        contains="UsageQueue",
+        count=-1,
+    )
+    try:
+        response = invoke(stack, sqs_event(stack, bodies, 1))
+    finally:
+        stack.clear_faults()
+    last = list(bodies)[2]
+    assert response["batchItemFailures"] == [{"itemIdentifier": last}]  # never dropped
+    assert get_account(stack, user)["request_count"] == CAP
+    assert invoke(stack, sqs_event(stack, {last: bodies[last]}, 2))["batchItemFailures"] == []
+    assert assert_ledger_sums(stack, user)["request_count"] == 30
+
+
+def test_single_event_messages_are_metered_many_to_an_account_write(stack: LocalStack) -> None:
+    """100 messages of one event each: the event source's batch (up to BatchSize within its
+    window) meters them in a few transactions of the account, not one per message."""
+    user = new_user()
+    create_account(stack, user)
+    version = int(account_item(stack, user)["version"])
+    sqs, url = stack.boto3_client("sqs"), stack.queue_url("UsageQueue")
+    events = [usage_event(user, "settle") for _ in range(100)]
+    for start in range(0, len(events), 10):  # as fast as producers send
+        entries = [
+            {"Id": str(n), "MessageBody": json.dumps(event)}
+            for n, event in enumerate(events[start : start + 10])
+        ]
+        assert not sqs.send_message_batch(QueueUrl=url, Entries=entries).get("Failed")
+    wait_for(
+        lambda: get_account(stack, user)["request_count"] == 100,
+        timeout=120,
+        message="the single-event messages to be metered",
+    )
+    writes = int(account_item(stack, user)["version"]) - version
+    assert writes <= 10, writes  # at least 10 events an account write (BatchSize 5 gave <= 5)
+    assert_ledger_sums(stack, user)
 
 
 # ---------------------------------------------------------------- unreadable messages

@@ -292,17 +292,25 @@ def template_with_meter_timeout(
     seconds: int,
     max_receive_count: int | None = None,
     visibility_timeout: int | None = None,
+    max_queue_events: int | None = None,
 ) -> Path:
     """infra/template.yaml with MeterUsageFunction's Timeout set to `seconds` and, if given,
     the usage queue's maxReceiveCount and VisibilityTimeout (which must stay >= `seconds`;
-    handed-back messages come back after it) (code paths made absolute, so the copy runs from
-    anywhere)."""
+    handed-back messages come back after it) and the function's MAX_QUEUE_EVENTS (code paths
+    made absolute, so the copy runs from anywhere)."""
     text = (ROOT / "infra" / "template.yaml").read_text()
     start, end = _resource_block(text, "MeterUsageFunction")
     block, count = re.subn(
         r"\n      Timeout: \d+\n", f"\n      Timeout: {seconds}\n", text[start:end]
     )
     assert count == 1, "MeterUsageFunction has no Timeout of its own"
+    if max_queue_events is not None:
+        block, count = re.subn(
+            r"\n( +)USAGE_QUEUE_URL: !Ref UsageQueue\n",
+            rf'\n\1USAGE_QUEUE_URL: !Ref UsageQueue\n\1MAX_QUEUE_EVENTS: "{max_queue_events}"\n',
+            block,
+        )
+        assert count == 1, "MeterUsageFunction has no USAGE_QUEUE_URL"
     text = text[:start] + block + text[end:]
     if max_receive_count is not None:
         start, end = _resource_block(text, "UsageQueue")
@@ -321,6 +329,7 @@ def template_with_meter_timeout(
     text = re.sub(r"(CodeUri|ContentUri): \.\./", rf"\1: {ROOT}/", text)
     suffix = "" if max_receive_count is None else f"-receives-{max_receive_count}"
     suffix += "" if visibility_timeout is None else f"-visibility-{visibility_timeout}"
+    suffix += "" if max_queue_events is None else f"-events-{max_queue_events}"
     path = directory / f"template-meter-timeout-{seconds}{suffix}.yaml"
     path.write_text(text)
     return path

@@ -13,8 +13,9 @@ _client: Any = None
 _lock = threading.Lock()
 
 
-def _sqs() -> Any:
-    """One SQS client per process: creating one costs far more than a send."""
+def sqs() -> Any:
+    """One SQS client per process (the DLQ's and the usage queue's, billing.usage.requeue):
+    creating one costs far more than a send."""
     global _client
     with _lock:
         if _client is None:
@@ -36,7 +37,7 @@ def _sqs() -> Any:
 
 def send(body: str, *, reason: str, source_message_id: str) -> None:
     """Put one message on the usage DLQ; raises if it did not take it."""
-    _sqs().send_message(
+    sqs().send_message(
         QueueUrl=os.environ["USAGE_DLQ_URL"],
         MessageBody=body,
         MessageAttributes={

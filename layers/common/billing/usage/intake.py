@@ -5,9 +5,10 @@ budget, and answered.
   `{"results": [...]}` in input order. A payload that is no valid batch is answered with
   `{"error": invalid_event}` and nothing is written. An invalid event is `rejected` with
   `invalid_event` and nothing is written for it.
-- Usage queue: each message body is such a payload. The events of all the messages are
-  metered in ONE call (so they are aggregated per user). A message is handed back (a batch
-  item failure: SQS delivers it again) when any of its events was left unmetered, by a
+- Usage queue: each message body is such a payload. The events of the messages are metered
+  in ONE call (so they are aggregated per user), up to MAX_QUEUE_EVENTS: the messages beyond
+  it are put back on the queue as they are (billing.usage.requeue). A message is handed back
+  (a batch item failure: SQS delivers it again) when any of its events was left unmetered, by a
   transient error or because the time budget ran out; its events already metered are then
   duplicates. Nothing is dropped: a message that cannot be read (not JSON, not an object, no
   valid batch, over the limit) goes to the usage DLQ as it is, and the events of a readable
@@ -20,6 +21,7 @@ budget, and answered.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -33,7 +35,7 @@ from billing import metrics
 from billing.errors import InvalidEvent
 from billing.metrics import Metric
 from billing.settings import load_settings
-from billing.usage import dead_letters, metering, unbilled
+from billing.usage import dead_letters, metering, requeue, unbilled
 from billing.usage.metering import Action, Result, Status, UsageEvent
 
 logger = Logger(child=True)
@@ -48,6 +50,9 @@ Tokens = Annotated[int, Field(ge=0, le=10**15)]
 MARGIN_SHARE = 0.2
 MIN_MARGIN_MS = 1_000
 MAX_MARGIN_MS = 10_000
+# Events metered per usage-queue invocation: five full messages of 500 took 223 s of the 290 s
+# budget on the loaded local stack (bench/metering.py); in AWS they take a few seconds.
+MAX_QUEUE_EVENTS = 2_500
 
 
 class EventBody(BaseModel):
@@ -250,18 +255,33 @@ def _read_message(message: QueueMessage) -> list[Any]:
     return [payload] if events is None else events
 
 
+def max_queue_events() -> int:
+    """The events one invocation meters from the usage queue (env MAX_QUEUE_EVENTS)."""
+    value = os.environ.get("MAX_QUEUE_EVENTS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else MAX_QUEUE_EVENTS
+
+
 def meter_messages(messages: Sequence[QueueMessage], budget: Budget = Budget()) -> list[str]:
-    """Meter a batch of usage-queue messages; the ids of the messages to hand back."""
+    """Meter a batch of usage-queue messages; the ids of the messages to hand back.
+
+    The queue batches many messages so that single-event producers' usage is aggregated per
+    user; messages beyond max_queue_events() events (counted in batch order, the first one
+    always taken) are put back on the queue unmetered (billing.usage.requeue)."""
     handed_back: list[str] = []
     readable: list[_Read] = []
+    deferred: list[tuple[str, str]] = []
     raw_events: list[Any] = []
     redelivered: list[bool] = []
+    cap = max_queue_events()
     for message in messages:
         try:
             events = _read_message(message)
         except PayloadError as exc:
             if not _dead_letter(message, message.body, exc.reason, str(exc)):
                 handed_back.append(message.message_id)
+            continue
+        if raw_events and len(raw_events) + len(events) > cap:
+            deferred.append((message.message_id, message.body))
             continue
         readable.append(_Read(message, events, len(raw_events)))
         raw_events.extend(events)
@@ -287,6 +307,13 @@ def meter_messages(messages: Sequence[QueueMessage], budget: Budget = Budget()) 
             f"{len(invalid)} of the message's {len(read.events)} events are invalid.",
         ):
             handed_back.append(read.message.message_id)
+    if deferred:
+        not_taken = requeue.send(deferred)
+        handed_back.extend(message_id for message_id, _ in deferred if message_id in not_taken)
+        logger.info(
+            "usage messages put back on the queue",
+            extra={"messages": len(deferred), "not_taken": len(not_taken), "cap": cap},
+        )
     if left:
         logger.warning(
             "usage messages handed back for a retry",
