@@ -14,6 +14,8 @@ from typing import Any
 
 import boto3
 
+from billing.restore import after_restore
+
 SOURCE = "quota.billing"
 _MAX_PER_CALL = 10  # PutEvents takes at most 10 entries
 
@@ -29,6 +31,13 @@ def _events() -> Any:
     if _client is None:
         _client = boto3.client("events")
     return _client
+
+
+@after_restore
+def forget_client() -> None:
+    # Its pooled connections belong to the snapshotted instance (billing.restore).
+    global _client
+    _client = None
 
 
 def publish(events: Sequence[dict[str, Any]]) -> None:

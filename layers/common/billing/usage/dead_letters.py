@@ -9,6 +9,8 @@ import os
 import threading
 from typing import Any
 
+from billing.restore import after_restore
+
 _client: Any = None
 _lock = threading.Lock()
 
@@ -33,6 +35,14 @@ def sqs() -> Any:
                 ),
             )
     return _client
+
+
+@after_restore
+def forget_client() -> None:
+    # Its pooled connections belong to the snapshotted instance (billing.restore).
+    global _client
+    with _lock:
+        _client = None
 
 
 def send(body: str, *, reason: str, source_message_id: str) -> None:
