@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 from billing import db, idempotency, restore
+from billing.events import publisher
 from billing.models import Account
 from billing.payments import payment_queue
 from billing.payments.providers import http_client
 from billing.payments.providers import stripe as stripe_provider
+from billing.usage import dead_letters
 
 ROOT = Path(__file__).resolve().parents[2]
 HANDLERS = sorted(p.parent for p in (ROOT / "functions").glob("*/app.py"))
@@ -87,6 +89,8 @@ def test_every_network_client_is_made_again_after_a_restore() -> None:
             "dynamodb (shared)": db.connection(),
             "dynamodb (model)": Account._get_connection(),
             "sqs": payment_queue._sqs(),
+            "sqs (usage DLQ, put-backs)": dead_letters.sqs(),
+            "eventbridge": publisher._events(),
             "idempotency": idempotency._persistence(),
             "http session": http_client.session(),
             "stripe": stripe_provider._client("sk_test_restore"),
@@ -121,3 +125,35 @@ def test_hooks_run_in_registration_order_and_register_once() -> None:
         assert ran == ["first", "second"]
     finally:
         restore._hooks[:] = registered
+
+
+def test_imports_deferred_to_first_use_are_made_before_a_snapshot(tmp_path: Path) -> None:
+    """A handler defers Powertools' idempotency utility (and boto3) to its first keyed
+    request; with SnapStart, the runtime's before-snapshot hook imports it, so restored
+    instances have it. Without SnapStart nothing is preloaded."""
+    probe = (
+        "import json, sys, app, snapshot_restore_py as rt\n"
+        "deferred = 'aws_lambda_powertools.utilities.idempotency'\n"
+        "at_import = deferred in sys.modules or 'boto3' in sys.modules\n"
+        "for hook in rt.before: hook()\n"
+        "print(json.dumps([at_import, deferred in sys.modules, 'boto3' in sys.modules]))\n"
+    )
+    runtime = (
+        FAKE_RUNTIME + "before = []\ndef register_before_snapshot(func):\n    before.append(func)\n"
+    )
+    function_dir = ROOT / "functions" / "create_checkout"
+    with_runtime = Path(os.environ.get("TMPDIR", "/tmp")) / f"snapstart-{os.getpid()}"
+    with_runtime.mkdir(exist_ok=True)
+    (with_runtime / "snapshot_restore_py.py").write_text(runtime)
+    paths = [str(function_dir), str(with_runtime), str(ROOT / "layers" / "common")]
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=function_dir,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [False, True, True]

@@ -23,25 +23,28 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
-from aws_lambda_powertools.utilities.idempotency import (
-    DynamoDBPersistenceLayer,
-    IdempotencyConfig,
-    idempotent_function,
-)
-from aws_lambda_powertools.utilities.idempotency.exceptions import (
-    IdempotencyAlreadyInProgressError,
-    IdempotencyValidationError,
-)
-from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billing.errors import IdempotencyKeyInProgress, IdempotencyKeyReused, InvalidRequest
 from billing.http import json_response
-from billing.restore import after_restore
+from billing.restore import after_restore, preload_before_snapshot
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.idempotency import (
+        DynamoDBPersistenceLayer,
+        IdempotencyConfig,
+    )
+    from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
+
+# Powertools' idempotency utility imports boto3 (its table client): a request without an
+# Idempotency-Key never needs it, so it is imported with the first keyed request, or before
+# a SnapStart snapshot (billing.restore).
+_UTILITY = "aws_lambda_powertools.utilities.idempotency"
+preload_before_snapshot(_UTILITY)
 
 HEADER = "idempotency-key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -84,20 +87,31 @@ def _mark_replayed(response: Any, idempotent_data: DataRecord) -> Any:
     return {**response, _REPLAYED: True}
 
 
-_config = IdempotencyConfig(
-    event_key_jmespath="scope",
-    payload_validation_jmespath="request",
-    raise_on_no_idempotency_key=True,
-    expires_after_seconds=TTL_SECONDS,
-    hash_function="sha256",
-    response_hook=_mark_replayed,
-)
+_config: IdempotencyConfig | None = None
 _store: DynamoDBPersistenceLayer | None = None
+
+
+def _idempotency_config() -> IdempotencyConfig:
+    global _config
+    if _config is None:
+        from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig
+
+        _config = IdempotencyConfig(
+            event_key_jmespath="scope",
+            payload_validation_jmespath="request",
+            raise_on_no_idempotency_key=True,
+            expires_after_seconds=TTL_SECONDS,
+            hash_function="sha256",
+            response_hook=_mark_replayed,
+        )
+    return _config
 
 
 def _persistence() -> DynamoDBPersistenceLayer:
     global _store
     if _store is None:
+        from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
         table = os.environ.get("IDEMPOTENCY_TABLE")
         if not table:
             raise RuntimeError("IDEMPOTENCY_TABLE is not set for this function")
@@ -121,14 +135,21 @@ def run_once(
     context: LambdaContext | None,
 ) -> Reply:
     """`run()` at most once per (operation, caller, key); its reply stored for replays."""
+    from aws_lambda_powertools.utilities.idempotency import idempotent_function
+    from aws_lambda_powertools.utilities.idempotency.exceptions import (
+        IdempotencyAlreadyInProgressError,
+        IdempotencyValidationError,
+    )
+
+    config = _idempotency_config()
     if context is not None:
         # An attempt cut short by the function's timeout frees its key once the time is up.
-        _config.register_lambda_context(context)
+        config.register_lambda_context(context)
 
     @idempotent_function(
         data_keyword_argument="data",
         persistence_store=_persistence(),
-        config=_config,
+        config=config,
         key_prefix=f"idempotency#{operation}",
     )
     def execute(data: dict[str, Any]) -> dict[str, Any]:
