@@ -322,20 +322,12 @@ _PARTITIONS = {
     ("UsageTable", ""): "usage record (partition = its request_id)",
     ("UsageTable", "by_user_shard"): "by_user_shard index: the user's hottest shard",
     ("UsageTable", "open_holds"): "open_holds index: the hottest hold shard (all users)",
-    ("LimitCountersTable", ""): "limit counters (the user's partition, all windows)",
+    ("LimitWindowsTable", ""): "limit window (its own partition: user, scope and window)",
     ("UsageRollupsTable", ""): "rollups (the user's partition; each marker its own)",
     ("GrantsTable", ""): "grant history (the user's partition)",
 }
 # What a row over the goal means, and what is left to do about it.
-_NOTES = {
-    ("LimitCountersTable", ""): (
-        "each counter item stays under the goal (hottest_item); the user's partition holds "
-        "one counter per limit in force, all moved by every chunk, so past one limit the "
-        "partition key is over 1000 unless DynamoDB splits it between its items (distinct "
-        "sort keys, no local index: it can). Not sharded yet: a partition per counter would "
-        "move live windows' spend to new items (a migration of its own)."
-    ),
-}
+_NOTES: dict[tuple[str, str], str] = {}
 
 
 def _user_shard_of(request_id: str) -> int:

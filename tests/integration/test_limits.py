@@ -7,6 +7,11 @@ Prices (settings/local.json): gpt-4o, `prompt_tokens=80, completion_tokens=0` co
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,7 +29,7 @@ from tests.support.metering import (
     usage_record,
     wait_for_indexes,
 )
-from tests.support.stack import LocalStack
+from tests.support.stack import ROOT, LocalStack
 
 ADMIN = "admin-limits"
 
@@ -50,14 +55,24 @@ def get_limits(stack: LocalStack, user: str) -> dict[str, dict[str, Any]]:
 
 
 def counters(stack: LocalStack, user: str) -> dict[str, int]:
-    """The user's window counters as stored (consistent read of the counter table)."""
-    items = stack.boto3_client("dynamodb").query(
-        TableName=stack.table_name("LimitCountersTable"),
-        KeyConditionExpression="user_id = :u",
-        ExpressionAttributeValues={":u": {"S": user}},
-        ConsistentRead=True,
-    )["Items"]
-    return {item["counter"]["S"]: int(item["spent"]["N"]) for item in items}
+    """The user's window counters as stored (a consistent scan: each window is a partition
+    of its own, `<user>#<scope>#<window>`, so nothing reads a user's windows together)."""
+    pages = (
+        stack.boto3_client("dynamodb")
+        .get_paginator("scan")
+        .paginate(
+            TableName=stack.table_name("LimitWindowsTable"),
+            FilterExpression="begins_with(window_key, :u)",
+            ExpressionAttributeValues={":u": {"S": f"{user}#"}},
+            ConsistentRead=True,
+        )
+    )
+    found: dict[str, int] = {}
+    for item in (item for page in pages for item in page["Items"]):
+        assert item["window_key"]["S"] == f"{user}#{item['counter']['S']}"
+        assert item["user_id"]["S"] == user
+        found[item["counter"]["S"]] = int(item["spent"]["N"])
+    return found
 
 
 def today(stack: LocalStack) -> str:
@@ -362,3 +377,61 @@ def test_usage_lists_filter_by_key(stack: LocalStack) -> None:
         [charged[0]["request_id"], charged[2]["request_id"]]
     )
     assert {r["key_id"] for r in listed} == {"a"}
+
+
+# ---------------------------------------------------------------- the windows' migration
+
+
+def test_the_migration_carries_live_windows_once_from_the_old_counter_table(
+    stack: LocalStack,
+) -> None:
+    """A stack of an earlier revision kept each user's windows in one partition
+    (LimitCountersTable, user_id + counter); the command adds each live one to its window's
+    item once (spend metered since the deploy stays), skips expired ones, and a re-run
+    carries nothing again."""
+    client = stack.boto3_client("dynamodb")
+    old = f"old-limit-counters-{uuid.uuid4().hex[:8]}"
+    client.create_table(
+        TableName=old,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": "user_id", "AttributeType": "S"},
+            {"AttributeName": "counter", "AttributeType": "S"},
+        ],
+        KeySchema=[
+            {"AttributeName": "user_id", "KeyType": "HASH"},
+            {"AttributeName": "counter", "KeyType": "RANGE"},
+        ],
+    )
+    user = funded_user(stack, 10_000)
+    put_limit(stack, user, "account", 300, "day")
+    day = today(stack).replace("day:", "account#day:")
+    assert invoke(stack, usage_event(user))["status"] == "charged"  # 100 since the deploy
+    live = int(stack.billing_now().timestamp()) + 86400
+    client.put_item(
+        TableName=old,
+        Item={"user_id": {"S": user}, "counter": {"S": day}, "spent": {"N": "150"},
+              "expires_at": {"N": str(live)}},
+    )  # fmt: skip
+    client.put_item(
+        TableName=old,
+        Item={"user_id": {"S": user}, "counter": {"S": "account#day:2020-01-01"},
+              "spent": {"N": "70"}, "expires_at": {"N": "1577923200"}},
+    )  # fmt: skip
+    command = [
+        sys.executable, "-m", "tools.migrate_limit_windows", "--from", old,
+        "--local", stack.base_url,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'layers' / 'common'}:{ROOT}"}
+    runs = [
+        subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+        for _ in range(2)
+    ]
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
+    first, second = (json.loads(r.stdout) for r in runs)
+    assert (first["carried"], first["expired"]) == (1, 1)
+    assert (second["carried"], second["carried_before"]) == (0, 1)
+    assert counters(stack, user) == {day: 250}
+    assert get_limits(stack, user)["account"]["spent"] == 250
+    refused = invoke(stack, usage_event(user))  # 250 + 100 > 300: the old spend counts
+    assert (refused["status"], refused["limit"]) == ("rejected", "account")

@@ -946,12 +946,15 @@ class BillingMachine(RuleBasedStateMachine):
     def limit_windows(self) -> None:
         client, names = self.tables.client, self.tables.names
         for user in self.users:
-            items = client.query(
-                TableName=names["LimitCountersTable"],
-                KeyConditionExpression="user_id = :u",
-                ExpressionAttributeValues={":u": {"S": user.user_id}},
+            pages = client.get_paginator("scan").paginate(
+                TableName=names["LimitWindowsTable"],
+                FilterExpression="begins_with(window_key, :u)",
+                ExpressionAttributeValues={":u": {"S": f"{user.user_id}#"}},
                 ConsistentRead=True,
-            )["Items"]
+            )
+            items = [item for page in pages for item in page["Items"]]
+            # Each window on a partition of its own: `<user>#<scope>#<window>`.
+            assert all(i["window_key"]["S"] == f"{user.user_id}#{i['counter']['S']}" for i in items)
             stored = {item["counter"]["S"]: int(item["spent"]["N"]) for item in items}
             assert {k: v for k, v in stored.items() if v} == {
                 k: v for k, v in user.spent.items() if v

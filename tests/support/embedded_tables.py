@@ -32,7 +32,7 @@ MODEL_TABLES = {
     "UsageRollup": "UsageRollupsTable",
     "RollupMarker": "UsageRollupsTable",
     "GrantRecord": "GrantsTable",
-    "LimitCounter": "LimitCountersTable",
+    "LimitCounter": "LimitWindowsTable",
 }
 _AWS_VARIABLES = (
     "AWS_ENDPOINT_URL",

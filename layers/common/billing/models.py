@@ -300,15 +300,23 @@ def usage_of_user(user_id: str, shards: int, **query: Any) -> Iterator[UsageReco
         yield from UsageRecord.by_user_shard.query(key, **query)
 
 
+def limit_window_key(user_id: str, counter: str) -> str:
+    """The partition of one spend-limit window: `<user_id>#<scope>#<window>`."""
+    return f"{user_id}#{counter}"
+
+
 class LimitCounter(Model):
-    """The spend of one spend-limit window: (user, `<scope>#<window>`)."""
+    """The spend of one spend-limit window, on a partition of its own (limit_window_key):
+    every charge under a limit updates each of its windows, so a user's windows on one
+    partition would add up their write units there (bench/capacity.py)."""
 
     class Meta:
-        table_name = _table("LIMIT_COUNTERS_TABLE")
+        table_name = _table("LIMIT_WINDOWS_TABLE")
         region = _REGION
 
-    user_id = UnicodeAttribute(hash_key=True)
-    counter = UnicodeAttribute(range_key=True)
+    window_key = UnicodeAttribute(hash_key=True)
+    user_id = UnicodeAttribute(null=True)  # for people reading the table; keys carry both
+    counter = UnicodeAttribute(null=True)  # `<scope>#<window>`
     spent = NumberAttribute(default=0)
     expires_at = NumberAttribute(null=True)  # epoch seconds; DynamoDB TTL after the window
 

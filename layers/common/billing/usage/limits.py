@@ -120,7 +120,7 @@ def window_name(period: str, moment: datetime) -> str:
 
 
 def counter_key(scope: str, period: str, moment: datetime) -> str:
-    """The counter item's sort key: `<scope>#<window>`."""
+    """A window's counter name: `<scope>#<window>` (its item: billing.models.limit_window_key)."""
     return f"{scope}#{window_name(period, moment)}"
 
 

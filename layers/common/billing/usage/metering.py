@@ -66,7 +66,7 @@ from billing.errors import (
     LimitExceeded,
 )
 from billing.facts import UsageStatus as Status  # re-exported: metering.Status
-from billing.models import Account, LimitCounter, UsageRecord, usage_user_shard
+from billing.models import Account, LimitCounter, UsageRecord, limit_window_key, usage_user_shard
 from billing.settings import Settings, load_settings
 from billing.usage import limits, pricing
 
@@ -711,7 +711,11 @@ def _counter_delta(p: _Pending) -> int:
 
 
 def _counter_op(user_id: str, move: limits.CounterMove) -> ledger.TxOp:
-    actions: list[Any] = [LimitCounter.spent.add(move.total)]
+    actions: list[Any] = [
+        LimitCounter.spent.add(move.total),
+        LimitCounter.user_id.set(user_id),
+        LimitCounter.counter.set(move.key),
+    ]
     expires_at = limits.counter_expiry(move.key)
     if expires_at is not None:
         actions.append(LimitCounter.expires_at.set(expires_at))
@@ -725,7 +729,7 @@ def _counter_op(user_id: str, move: limits.CounterMove) -> ledger.TxOp:
     return ledger.TxOp(
         label=LIMIT_LABEL + move.key,
         op="update",
-        model=LimitCounter(user_id, move.key),
+        model=LimitCounter(limit_window_key(user_id, move.key)),
         condition=condition,
         actions=actions,
     )

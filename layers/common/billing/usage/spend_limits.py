@@ -15,7 +15,7 @@ from pynamodb.exceptions import UpdateError
 
 from billing import clock, ledger, retry
 from billing.errors import InvalidRequest
-from billing.models import Account, LimitCounter
+from billing.models import Account, LimitCounter, limit_window_key
 from billing.usage import limits
 
 MAX_ATTEMPTS = 10
@@ -34,9 +34,9 @@ def _render(
     keys = {scope: limits.counter_key(scope, lim.period, moment) for scope, lim in defined.items()}
     spent: dict[str, int] = {}
     if keys:
-        wanted = [(user_id, key) for key in keys.values()]
-        for item in LimitCounter.batch_get(wanted, consistent_read=True):
-            spent[item.counter] = int(item.spent)
+        windows = {limit_window_key(user_id, key): key for key in keys.values()}
+        for item in LimitCounter.batch_get(list(windows), consistent_read=True):
+            spent[windows[item.window_key]] = int(item.spent)
     ordered = sorted(defined, key=lambda scope: (scope != limits.ACCOUNT_SCOPE, scope))
     return [
         limits.render_limit(defined[scope], spent.get(keys[scope], 0), moment) for scope in ordered

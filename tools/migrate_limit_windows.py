@@ -1,0 +1,140 @@
+"""`python -m tools.migrate_limit_windows`: carry the spend of live spend-limit windows from
+the LimitCountersTable of earlier revisions (one partition per user, kept by its Retain
+policy) to LimitWindowsTable (one partition per window).
+
+    python -m tools.migrate_limit_windows --from <old table> --local http://127.0.0.1:3000
+    LIMIT_WINDOWS_TABLE=... python -m tools.migrate_limit_windows --from <old table>   # AWS
+
+Run it right after the deploy that brings LimitWindowsTable: until then a window's spend
+before the deploy is not counted against its limit. Each old window still live is added to
+its new item (ADD, so spend metered since the deploy stays) and marked migrated in the old
+table in one transaction, so a window is carried once however often the command runs or
+fails half-way; windows already past their TTL are skipped. Exit status: 0 done, 2 the run
+failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.request
+from typing import Any
+
+from billing.models import limit_window_key
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.migrate_limit_windows", description=__doc__
+    )
+    parser.add_argument("--from", dest="old", required=True, help="the old LimitCountersTable")
+    parser.add_argument("--local", metavar="URL", help="the local stack's base URL")
+    parser.add_argument("--endpoint-url", help="DynamoDB endpoint (default: AWS_ENDPOINT_URL)")
+    parser.add_argument("--region", default=None, help="AWS region (default: AWS_REGION)")
+    parser.add_argument("--windows-table", help="default: $LIMIT_WINDOWS_TABLE")
+    return parser.parse_args(argv)
+
+
+def carry(client: Any, old: str, new: str, now: float) -> dict[str, int]:
+    """Add each live, unmigrated old window to its new item, once."""
+    counts = {"scanned": 0, "carried": 0, "expired": 0, "carried_before": 0}
+    for page in client.get_paginator("scan").paginate(TableName=old, ConsistentRead=True):
+        for item in page["Items"]:
+            counts["scanned"] += 1
+            if "migrated_at" in item:
+                counts["carried_before"] += 1
+                continue
+            expires = item.get("expires_at", {}).get("N")
+            if expires is not None and float(expires) <= now:
+                counts["expired"] += 1
+                continue
+            user, counter = item["user_id"]["S"], item["counter"]["S"]
+            values: dict[str, Any] = {
+                ":spent": {"N": item.get("spent", {}).get("N", "0")},
+                ":user": {"S": user},
+                ":counter": {"S": counter},
+            }
+            update = "ADD spent :spent SET user_id = :user, #counter = :counter"
+            if expires is not None:
+                update += ", expires_at = :expires"
+                values[":expires"] = {"N": expires}
+            try:
+                client.transact_write_items(
+                    TransactItems=[
+                        {
+                            "Update": {
+                                "TableName": new,
+                                "Key": {"window_key": {"S": limit_window_key(user, counter)}},
+                                "UpdateExpression": update,
+                                "ExpressionAttributeNames": {"#counter": "counter"},
+                                "ExpressionAttributeValues": values,
+                            }
+                        },
+                        {
+                            "Update": {
+                                "TableName": old,
+                                "Key": {"user_id": {"S": user}, "counter": {"S": counter}},
+                                "UpdateExpression": "SET migrated_at = :now",
+                                "ConditionExpression": "attribute_not_exists(migrated_at)",
+                                "ExpressionAttributeValues": {":now": {"N": str(int(now))}},
+                            }
+                        },
+                    ]
+                )
+                counts["carried"] += 1
+            except client.exceptions.TransactionCanceledException as exc:
+                reasons = exc.response.get("CancellationReasons", [])
+                if len(reasons) == 2 and reasons[1].get("Code") == "ConditionalCheckFailed":
+                    counts["carried_before"] += 1  # a concurrent run carried it
+                    continue
+                raise
+    return counts
+
+
+def _local(base_url: str) -> tuple[str, str]:
+    url = base_url.rstrip("/") + "/_local/health"
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("--local must be an http(s) URL")
+    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - checked above
+        health: dict[str, Any] = json.load(response)
+    return str(health["tables"]["LimitWindowsTable"]), str(health["aws_endpoint"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    import boto3
+
+    args = parse_args(argv)
+    region = (
+        args.region
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+    )
+    try:
+        kwargs: dict[str, Any] = {"region_name": region}
+        if args.local:
+            table, endpoint = _local(args.local)
+            # The embedded AWS takes any credentials; these are moto's documented dummies.
+            dummy = "testing"
+            kwargs.update(
+                endpoint_url=endpoint, aws_access_key_id=dummy, aws_secret_access_key=dummy
+            )
+        else:
+            table = args.windows_table or os.environ.get("LIMIT_WINDOWS_TABLE", "")
+            if not table:
+                raise ValueError("no windows table: --windows-table or $LIMIT_WINDOWS_TABLE")
+            endpoint = args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or ""
+            if endpoint:
+                kwargs["endpoint_url"] = endpoint
+        counts = carry(boto3.client("dynamodb", **kwargs), args.old, table, time.time())
+    except Exception as exc:
+        print(f"migration could not run: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(counts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
