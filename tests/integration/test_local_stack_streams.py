@@ -300,7 +300,15 @@ def test_every_committed_change_reaches_the_function_once_in_order_per_key(
         seqs = wait_for_sort_keys(sx, "OrderTable", key, last="c", count=2)
         assert len(seqs) == 10, seqs  # 6 changes of a, 2 of b, 2 of c; nothing else
         assert [int(s) for s in seqs] == sorted(int(s) for s in seqs)  # in commit order
-        records = delivered_records(sx, "OrderTable", key)
+        # The function logs a record's arrival before its copy: the copy may lag a moment.
+        wanted = len(seqs)
+        records = wait_for(
+            lambda key=key, wanted=wanted: (
+                found if len(found := delivered_records(sx, "OrderTable", key)) >= wanted else None
+            ),
+            timeout=30,
+            message=f"the copies of {key}'s records",
+        )
         assert [r["dynamodb"]["SequenceNumber"] for r in records] == sorted(seqs, key=int)
         assert all(r["_deliveries"] == 1 for r in records)  # each once
         by_item: dict[str, list[tuple[str, Any, Any]]] = {}
