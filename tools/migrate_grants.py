@@ -16,15 +16,14 @@ history record. Exit status: 0 done, 2 the run failed.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
-import urllib.request
 from datetime import datetime
 from typing import Any
 
 from billing import grants as grant_math
+
+from tools import target
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -149,35 +148,12 @@ def migrate(client: Any, accounts: str, grants_table: str) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import botocore.session
-
     args = parse_args(argv)
-    region = (
-        args.region
-        or os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
-    )
-    credentials: dict[str, str] = {}
     try:
-        if args.local:
-            url = args.local.rstrip("/") + "/_local/health"
-            if not url.startswith(("http://", "https://")):
-                raise ValueError("--local must be an http(s) URL")
-            with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310
-                health = json.load(response)
-            accounts = health["tables"]["AccountsTable"]
-            grants_table = health["tables"]["GrantsTable"]
-            endpoint: str | None = health["aws_endpoint"]
-            # The embedded AWS takes any credentials; these are moto's documented dummies.
-            credentials = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-        else:
-            accounts = args.accounts_table or os.environ["ACCOUNTS_TABLE"]
-            grants_table = args.grants_table or os.environ["GRANTS_TABLE"]
-            endpoint = args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
-        client = botocore.session.get_session().create_client(
-            "dynamodb", region_name=region, endpoint_url=endpoint, **credentials
-        )
-        counts = migrate(client, accounts, grants_table)
+        where = target.choose(args.local, args.endpoint_url, args.region)
+        accounts = where.table("AccountsTable", args.accounts_table, "ACCOUNTS_TABLE")
+        grants_table = where.table("GrantsTable", args.grants_table, "GRANTS_TABLE")
+        counts = migrate(where.client(), accounts, grants_table)
     except Exception as exc:
         print(f"migration could not run: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-import urllib.request
 from typing import Any
 
 from billing.models import limit_window_key
+
+from tools import target
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,41 +94,12 @@ def carry(client: Any, old: str, new: str, now: float) -> dict[str, int]:
     return counts
 
 
-def _local(base_url: str) -> tuple[str, str]:
-    url = base_url.rstrip("/") + "/_local/health"
-    if not url.startswith(("http://", "https://")):
-        raise ValueError("--local must be an http(s) URL")
-    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - checked above
-        health: dict[str, Any] = json.load(response)
-    return str(health["tables"]["LimitWindowsTable"]), str(health["aws_endpoint"])
-
-
 def main(argv: list[str] | None = None) -> int:
-    import boto3
-
     args = parse_args(argv)
-    region = (
-        args.region
-        or os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
-    )
     try:
-        kwargs: dict[str, Any] = {"region_name": region}
-        if args.local:
-            table, endpoint = _local(args.local)
-            # The embedded AWS takes any credentials; these are moto's documented dummies.
-            dummy = "testing"
-            kwargs.update(
-                endpoint_url=endpoint, aws_access_key_id=dummy, aws_secret_access_key=dummy
-            )
-        else:
-            table = args.windows_table or os.environ.get("LIMIT_WINDOWS_TABLE", "")
-            if not table:
-                raise ValueError("no windows table: --windows-table or $LIMIT_WINDOWS_TABLE")
-            endpoint = args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or ""
-            if endpoint:
-                kwargs["endpoint_url"] = endpoint
-        counts = carry(boto3.client("dynamodb", **kwargs), args.old, table, time.time())
+        where = target.choose(args.local, args.endpoint_url, args.region)
+        table = where.table("LimitWindowsTable", args.windows_table, "LIMIT_WINDOWS_TABLE")
+        counts = carry(where.client(), args.old, table, time.time())
     except Exception as exc:
         print(f"migration could not run: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import urllib.request
-from pathlib import Path
 from typing import Any
 
 from billing.models import usage_user_shard
 from billing.settings import load_settings
+
+from tools import target
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,44 +68,13 @@ def backfill(client: Any, table: str, shards: int) -> dict[str, int]:
     return counts
 
 
-def _local(base_url: str) -> tuple[str, str]:
-    url = base_url.rstrip("/") + "/_local/health"
-    if not url.startswith(("http://", "https://")):
-        raise ValueError("--local must be an http(s) URL")
-    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - checked above
-        health: dict[str, Any] = json.load(response)
-    return str(health["tables"]["UsageTable"]), str(health["aws_endpoint"])
-
-
 def main(argv: list[str] | None = None) -> int:
-    import boto3
-
     args = parse_args(argv)
-    region = (
-        args.region
-        or os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
-    )
     try:
-        kwargs: dict[str, Any] = {"region_name": region}
-        if args.local:
-            local = Path(__file__).resolve().parents[1] / "settings" / "local.json"
-            os.environ.setdefault("SETTINGS_FILE", str(local))
-            table, endpoint = _local(args.local)
-            # The embedded AWS takes any credentials; these are moto's documented dummies.
-            dummy = "testing"
-            kwargs.update(
-                endpoint_url=endpoint, aws_access_key_id=dummy, aws_secret_access_key=dummy
-            )
-        else:
-            table = args.usage_table or os.environ.get("USAGE_TABLE", "")
-            if not table:
-                raise ValueError("no usage table: --usage-table or $USAGE_TABLE")
-            endpoint = args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or ""
-            if endpoint:
-                kwargs["endpoint_url"] = endpoint
+        where = target.choose(args.local, args.endpoint_url, args.region)
+        table = where.table("UsageTable", args.usage_table, "USAGE_TABLE")
         shards = load_settings().usage.user_shards
-        counts = backfill(boto3.client("dynamodb", **kwargs), table, shards)
+        counts = backfill(where.client(), table, shards)
     except Exception as exc:
         print(f"migration could not run: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

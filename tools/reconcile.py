@@ -21,11 +21,10 @@ import argparse
 import json
 import os
 import sys
-import urllib.request
-from pathlib import Path
-from typing import Any
 
 from billing.ops.reconciliation import Options, Tables, reconcile
+
+from tools import target
 
 _LOCAL_TABLES = {
     "accounts": "AccountsTable",
@@ -70,35 +69,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def local_settings(base_url: str) -> tuple[Tables, str]:
-    url = base_url.rstrip("/") + "/_local/health"
-    if not url.startswith(("http://", "https://")):
-        raise ValueError("--local must be an http(s) URL")
-    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - checked above
-        health: dict[str, Any] = json.load(response)
-    names: dict[str, str] = health["tables"]
-    tables = Tables(
-        accounts=names[_LOCAL_TABLES["accounts"]],
-        ledger=names[_LOCAL_TABLES["ledger"]],
-        orders=names[_LOCAL_TABLES["orders"]],
-        usage=names[_LOCAL_TABLES["usage"]],
-        codes=names[_LOCAL_TABLES["codes"]],
-    )
-    return tables, str(health["aws_endpoint"])
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    region = (
-        args.region
-        or os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
-    )
     try:
-        if args.local:
-            local = Path(__file__).resolve().parents[1] / "settings" / "local.json"
-            os.environ.setdefault("SETTINGS_FILE", str(local))
-            tables, endpoint = local_settings(args.local)
+        where = target.choose(args.local, args.endpoint_url, args.region)
+        if where.local:
+            names = {name: where.tables[logical] for name, logical in _LOCAL_TABLES.items()}
+            tables = Tables(
+                accounts=names["accounts"],
+                ledger=names["ledger"],
+                orders=names["orders"],
+                usage=names["usage"],
+                codes=names["codes"],
+            )
         else:
             environ = dict(os.environ)
             for name, variable in _OPTIONS.items():
@@ -106,15 +89,17 @@ def main(argv: list[str] | None = None) -> int:
                 if value:
                     environ[variable] = value
             tables = Tables.from_environment(environ)
-            endpoint = args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or ""
-        # The embedded AWS takes any credentials; these are moto's documented dummies.
-        credentials = ("testing", "testing") if args.local else None
+        credentials = where.credentials
         report = reconcile(
             tables,
             Options(rechecks=max(0, args.rechecks), pause=max(0.0, args.pause)),
-            endpoint=endpoint or None,
-            credentials=credentials,
-            region=region,
+            endpoint=where.endpoint,
+            credentials=(
+                (credentials["aws_access_key_id"], credentials["aws_secret_access_key"])
+                if credentials
+                else None
+            ),
+            region=where.region,
         )
     except Exception as exc:
         print(f"reconciliation could not run: {type(exc).__name__}: {exc}", file=sys.stderr)
