@@ -238,7 +238,13 @@ def test_messages_beyond_the_cap_go_back_on_the_queue_and_are_metered_once(
     }
     response = invoke(stack, sqs_event(stack, bodies, 1))
     assert response["batchItemFailures"] == []  # nothing waits out a visibility timeout
-    assert get_account(stack, user)["request_count"] == CAP  # two messages metered now
+    # The invoke itself metered the first two messages (CAP events); the poller may already
+    # be metering the three it put back, so only a lower bound holds for the account here.
+    for body in list(bodies.values())[:2]:
+        for event in body["events"]:
+            record = usage_record(stack, event["request_id"])
+            assert record is not None and record["status"] == "settled"
+    assert get_account(stack, user)["request_count"] >= CAP
     wait_for(
         lambda: (
             get_account(stack, user)["request_count"] == 50
