@@ -287,6 +287,30 @@ def _resource_block(text: str, logical_id: str) -> tuple[int, int]:
     return start, following.start() if following else len(text)
 
 
+def template_without_schedules(directory: Path, *logical_ids: str) -> Path:
+    """infra/template.yaml with the Schedule events of `logical_ids` left out (code paths
+    made absolute): for a stack whose clock moves day by day over tables too large to
+    reconcile every simulated hour."""
+    text = (ROOT / "infra" / "template.yaml").read_text()
+    for logical_id in logical_ids:
+        start, end = _resource_block(text, logical_id)
+        kept: list[str] = []
+        dropped: list[str] = []
+        skipping = False
+        for line in text[start:end].split("\n"):
+            if line == "      Events:":
+                skipping = True
+            elif skipping and line.strip() and not line.startswith(" " * 7):
+                skipping = False
+            (dropped if skipping else kept).append(line)
+        assert any("Type: Schedule" in line for line in dropped), f"{logical_id}: no schedule"
+        text = text[:start] + "\n".join(kept) + text[end:]
+    text = re.sub(r"(CodeUri|ContentUri): \.\./", rf"\1: {ROOT}/", text)
+    path = directory / f"template-without-schedules-{'-'.join(logical_ids)}.yaml"
+    path.write_text(text)
+    return path
+
+
 def template_with_meter_timeout(
     directory: Path,
     seconds: int,
