@@ -129,14 +129,23 @@ def test_hooks_run_in_registration_order_and_register_once() -> None:
 
 def test_imports_deferred_to_first_use_are_made_before_a_snapshot(tmp_path: Path) -> None:
     """A handler defers Powertools' idempotency utility (and boto3) to its first keyed
-    request; with SnapStart, the runtime's before-snapshot hook imports it, so restored
-    instances have it. Without SnapStart nothing is preloaded."""
+    request and its pydantic models' building to their first use; with SnapStart, the
+    runtime's before-snapshot hook does both, so restored instances have them. Without
+    SnapStart nothing is preloaded."""
     probe = (
         "import json, sys, app, snapshot_restore_py as rt\n"
         "deferred = 'aws_lambda_powertools.utilities.idempotency'\n"
         "at_import = deferred in sys.modules or 'boto3' in sys.modules\n"
+        "from billing import api_models, http, settings\n"
+        "bodies = tuple(http.RequestBody.__subclasses__())  # the function's request bodies\n"
+        "assert bodies\n"
+        "models = (api_models.Account, api_models.Order, settings.Settings, settings.Topup,\n"
+        "          *bodies)\n"
+        "built_at_import = any(m.__pydantic_complete__ for m in models)\n"
         "for hook in rt.before: hook()\n"
-        "print(json.dumps([at_import, deferred in sys.modules, 'boto3' in sys.modules]))\n"
+        "built = all(m.__pydantic_complete__ for m in models)\n"
+        "print(json.dumps([at_import, deferred in sys.modules, 'boto3' in sys.modules,\n"
+        "                  built_at_import, built]))\n"
     )
     runtime = (
         FAKE_RUNTIME + "before = []\ndef register_before_snapshot(func):\n    before.append(func)\n"
@@ -156,4 +165,6 @@ def test_imports_deferred_to_first_use_are_made_before_a_snapshot(tmp_path: Path
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == [False, True, True]
+    # Deferred at import, made before the snapshot: the utility, boto3 and the models'
+    # validators (defer_build) alike.
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [False, True, True, False, True]

@@ -13,12 +13,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from billing import restore
 from billing.facts import USAGE_RECORD_STATUSES, EntryKind, ErrorCode, OrderStatus
 
 
 class _Body(BaseModel):
     # API.md lets responses carry more fields than it names, but each must be declared here.
-    model_config = ConfigDict(extra="forbid")
+    # defer_build: a function answers a few of these models; each is built on first use
+    # (validating a request, serialising a response) instead of all at every cold start.
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class ErrorDetail(_Body):
@@ -320,3 +323,9 @@ class WebhookAck(_Body):
 
     received: bool | None = None
     message: str | None = None
+
+
+@restore.before_snapshot
+def _build_models() -> None:
+    # With SnapStart the snapshot holds these built (defer_build leaves them to first use).
+    restore.build_models(_Body)

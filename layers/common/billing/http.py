@@ -21,7 +21,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from billing import metrics
+from billing import metrics, restore
 from billing.api_docs import DEFAULT_LIMIT, MAX_CURSOR_LENGTH, MAX_LIMIT, SECURITY_SCHEMES
 from billing.auth import Principal, principal_from_event
 from billing.errors import DomainError, InvalidRequest, NotFound, PayloadTooLarge
@@ -37,7 +37,13 @@ logger = Logger(child=True)
 class RequestBody(BaseModel):
     """Base of every request body: strict types, unknown fields rejected."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # defer_build: each is built on the first request that carries it (billing.api_models).
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+
+
+@restore.before_snapshot
+def _build_bodies() -> None:
+    restore.build_models(RequestBody)
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,7 @@ def forget_model_connections() -> None:
 
 
 _preloads: list[str] = []
+_warmers: list[Hook] = []
 
 
 def preload_before_snapshot(module: str) -> None:
@@ -83,9 +84,29 @@ def preload_before_snapshot(module: str) -> None:
         _preloads.append(module)
 
 
+def before_snapshot(hook: Hook) -> Hook:
+    """Work deferred to first use (building pydantic models) that a SnapStart snapshot
+    should hold already: run before the snapshot, after the preloads (usable as a
+    decorator)."""
+    if hook not in _warmers:
+        _warmers.append(hook)
+    return hook
+
+
 def preload() -> None:
     for module in _preloads:
         importlib.import_module(module)
+    for hook in _warmers:
+        hook()
+
+
+def build_models(base: type[Any]) -> None:
+    """Build every (deferred) pydantic model under `base`: validators and serialisers."""
+    pending = list(base.__subclasses__())
+    while pending:
+        model = pending.pop()
+        pending += model.__subclasses__()
+        model.model_rebuild()
 
 
 def register_with_runtime(runtime: Any = None) -> bool:

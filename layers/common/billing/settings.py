@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from billing import money
+from billing import money, restore
 from billing.errors import SettingsError
 
 MethodId = Literal["stripe", "epay", "creem", "waffo"]
@@ -24,7 +24,8 @@ NonNegativeDecimal = Annotated[Decimal, Field(ge=0)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: built when the settings are first loaded, not at import (cold start).
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Product(_Strict):
@@ -117,14 +118,15 @@ class Usage(_Strict):
 
 
 class Settings(_Strict):
+    # default_factory: no section model is built (and validated) when this class is made.
     quota_per_unit: int = Field(default=500000, gt=0)
     topup: Topup
     methods: dict[MethodId, PaymentMethod]
-    urls: Urls = Urls()
-    pricing: Pricing = Pricing()
-    referral: Referral = Referral()
-    limits: Limits = Limits()
-    usage: Usage = Usage()
+    urls: Urls = Field(default_factory=Urls)
+    pricing: Pricing = Field(default_factory=Pricing)
+    referral: Referral = Field(default_factory=Referral)
+    limits: Limits = Field(default_factory=Limits)
+    usage: Usage = Field(default_factory=Usage)
 
     @model_validator(mode="after")
     def _currencies_the_providers_take(self) -> Settings:
@@ -179,3 +181,9 @@ def load_settings() -> Settings:
     settings = parse_settings(raw)
     _cache = (raw, settings)
     return settings
+
+
+@restore.before_snapshot
+def _build_models() -> None:
+    # With SnapStart the snapshot holds these built (defer_build leaves them to first use).
+    restore.build_models(_Strict)
