@@ -12,9 +12,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import boto3
-
-from billing.restore import after_restore
+from billing.restore import after_restore, preload_before_snapshot
 
 SOURCE = "quota.billing"
 _MAX_PER_CALL = 10  # PutEvents takes at most 10 entries
@@ -29,8 +27,13 @@ class PublishFailed(Exception):
 def _events() -> Any:
     global _client
     if _client is None:
+        import boto3  # on the first publish, not at every cold start (~20 ms)
+
         _client = boto3.client("events")
     return _client
+
+
+preload_before_snapshot("boto3")
 
 
 @after_restore

@@ -6,7 +6,9 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer
+# Powertools' copy of boto3's TypeDeserializer, which its DynamoDB stream event uses: the
+# same values (no binary attributes here) without importing boto3 (~20 ms of a cold start).
+from aws_lambda_powertools.shared.dynamodb_deserializer import TypeDeserializer
 
 from billing.events.crossing import Entry
 

@@ -21,7 +21,9 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
-from boto3.dynamodb.types import TypeDeserializer
+# Powertools' copy of boto3's TypeDeserializer, which its DynamoDB stream event uses: the
+# same values (no binary attributes here) without importing boto3 (~20 ms of a cold start).
+from aws_lambda_powertools.shared.dynamodb_deserializer import TypeDeserializer
 from pynamodb.exceptions import PynamoDBException, TransactWriteError
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
