@@ -14,9 +14,12 @@ instance each), the configurations interleaved so that machine noise hits them a
 - library floors: what a handler imports from the libraries DESIGN.md names before a line of
   ours, over the core layer. HTTP: pynamodb (botocore), Powertools' HTTP resolver with request
   validation (pydantic), Logger; a webhook (HTTP without a table) the same without pynamodb.
-  Queue: pynamodb, Powertools' batch processor, Logger, pydantic (the settings document).
-  Task (scheduled, no event payload to parse): pynamodb and Logger. A function's floor follows
-  from its template: HttpApi events (and a *_TABLE variable or not), SQS events, or neither.
+  Queue: pynamodb, Powertools' batch processor, Logger, pydantic's BaseModel (the settings
+  document; `import pydantic` alone loads next to nothing of it, its names load lazily).
+  Task (scheduled, no event payload to parse): pynamodb and Logger, plus pydantic for a task
+  that reads the settings document (validated with pydantic, as in the queue floor). A
+  function's floor follows from its template: HttpApi events (and a *_TABLE variable or not),
+  SQS events, or neither (and ssm:GetParameter in its policy or not).
   No handler of that kind can import faster than its floor; what is ours is the difference.
 - source tree: the checkout with the dev venv (cached bytecode), as the tests import it.
 
@@ -64,13 +67,18 @@ FLOORS = {
     ),
     "queue": (
         "pynamodb + Powertools' batch processor + Logger + pydantic",
-        "import pynamodb.models, pynamodb.transactions, pydantic; "
+        "import pynamodb.models, pynamodb.transactions; from pydantic import BaseModel; "
         "from aws_lambda_powertools import Logger; "
         "from aws_lambda_powertools.utilities.batch import BatchProcessor",
     ),
     "task": (
         "pynamodb + Logger",
         "import pynamodb.models, pynamodb.transactions; from aws_lambda_powertools import Logger",
+    ),
+    "settings_task": (
+        "pynamodb + Logger + pydantic (a task that reads the settings document)",
+        "import pynamodb.models, pynamodb.transactions; from pydantic import BaseModel; "
+        "from aws_lambda_powertools import Logger",
     ),
 }
 
@@ -152,7 +160,23 @@ def floor_kind(props: dict[str, Any]) -> str:
     variables = (props.get("Environment") or {}).get("Variables") or {}
     if "HttpApi" in events:
         return "http" if any(k.endswith("_TABLE") for k in variables) else "webhook"
-    return "queue" if "SQS" in events else "task"
+    if "SQS" in events:
+        return "queue"
+    # The settings document is validated with pydantic (billing.settings), as the queue floor
+    # counts it: a task whose policy may read the parameter needs pydantic, one that may not
+    # does not.
+    return "settings_task" if "ssm:GetParameter" in _actions(props) else "task"
+
+
+def _actions(props: dict[str, Any]) -> set[str]:
+    found: set[str] = set()
+    for policy in props.get("Policies") or []:
+        if not isinstance(policy, dict):
+            continue
+        for statement in policy.get("Statement") or []:
+            action = statement.get("Action") if isinstance(statement, dict) else None
+            found.update([action] if isinstance(action, str) else action or [])
+    return found
 
 
 def deployed_functions() -> list[Deployed]:
