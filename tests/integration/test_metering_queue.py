@@ -46,7 +46,7 @@ from tests.support.stack import LambdaFunctionError, LocalStack, wait_for
 
 EVENTS_PER_MESSAGE = 500
 PRICE = 100  # a settle of 80 gpt-4o prompt tokens
-SHORT_TIMEOUT = 20  # seconds: a budget of 16 s, far less than a full batch needs here
+SHORT_TIMEOUT = 20  # seconds: a budget of 16 s, far less than a full batch (250 users) needs
 # A full batch needs many deliveries within so short a Timeout (the template sizes Timeout so
 # that it needs one); the redrive count grows with them, or the queue would dead-letter it.
 MAX_RECEIVES = 100
@@ -89,7 +89,7 @@ def short_timeout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSta
         local.stop()
 
 
-def full_batch(stack: LocalStack, users: int = 20) -> tuple[list[str], list[dict[str, Any]]]:
+def full_batch(stack: LocalStack, users: int = 50) -> tuple[list[str], list[dict[str, Any]]]:
     """A full batch of messages, each from a gateway of its own: settles (no hold, no quota
     needed) over `users` accounts per message; and all the accounts."""
     people: list[str] = []
