@@ -8,9 +8,9 @@ policy) to LimitWindowsTable (one partition per window).
 Run it right after the deploy that brings LimitWindowsTable: until then a window's spend
 before the deploy is not counted against its limit. Each old window still live is added to
 its new item (ADD, so spend metered since the deploy stays) and marked migrated in the old
-table in one transaction, so a window is carried once however often the command runs or
-fails half-way; windows already past their TTL are skipped. Exit status: 0 done, 2 the run
-failed.
+table in one transaction, so a window is carried once however often the command runs, side
+by side or after failing half-way; windows already past their TTL are skipped. Exit status:
+0 done, 2 the run failed.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any
 
+from billing import retry
 from billing.models import limit_window_key
 
 from tools import target
@@ -51,47 +52,61 @@ def carry(client: Any, old: str, new: str, now: float) -> dict[str, int]:
             if expires is not None and float(expires) <= now:
                 counts["expired"] += 1
                 continue
-            user, counter = item["user_id"]["S"], item["counter"]["S"]
-            values: dict[str, Any] = {
-                ":spent": {"N": item.get("spent", {}).get("N", "0")},
-                ":user": {"S": user},
-                ":counter": {"S": counter},
-            }
-            update = "ADD spent :spent SET user_id = :user, #counter = :counter"
-            if expires is not None:
-                update += ", expires_at = :expires"
-                values[":expires"] = {"N": expires}
-            try:
-                client.transact_write_items(
-                    TransactItems=[
-                        {
-                            "Update": {
-                                "TableName": new,
-                                "Key": {"window_key": {"S": limit_window_key(user, counter)}},
-                                "UpdateExpression": update,
-                                "ExpressionAttributeNames": {"#counter": "counter"},
-                                "ExpressionAttributeValues": values,
-                            }
-                        },
-                        {
-                            "Update": {
-                                "TableName": old,
-                                "Key": {"user_id": {"S": user}, "counter": {"S": counter}},
-                                "UpdateExpression": "SET migrated_at = :now",
-                                "ConditionExpression": "attribute_not_exists(migrated_at)",
-                                "ExpressionAttributeValues": {":now": {"N": str(int(now))}},
-                            }
-                        },
-                    ]
-                )
-                counts["carried"] += 1
-            except client.exceptions.TransactionCanceledException as exc:
-                reasons = exc.response.get("CancellationReasons", [])
-                if len(reasons) == 2 and reasons[1].get("Code") == "ConditionalCheckFailed":
-                    counts["carried_before"] += 1  # a concurrent run carried it
-                    continue
-                raise
+            counts[_carry_window(client, old, new, item, now)] += 1
     return counts
+
+
+def _carry_window(client: Any, old: str, new: str, item: dict[str, Any], now: float) -> str:
+    """One window in one transaction: "carried", or "carried_before" by a concurrent run.
+    A transaction that meets another run's on the same items wrote nothing: it is tried
+    again, and then finds the window marked (its condition fails) or carries it."""
+    user, counter = item["user_id"]["S"], item["counter"]["S"]
+    expires = item.get("expires_at", {}).get("N")
+    values: dict[str, Any] = {
+        ":spent": {"N": item.get("spent", {}).get("N", "0")},
+        ":user": {"S": user},
+        ":counter": {"S": counter},
+    }
+    update = "ADD spent :spent SET user_id = :user, #counter = :counter"
+    if expires is not None:
+        update += ", expires_at = :expires"
+        values[":expires"] = {"N": expires}
+    transaction = [
+        {
+            "Update": {
+                "TableName": new,
+                "Key": {"window_key": {"S": limit_window_key(user, counter)}},
+                "UpdateExpression": update,
+                "ExpressionAttributeNames": {"#counter": "counter"},
+                "ExpressionAttributeValues": values,
+            }
+        },
+        {
+            "Update": {
+                "TableName": old,
+                "Key": {"user_id": {"S": user}, "counter": {"S": counter}},
+                "UpdateExpression": "SET migrated_at = :now",
+                "ConditionExpression": "attribute_not_exists(migrated_at)",
+                "ExpressionAttributeValues": {":now": {"N": str(int(now))}},
+            }
+        },
+    ]
+    for attempt in range(_ATTEMPTS):
+        try:
+            client.transact_write_items(TransactItems=transaction)
+            return "carried"
+        except client.exceptions.TransactionCanceledException as exc:
+            codes = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            if len(codes) == 2 and codes[1] == "ConditionalCheckFailed":
+                return "carried_before"
+            if "TransactionConflict" not in codes or attempt + 1 == _ATTEMPTS:
+                raise
+            retry.pause(attempt, base=0.05, cap=1.0)
+    raise AssertionError("unreachable")
+
+
+# Tries of one window's transaction while it meets another run's.
+_ATTEMPTS = 8
 
 
 def main(argv: list[str] | None = None) -> int:
