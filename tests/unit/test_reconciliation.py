@@ -274,6 +274,22 @@ def test_everything_the_domain_does_reconciles(aws: EmbeddedAws) -> None:
     assert f"referral_clawback#{world['partial'].order_id}#400#quota" in inviter_entries
 
 
+def test_usage_records_the_index_does_not_show_yet_are_counted_when_rechecked(
+    aws: EmbeddedAws,
+) -> None:
+    # Charged just before the run: the by_user_shard index does not show them yet, so the
+    # first pass finds fewer records than the counters say; the re-check reads them all, and
+    # the count is what the run compared, not what the lagging index showed first.
+    user = new_user()
+    ledger.apply([Change(user, "adjustment#a1", EntryKind.ADJUSTMENT, QUOTA)])
+    for _ in range(3):
+        charge(user)
+    report = run(aws)
+    assert report.clean, [str(d) for d in report.differences]
+    assert report.rechecked == 1
+    assert report.counts["usage_records"] == 3
+
+
 # ---------------------------------------------------------------- corruptions
 
 

@@ -942,6 +942,9 @@ class _Run:
         self.invited: Counter[str] = Counter()  # inviter -> accounts naming it
         self.aff_counts: dict[str, int] = {}  # accounts whose aff_count is not 0
         self.redemptions: dict[bytes | str, Redemptions] = defaultdict(Redemptions)
+        # usage records counted for each suspect user, so a re-check counts what it read instead
+        # (the first read may have found fewer: the index lags)
+        self.usage_counted: dict[str, int] = {}
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -976,9 +979,12 @@ class _Run:
                 first=account,
                 usage_shards=self.tables.usage_shards,
             )
+            found = check_user(user_id, state)
             if state.usage is not None:
                 self.counts["usage_records"] += state.usage.records
-            self.suspect(check_user(user_id, state))
+                if found:
+                    self.usage_counted[user_id] = state.usage.records
+            self.suspect(found)
         for user_id in sorted(set(self.invited) | set(self.aff_counts)):
             self.suspect(
                 check_invitations(user_id, self.aff_counts.get(user_id, 0), self.invited[user_id])
@@ -1096,6 +1102,10 @@ class _Run:
                 usage_shards=self.tables.usage_shards,
             )
             latest[f"user:{user_id}"] = check_user(user_id, state)
+            if state.usage is not None:
+                counted = self.usage_counted.get(user_id, 0)
+                self.counts["usage_records"] += state.usage.records - counted
+                self.usage_counted[user_id] = state.usage.records
         if by_kind["invites"]:
             latest.update(self._recheck_invitations(by_kind["invites"]))
         if by_kind["code"]:
