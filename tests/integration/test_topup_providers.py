@@ -330,6 +330,10 @@ def test_top_up_through_the_sandbox_credits_once(
         assert result["reply_verified"] is True  # our reply's signature checked by "Waffo"
     paid = user.wait_status(order["order_id"], "paid")
     assert paid["paid_at"]
+    # The history agrees at once, though its index has not caught up with the payment yet.
+    assert [(o["order_id"], o["status"]) for o in user.get("/topups")["items"]] == [
+        (order["order_id"], "paid")
+    ]
     drain(stack)
     assert user.quota() == order["quota"]
     user.assert_credited_once(order["order_id"], order["quota"])

@@ -77,12 +77,19 @@ def decode_cursor(cursor: str | None, owner: dict[str, str] | None = None) -> di
 
 
 def collect_page(
-    results: ResultIterator[T], limit: int, render: Callable[[T], dict[str, Any]]
+    results: ResultIterator[T],
+    limit: int,
+    render: Callable[[T], dict[str, Any]],
+    refresh: Callable[[list[T]], list[T]] | None = None,
 ) -> dict[str, Any]:
-    """Render up to `limit` results and the cursor of the next page (None at the end)."""
-    items = [render(item) for item in results]
-    next_key = results.last_evaluated_key if len(items) >= limit else None
-    return {"items": items[:limit], "next_cursor": encode_cursor(next_key)}
+    """Render up to `limit` results and the cursor of the next page (None at the end);
+    `refresh` replaces the page's items (read again) before they are rendered."""
+    found = list(results)
+    next_key = results.last_evaluated_key if len(found) >= limit else None
+    page = found[:limit]
+    if refresh is not None and page:
+        page = refresh(page)
+    return {"items": [render(item) for item in page], "next_cursor": encode_cursor(next_key)}
 
 
 def newest_first(
@@ -94,10 +101,11 @@ def newest_first(
     render: Callable[[T], dict[str, Any]],
     *,
     consistent_read: bool = False,
+    refresh: Callable[[list[T]], list[T]] | None = None,
 ) -> dict[str, Any]:
     """A page of one partition (`key_name` = `key`) of a table or index, newest first; the
     cursor must belong to that partition. `consistent_read` only for a table or a local index
-    (DynamoDB never reads a global index strongly)."""
+    (DynamoDB never reads a global index strongly: `refresh` reads the page's items again)."""
     results = query(
         key,
         scan_index_forward=False,
@@ -105,4 +113,4 @@ def newest_first(
         last_evaluated_key=decode_cursor(cursor, owner={key_name: key}),
         consistent_read=consistent_read,
     )
-    return collect_page(results, limit, render)
+    return collect_page(results, limit, render, refresh)

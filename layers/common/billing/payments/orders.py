@@ -308,7 +308,19 @@ def find_order(order_id: str) -> Order | None:
 
 
 def list_orders(user_id: str, limit: int, cursor: str | None) -> dict[str, Any]:
-    return newest_first(Order.by_user.query, "user_id", user_id, limit, cursor, render_order)
+    """The user's orders, newest first. The by_user index lags its table (an order paid a
+    moment ago may still read pending there), so the page is read again from the table,
+    consistently: what the history shows agrees with GET /topups/{order_id}."""
+    return newest_first(
+        Order.by_user.query, "user_id", user_id, limit, cursor, render_order, refresh=_current
+    )
+
+
+def _current(page: list[Order]) -> list[Order]:
+    """The page's orders as the table holds them now, in the page's order."""
+    ids = [o.order_id for o in page]
+    fresh = {o.order_id: o for o in Order.batch_get(ids, consistent_read=True)}
+    return [fresh[o.order_id] for o in page if o.order_id in fresh]
 
 
 def render_order(order: Order) -> dict[str, Any]:
