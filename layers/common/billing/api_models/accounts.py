@@ -1,0 +1,69 @@
+"""The account, its grants and its ledger."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from billing.api_models._base import _Body
+from billing.facts import EntryKind
+
+
+class Grant(_Body):
+    grant_id: str
+    source: Literal["paid", "promo", "code", "referral", "bonus", "adjustment"]
+    amount: int
+    remaining: int
+    priority: int = Field(ge=0, le=100)
+    expires_at: str | None
+    ref: str
+    created_at: str | None
+
+
+class ExpiringQuota(_Body):
+    quota: int = Field(description="What the active grants hold that expires before `before`.")
+    before: str
+
+
+class Account(_Body):
+    user_id: str
+    quota: int
+    used_quota: int
+    request_count: int
+    held_quota: int = Field(description="Quota held by open reserves (not yet settled).")
+    aff_code: str
+    aff_quota: int
+    aff_history_quota: int
+    aff_count: int
+    inviter_id: str | None
+    status: str = Field(description="`active` (accounts are never closed today).")
+    created_at: str
+    grants: list[Grant] = Field(description="The active grants, in draw order.")
+    expiring_quota: ExpiringQuota
+
+
+class GrantHistory(Grant):
+    status: Literal["active", "exhausted", "expired", "merged"]
+    merged_into: str | None = None
+
+
+class GrantPage(_Body):
+    items: list[GrantHistory]
+    next_cursor: str | None
+
+
+class LedgerEntry(_Body):
+    id: str
+    kind: EntryKind
+    balance: Literal["quota", "aff_quota"]
+    delta: int
+    balance_after: int
+    ref: str
+    created_at: str
+    grants: dict[str, int] = Field(description="Per-grant deltas (quota), summing to delta.")
+
+
+class LedgerPage(_Body):
+    items: list[LedgerEntry]
+    next_cursor: str | None

@@ -1,0 +1,10 @@
+"""Referral rewards moved to the balance."""
+
+from __future__ import annotations
+
+from billing.api_models._base import _Body
+
+
+class Transferred(_Body):
+    aff_quota: int
+    quota: int

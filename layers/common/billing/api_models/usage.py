@@ -1,0 +1,77 @@
+"""Usage records, the usage summary and usage kept unbilled for an admin."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from billing.api_models._base import _Body
+from billing.facts import USAGE_RECORD_STATUSES
+
+
+class UsageRecord(_Body):
+    request_id: str
+    model: str
+    group: str | None
+    key_id: str | None = Field(description="The API key the gateway served, if it said.")
+    prompt_tokens: int
+    completion_tokens: int
+    quota: int = Field(description="Quota billed (charged or settled).")
+    hold_quota: int = Field(description="Quota held while reserved.")
+    status: str = Field(json_schema_extra={"enum": [str(s) for s in sorted(USAGE_RECORD_STATUSES)]})
+    created_at: str
+    updated_at: str | None
+
+
+class UsagePage(_Body):
+    items: list[UsageRecord]
+    next_cursor: str | None
+
+
+class UsageTotals(_Body):
+    quota: int
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class UsageBucket(UsageTotals):
+    key: str | None  # the day, model or key_id (null: usage metered without a key)
+    models: dict[str, int] | None = None  # group_by=day: quota per model
+
+
+class UsageSummary(_Body):
+    from_: str = Field(alias="from")
+    to: str
+    group_by: Literal["day", "model", "key"]
+    buckets: list[UsageBucket]
+    total: UsageTotals
+
+
+class UnbilledUsage(_Body):
+    """Usage that happened but could not be billed (unknown model, no account)."""
+
+    request_id: str
+    user_id: str
+    action: Literal["settle", "charge"]
+    model: str
+    group: str | None
+    key_id: str | None = Field(description="The API key the gateway served, if it said.")
+    prompt_tokens: int
+    completion_tokens: int
+    error: Literal["unknown_model", "account_not_found"]
+    message: str | None = Field(description="Why it could not be billed.")
+    status: Literal["unbilled", "remetered"]
+    attempts: int
+    last_error: str | None
+    result: dict[str, Any] | None = Field(description="The metering result that billed it.")
+    remetered_by: str | None
+    remetered_at: str | None
+    created_at: str
+    updated_at: str
+
+
+class UnbilledUsagePage(_Body):
+    items: list[UnbilledUsage]
+    next_cursor: str | None
