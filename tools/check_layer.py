@@ -9,6 +9,8 @@
 - Every requirement of every distribution they ship is met by the two layers and the runtime.
 - Both ship 3.12 bytecode for every module (hash-based, unchecked: /opt is read-only, so Lambda
   could neither write nor refresh a pyc), and together fit Lambda's 250 MB unzipped limit.
+- Every function's artifact (a built directory with an app.py) ships that bytecode too:
+  /var/task is read-only as well.
 Prints each layer's size.
 """
 
@@ -140,6 +142,13 @@ def check(build: Path = BUILD) -> list[str]:
         if missing:
             problems.append(
                 f"{layer.logical_id}: {len(missing)} modules lack unchecked-hash {PYC_TAG} "
+                f"bytecode, e.g. {missing[:3]}"
+            )
+    for function in sorted(app.parent for app in build.glob("*/app.py")):
+        missing = modules_without_bytecode(function)
+        if missing:
+            problems.append(
+                f"{function.name}: {len(missing)} modules lack unchecked-hash {PYC_TAG} "
                 f"bytecode, e.g. {missing[:3]}"
             )
     if (PAYMENTS.path(build) / "billing").exists():

@@ -1,6 +1,7 @@
 """tools/check_layer.py (run by `make build`) refuses layers that would break or bloat the
 functions: a provider SDK in the core layer, a distribution in both layers, an unmet
-requirement, a core layer over its budget, a module without its bytecode."""
+requirement, a core layer over its budget, a module of a layer or a function without its
+bytecode."""
 
 from __future__ import annotations
 
@@ -85,6 +86,17 @@ def test_a_core_layer_over_its_budget_is_refused(build: Path) -> None:
 def test_a_module_without_bytecode_is_refused(build: Path) -> None:
     _module(build / "PaymentsLayer" / "python", "stripe/_client.py", bytecode=False)
     assert any("PaymentsLayer: 1 modules lack" in p for p in check_layer.check(build))
+
+
+def test_a_function_module_without_bytecode_is_refused(build: Path) -> None:
+    function = build / "AccountFunction"
+    _module(function, "app.py")
+    assert check_layer.check(build) == []
+    _module(function, "routes_limits.py", bytecode=False)
+    assert check_layer.check(build) == [
+        "AccountFunction: 1 modules lack unchecked-hash cpython-312 bytecode, "
+        "e.g. ['routes_limits.py']"
+    ]
 
 
 def test_a_build_without_the_domain_is_refused(build: Path) -> None:
