@@ -32,7 +32,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from local.clock import BillingClock
-from local.queue_delivery import Arranger, Releases, is_copy
+from local.queue_delivery import ENVELOPE_BYTES, MAX_PAYLOAD, Arranger, Releases, is_copy
 from local.runtime import InvokeResult
 from local.strictness import Strictness
 from local.template import ACCOUNT_ID, REGION, STACK_NAME, FunctionSpec, Template
@@ -130,7 +130,7 @@ class SqsPoller:
         self.ready.set()
         while not self.stop_event.is_set():
             try:
-                batch = self.arranger.batch(self._gather(), self.batch_size)
+                batch = self.arranger.batch(self._gather(), self.batch_size, self._record_bytes)
                 if batch:
                     self._process(batch)
             except ClientError as exc:
@@ -162,21 +162,29 @@ class SqsPoller:
         return messages
 
     def _gather(self) -> list[dict[str, Any]]:
+        """Receive until BatchSize messages, the batching window or Lambda's payload limit
+        (the arranger holds back what does not fit for the next batch)."""
         # Short long-polls so that a stop request is honoured within a second.
         batch = self._receive(min(10, self.batch_size), 1)
         if not batch or self.window_seconds <= 0:
             return batch
+        size = sum(self._record_bytes(m) for m in batch) + ENVELOPE_BYTES
         deadline = time.monotonic() + self.window_seconds
-        while len(batch) < self.batch_size and not self.stop_event.is_set():
+        while len(batch) < self.batch_size and size < MAX_PAYLOAD:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self.stop_event.is_set():
                 break
             more = self._receive(min(10, self.batch_size - len(batch)), 0)
             if more:
                 batch.extend(more)
+                size += sum(self._record_bytes(m) for m in more)
             else:
                 self.stop_event.wait(min(0.05, remaining))
         return batch
+
+    def _record_bytes(self, message: dict[str, Any]) -> int:
+        """The bytes of the message's record in the invocation's JSON."""
+        return len(json.dumps(self._record(message)).encode())
 
     def _process(self, messages: list[dict[str, Any]]) -> None:
         with self._fault_lock:

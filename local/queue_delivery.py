@@ -35,6 +35,10 @@ Message = dict[str, Any]
 
 COPY_MARK = "_local_duplicate"  # set on a delivered copy (never sent to the function)
 HOLD_PROBABILITY = 0.25
+# Lambda invokes with what fits its payload limit, BatchSize or not: the rest waits for a
+# later batch, as Lambda's poller keeps it (6 MB, with the {"Records": []} around the records).
+MAX_PAYLOAD = 6 * 1024 * 1024
+ENVELOPE_BYTES = len('{"Records": []}')
 
 
 def is_copy(message: Message) -> bool:
@@ -60,19 +64,35 @@ class Arranger:
         with self._lock:
             return len(self.held)
 
-    def batch(self, received: list[Message], batch_size: int) -> list[Message]:
+    def batch(
+        self,
+        received: list[Message],
+        batch_size: int,
+        size_of: Callable[[Message], int] | None = None,
+    ) -> list[Message]:
+        """The batch to deliver now: up to `batch_size` messages whose records (`size_of`
+        each, in the invocation's JSON) fit MAX_PAYLOAD; what does not fit waits, held."""
+        sizer = _Payload(size_of)
+        batch: list[Message] = []
         if self.fifo:
-            return received
+            with self._lock:
+                pool = [*self.held, *received]
+                self.held = []
+                for message in pool:  # in order: a group's next message waits with the rest
+                    if self.held or len(batch) >= batch_size or not sizer.fits(message, batch):
+                        self.held.append(message)
+                    else:
+                        batch.append(message)
+                return batch
         with self._lock:
             pool = [*self.held, *received]
             self.held = []
             if self.shuffle:
                 self.rng.shuffle(pool)
-            batch: list[Message] = []
             ids: set[str] = set()
             for message in pool:
                 message_id = str(message.get("MessageId"))
-                full = len(batch) >= batch_size
+                full = len(batch) >= batch_size or not sizer.fits(message, batch)
                 hold = (
                     self.shuffle
                     and not is_copy(message)
@@ -93,6 +113,25 @@ class Arranger:
                     self.duplicates += 1
                     self.held.append(_copy(message))
             return batch
+
+
+class _Payload:
+    """The bytes a batch's records take in its invocation so far."""
+
+    def __init__(self, size_of: Callable[[Message], int] | None) -> None:
+        self.size_of = size_of
+        self.bytes = ENVELOPE_BYTES
+
+    def fits(self, message: Message, batch: list[Message]) -> bool:
+        """Whether `message` fits after `batch` (counted in if so); a lone message always
+        does (SQS's own limit keeps it far below Lambda's)."""
+        if self.size_of is None:
+            return True
+        size = self.size_of(message) + (2 if batch else 0)  # ", " between records
+        if batch and self.bytes + size > MAX_PAYLOAD:
+            return False
+        self.bytes += size
+        return True
 
 
 def _copy(message: Message) -> Message:

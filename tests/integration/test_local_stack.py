@@ -65,7 +65,13 @@ def test_health_lists_what_the_template_declares(fx: LocalStack) -> None:
     assert health["status"] == "ok"
     assert set(health["tables"]) == {"RecordsTable"}  # CognitoOnlyTable's condition is false
     assert health["tables"]["RecordsTable"] == "quota-local-RecordsTable"
-    assert set(health["queues"]) == {"WorkQueue", "WorkDLQ", "OrderedQueue", "OrderedDLQ"}
+    assert set(health["queues"]) == {
+        "WorkQueue",
+        "WorkDLQ",
+        "BulkyQueue",
+        "OrderedQueue",
+        "OrderedDLQ",
+    }
     assert health["queues"]["OrderedQueue"].endswith("/quota-local-OrderedQueue.fifo")
     assert "MissingFunction" in health["functions"]
     assert "UserPool" in health["skipped_resources"]
@@ -387,6 +393,32 @@ def test_fifo_records_carry_group_and_redrive(fx: LocalStack) -> None:
         timeout=30,
         message="the FIFO poison message in its DLQ",
     )
+
+
+def test_a_batch_holds_what_fits_lambdas_payload_limit_and_the_rest_follows(
+    fx: LocalStack,
+) -> None:
+    # 80 messages of 200 KB, BatchSize 100, two pollers gathering for 3 s: a batch of what
+    # they receive would be ~8 MB; Lambda invokes with what fits 6 MB, the rest comes next.
+    padding = "x" * 200_000
+    sqs = fx.boto3_client("sqs")
+
+    def send(n: int) -> str:
+        message_id = f"bulky-{n}-{uuid.uuid4().hex[:8]}"
+        body = json.dumps({"id": message_id, "mode": "ok", "padding": padding})
+        sqs.send_message(QueueUrl=fx.queue_url("BulkyQueue"), MessageBody=body)
+        return message_id
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        sent = list(pool.map(send, range(80)))
+    wait_for(lambda: all(_record(fx, m) for m in sent), timeout=90, message="every bulky message")
+    records = [_record(fx, m) or {} for m in sent]
+    assert {r["deliveries"]["N"] for r in records} == {"1"}
+    batch_bytes = [int(r["batch_bytes"]["N"]) for r in records]
+    assert max(batch_bytes) <= 6 * 1024 * 1024
+    # Large batches still (a standard queue holds a few messages back for a later batch).
+    assert max(int(r["batch_records"]["N"]) for r in records) >= 20
+    wait_for(lambda: _queue_empty(fx, "BulkyQueue"), timeout=20, message="an empty queue")
 
 
 def test_poller_death_redelivers_the_batch(fx: LocalStack) -> None:
