@@ -140,10 +140,10 @@ def batch_aggregation(stack: LocalStack, size: int, users: int = 1) -> dict[str,
 def queue_aggregation(stack: LocalStack, messages: int = 1000) -> dict[str, Any]:
     """`messages` single-event messages of one user sent to the usage queue back to back
     (a steady flow, faster than the pollers take it): events per account write. Each
-    invocation takes up to BatchSize (100) messages within its batching window and meters
-    one user's events in transactions of up to 97 (2 writes per 100 events at best); a burst
-    smaller than what the pollers (LOCAL_POLLER_THREADS, as Lambda's several pollers) take in
-    one window is split between them, which the tests bound instead."""
+    invocation takes up to BatchSize messages (and 6 MB) within its batching window and
+    meters one user's events in transactions of up to 97; a burst smaller than what the
+    pollers (LOCAL_POLLER_THREADS, as Lambda's several pollers) take in one window is split
+    between them, which the tests bound instead."""
     user = funded_user(stack, 10**9)
     before = version(stack, user)
     sqs = internal(stack, "sqs")
