@@ -31,8 +31,8 @@ from billing.api_docs import (
     present,
     text,
 )
-from billing.api_models.accounts import Account, GrantPage, LedgerPage
-from billing.api_models.usage import UsagePage, UsageSummary
+from billing.api_models_accounts import Account, GrantPage, LedgerPage
+from billing.api_models_usage import UsagePage, UsageSummary
 from billing.errors import InvalidAmount
 from billing.http import (
     RequestBody,

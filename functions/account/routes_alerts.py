@@ -6,7 +6,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from billing import autotopup, events
 from billing.api_docs import BEARER, answers, ok
-from billing.api_models.alerts import Alerts, AutoTopupRule
+from billing.api_models_alerts import Alerts, AutoTopupRule
 from billing.auth import principal_from_event
 from billing.http import RequestBody, model_response
 from pydantic import Field

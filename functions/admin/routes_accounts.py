@@ -20,7 +20,7 @@ from billing.api_docs import (
     replayable,
     text,
 )
-from billing.api_models.accounts import Account
+from billing.api_models_accounts import Account
 from billing.auth import principal_from_event
 from billing.errors import InvalidRequest
 from billing.http import RequestBody, checked, query_params

@@ -7,7 +7,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from billing.api_docs import BEARER, DEFAULT_LIMIT, Cursor, Limit, answers, ok
-from billing.api_models.codes import Code, CodeBatch, CodePage
+from billing.api_models_codes import Code, CodeBatch, CodePage
 from billing.auth import Principal, principal_from_event
 from billing.codes import admin as code_admin
 from billing.http import RequestBody, model_response, open_page

@@ -6,7 +6,7 @@ from __future__ import annotations
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from billing.api_docs import BEARER, answers, ok
-from billing.api_models.limits import LimitDeleted, SpendLimit, SpendLimits
+from billing.api_models_limits import LimitDeleted, SpendLimit, SpendLimits
 from billing.auth import Principal, principal_from_event
 from billing.http import RequestBody, model_response
 from billing.ops import record_audit

@@ -19,7 +19,7 @@ from billing.api_docs import (
     ok,
     replayable,
 )
-from billing.api_models.topups import Order, OrderPage, TopupOptions
+from billing.api_models_topups import Order, OrderPage, TopupOptions
 from billing.errors import InvalidAmount
 from billing.http import RequestBody, checked, make_router, model_response, open_page, principal
 from billing.idempotency import Reply, idempotent

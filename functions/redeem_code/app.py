@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing.api_docs import BEARER, answers, ok
-from billing.api_models.codes import Redeemed
+from billing.api_models_codes import Redeemed
 from billing.codes import redemption
 from billing.errors import RedeemFailed
 from billing.http import RequestBody, make_router, model_response, principal

@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing.api_docs import BEARER, IDEMPOTENCY_409, IdempotencyKey, answers, replayable
-from billing.api_models.referral import Transferred
+from billing.api_models_referral import Transferred
 from billing.http import RequestBody, checked, make_router, principal
 from billing.idempotency import Reply, idempotent
 from billing.referral import rewards as referral

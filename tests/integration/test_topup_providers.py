@@ -330,10 +330,10 @@ def test_top_up_through_the_sandbox_credits_once(
         assert result["reply_verified"] is True  # our reply's signature checked by "Waffo"
     paid = user.wait_status(order["order_id"], "paid")
     assert paid["paid_at"]
-    # The history agrees at once, though its index has not caught up with the payment yet.
-    assert [(o["order_id"], o["status"]) for o in user.get("/topups")["items"]] == [
-        (order["order_id"], "paid")
-    ]
+    # The history shows the order as it is now, though its index may not have caught up
+    # with the payment (or, within its lag, with the order itself).
+    listed = wait_for(lambda: user.get("/topups")["items"], timeout=10, message="the order")
+    assert [(o["order_id"], o["status"]) for o in listed] == [(order["order_id"], "paid")]
     drain(stack)
     assert user.quota() == order["quota"]
     user.assert_credited_once(order["order_id"], order["quota"])

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from billing.api_docs import BEARER, answers
-from billing.api_models.referral import Transferred
+from billing.api_models_referral import Transferred
 from billing.http import checked
 
 from tests.support.stack import ROOT

@@ -137,7 +137,7 @@ def test_imports_deferred_to_first_use_are_made_before_a_snapshot(tmp_path: Path
         "deferred = 'aws_lambda_powertools.utilities.idempotency'\n"
         "at_import = deferred in sys.modules or 'boto3' in sys.modules\n"
         "from billing import http, settings\n"
-        "from billing.api_models.topups import Order, TopupOptions  # the function's own\n"
+        "from billing.api_models_topups import Order, TopupOptions  # the function's own\n"
         "bodies = tuple(http.RequestBody.__subclasses__())  # the function's request bodies\n"
         "assert bodies\n"
         "models = (Order, TopupOptions, settings.Settings, settings.Topup,\n"

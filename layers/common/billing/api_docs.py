@@ -32,7 +32,7 @@ from aws_lambda_powertools.event_handler.openapi.types import (
 )
 from pydantic import BaseModel, BeforeValidator
 
-from billing.api_models.errors import Error, GatewayMessage
+from billing.api_models import Error, GatewayMessage
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler.openapi.models import SecurityScheme

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from billing.api_models._base import _Body
+from billing.api_models import _Body
 from billing.facts import OrderStatus
 
 

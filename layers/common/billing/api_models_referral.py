@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from billing.api_models._base import _Body
+from billing.api_models import _Body
 
 
 class Transferred(_Body):
