@@ -82,6 +82,7 @@ class Arranger:
                     if self.held or len(batch) >= batch_size or not sizer.fits(message, batch):
                         self.held.append(message)
                     else:
+                        sizer.add(message, batch)
                         batch.append(message)
                 return batch
         with self._lock:
@@ -107,6 +108,7 @@ class Arranger:
                     continue
                 self._held_twice.discard(message_id)
                 ids.add(message_id)
+                sizer.add(message, batch)
                 batch.append(message)
             for message in batch:
                 if not is_copy(message) and self.rng.random() < self.duplicate_probability:
@@ -122,16 +124,21 @@ class _Payload:
         self.size_of = size_of
         self.bytes = ENVELOPE_BYTES
 
+    def _size(self, message: Message, batch: list[Message]) -> int:
+        assert self.size_of is not None
+        return self.size_of(message) + (2 if batch else 0)  # ", " between records
+
     def fits(self, message: Message, batch: list[Message]) -> bool:
-        """Whether `message` fits after `batch` (counted in if so); a lone message always
-        does (SQS's own limit keeps it far below Lambda's)."""
-        if self.size_of is None:
+        """Whether `message` fits after `batch`; a lone message always does (SQS's own limit
+        keeps it far below Lambda's)."""
+        if self.size_of is None or not batch:
             return True
-        size = self.size_of(message) + (2 if batch else 0)  # ", " between records
-        if batch and self.bytes + size > MAX_PAYLOAD:
-            return False
-        self.bytes += size
-        return True
+        return self.bytes + self._size(message, batch) <= MAX_PAYLOAD
+
+    def add(self, message: Message, batch: list[Message]) -> None:
+        """Count in `message`, appended after `batch`."""
+        if self.size_of is not None:
+            self.bytes += self._size(message, batch)
 
 
 def _copy(message: Message) -> Message:
