@@ -12,7 +12,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from billing import accounts, grant_history
+from billing import account_view, accounts, grant_history
 from billing.api_docs import (
     BEARER,
     CSV,
@@ -74,7 +74,7 @@ def create_account(body: CreateAccount | None = None) -> Response[str]:
     account, created = signup.create_account(user.user_id, body.referral_code if body else None)
     if created:
         logger.info("account created", extra={"invited": bool(account.inviter_id)})
-    return model_response(201 if created else 200, Account, accounts.render_account(account))
+    return model_response(201 if created else 200, Account, account_view.render_account(account))
 
 
 @router.get(
@@ -83,7 +83,7 @@ def create_account(body: CreateAccount | None = None) -> Response[str]:
 def get_account() -> Response[str]:
     user = principal(router)
     account = accounts.get_account(user.user_id)
-    return model_response(200, Account, accounts.render_account(account))
+    return model_response(200, Account, account_view.render_account(account))
 
 
 @router.get(

@@ -7,7 +7,7 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
-from billing import accounts, grant_terms
+from billing import account_view, accounts, grant_terms
 from billing.api_docs import (
     BEARER,
     CSV,
@@ -68,7 +68,7 @@ def adjust_account(
         account = adjustments.adjust(
             admin.user_id, user_id, body.delta, body.reason, cause, body.grant
         )
-        return Reply(200, checked(Account, accounts.render_account(account)))
+        return Reply(200, checked(Account, account_view.render_account(account)))
 
     request = {"user_id": user_id, **body.model_dump(mode="json")}
     return idempotent(router, "admin_adjust", admin.user_id, request, apply, idempotency_key)

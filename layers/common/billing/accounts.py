@@ -1,4 +1,6 @@
-"""Accounts: reading and rendering an account, and its ledger history.
+"""Accounts: reading an account, and its ledger history (billing.account_view renders the
+account itself: its grant view needs the ledger, which a caller that only checks an account
+exists, such as checkout, need not import).
 
 Accounts are created by `billing.referral.create_account` (an account is bound to its
 inviter once, at creation).
@@ -12,27 +14,8 @@ from pynamodb.attributes import MapAttribute
 from pynamodb.exceptions import DoesNotExist
 
 from billing.errors import AccountNotFound
-from billing.grant_history import account_view
 from billing.models import Account, LedgerEntry
 from billing.pagination import newest_first
-
-
-def render_account(account: Account) -> dict[str, Any]:
-    return {
-        "user_id": account.user_id,
-        "quota": int(account.quota),
-        "used_quota": int(account.used_quota),
-        "request_count": int(account.request_count),
-        "held_quota": int(account.held_quota),
-        "aff_code": account.aff_code,
-        "aff_quota": int(account.aff_quota),
-        "aff_history_quota": int(account.aff_history_quota),
-        "aff_count": int(account.aff_count),
-        "inviter_id": account.inviter_id,
-        "status": account.status,
-        "created_at": account.created_at,
-        **account_view(account),
-    }
 
 
 def get_account(user_id: str) -> Account:
