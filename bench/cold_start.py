@@ -76,9 +76,13 @@ FLOORS = {
         "import pynamodb.models, pynamodb.transactions; from aws_lambda_powertools import Logger",
     ),
     "settings_task": (
-        "pynamodb + Logger + pydantic (a task that reads the settings document)",
-        "import pynamodb.models, pynamodb.transactions; from pydantic import BaseModel; "
-        "from aws_lambda_powertools import Logger",
+        # A document with bounds (Field(gt=0)) makes pydantic import its constraint types
+        # (annotated_types, pydantic.types): library code, which the http floor's validating
+        # resolver imports too.
+        "pynamodb + Logger + pydantic with field constraints (a task that reads the settings "
+        "document)",
+        "import pynamodb.models, pynamodb.transactions; from pydantic import BaseModel, Field; "
+        "Field(gt=0); from aws_lambda_powertools import Logger",
     ),
 }
 
