@@ -12,8 +12,6 @@ alerts), so that a function defines only the models of its own routes (each clas
 import time at every cold start).
 """
 
-from __future__ import annotations
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from billing import restore

@@ -1,7 +1,5 @@
 """The account, its grants and its ledger."""
 
-from __future__ import annotations
-
 from typing import Literal
 
 from pydantic import Field

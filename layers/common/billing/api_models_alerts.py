@@ -1,7 +1,5 @@
 """Low-balance alerts and auto top-up."""
 
-from __future__ import annotations
-
 from typing import Literal
 
 from pydantic import Field

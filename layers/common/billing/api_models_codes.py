@@ -1,7 +1,5 @@
 """Redemption codes: a redemption, and the admin's batches and listings."""
 
-from __future__ import annotations
-
 from typing import Any, Literal
 
 from pydantic import Field

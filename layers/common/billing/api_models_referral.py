@@ -1,7 +1,5 @@
 """Referral rewards moved to the balance."""
 
-from __future__ import annotations
-
 from billing.api_models import _Body
 
 

@@ -1,7 +1,5 @@
 """Top-up options, orders and the providers' webhook acknowledgement."""
 
-from __future__ import annotations
-
 from typing import Literal
 
 from pydantic import Field

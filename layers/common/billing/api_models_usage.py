@@ -1,7 +1,5 @@
 """Usage records, the usage summary and usage kept unbilled for an admin."""
 
-from __future__ import annotations
-
 from typing import Any, Literal
 
 from pydantic import Field

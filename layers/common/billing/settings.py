@@ -5,13 +5,11 @@ parameters with a cache; tests and tools may point SETTINGS_FILE at a file inste
 document raises SettingsError naming the field: we never fall back to defaults silently.
 """
 
-from __future__ import annotations
-
 import json
 import os
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -54,7 +52,7 @@ class Topup(_Strict):
     discounts: dict[str, Annotated[Decimal, Field(gt=0, le=1)]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _consistent(self) -> Topup:
+    def _consistent(self) -> Self:
         if self.min_topup > self.max_topup:
             raise ValueError("min_topup is above max_topup")
         for key in self.discounts:
@@ -87,7 +85,7 @@ class Pricing(_Strict):
     default_group: str = "default"
 
     @model_validator(mode="after")
-    def _default_group_known(self) -> Pricing:
+    def _default_group_known(self) -> Self:
         if self.default_group not in self.group_ratios:
             raise ValueError(f"default_group {self.default_group!r} has no group ratio")
         return self
@@ -129,7 +127,7 @@ class Settings(_Strict):
     usage: Usage = Field(default_factory=Usage)
 
     @model_validator(mode="after")
-    def _currencies_the_providers_take(self) -> Settings:
+    def _currencies_the_providers_take(self) -> Self:
         """A method whose provider cannot charge in its currency (or in a product's) would
         take orders no one can pay, or pay the wrong amount: refuse the document."""
         for method, config in self.methods.items():
