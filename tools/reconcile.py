@@ -22,7 +22,7 @@ import json
 import os
 import sys
 
-from billing.ops.reconciliation import Options, Tables, reconcile
+from billing.ops.reconciliation import DEFAULT_OPTIONS, Options, Tables, reconcile
 
 from tools import target
 
@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--pause",
         type=float,
-        default=Options.pause,
+        default=DEFAULT_OPTIONS.pause,
         help="seconds before each round of re-reads (longer than the index lag)",
     )
     return parser.parse_args(argv)

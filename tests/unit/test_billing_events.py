@@ -85,21 +85,9 @@ def test_ids_are_derived_from_the_cause() -> None:
 def test_topups_and_refunds_of_orders_are_events_and_other_reversals_are_not() -> None:
     entries = [
         entry(500, 600, 1, kind="topup", ref="ord_1"),
-        Entry(
-            **{
-                **entry(-200, 400, 2).__dict__,
-                "kind": "reversal",
-                "ref": "ord_1",
-                "entry_id": "reversal#ord_1#200",
-            }
-        ),
-        Entry(
-            **{
-                **entry(-10, 390, 3).__dict__,
-                "kind": "reversal",
-                "ref": "ord_1",
-                "entry_id": "referral_reward_reversal#ord_1",
-            }
+        entry(-200, 400, 2)._replace(kind="reversal", ref="ord_1", entry_id="reversal#ord_1#200"),
+        entry(-10, 390, 3)._replace(
+            kind="reversal", ref="ord_1", entry_id="referral_reward_reversal#ord_1"
         ),
     ]
     _, events = fold(Arming(), None, entries)
@@ -110,7 +98,7 @@ def test_topups_and_refunds_of_orders_are_events_and_other_reversals_are_not() -
 
 
 def test_entries_of_aff_quota_cause_nothing() -> None:
-    aff = Entry(**{**entry(-60, -10).__dict__, "balance": "aff_quota"})
+    aff = entry(-60, -10)._replace(balance="aff_quota")
     assert fold(Arming(), T, [aff]) == (Arming(), [])
 
 

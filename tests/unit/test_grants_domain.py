@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 from billing import grants as g
 from billing.grants import OVERDRAFT, Grant
@@ -113,7 +111,7 @@ def test_expire_writes_off_the_remainder() -> None:
 
 
 def test_encoding_round_trips() -> None:
-    grants = held(grant("a", 5, "promo", 10, NOW + DAY, 7), replace(grant("b", 9), baseline=9))
+    grants = held(grant("a", 5, "promo", 10, NOW + DAY, 7), grant("b", 9)._replace(baseline=9))
     grants = g.apply_deltas(grants, {OVERDRAFT: -3}, NOW)
     encoded = g.encode(grants)
     assert "e" not in encoded["b"] and encoded["b"]["b"] == 9
@@ -147,7 +145,7 @@ def test_under_the_bound_a_credit_adds_a_grant() -> None:
 
 def test_at_the_bound_exhausted_grants_are_dropped_first() -> None:
     grants = full()
-    grants["g1"] = replace(grants["g1"], remaining=0)
+    grants["g1"] = grants["g1"]._replace(remaining=0)
     credited = g.credit(grants, grant("new", 5, "promo"), NOW, limit=4)
     assert credited.dropped == ("g1",) and "new" in credited.grants
     assert credited.merged_into is None
@@ -272,7 +270,7 @@ def checks(found: list[tuple[str, str, object, object]]) -> list[str]:
 
 
 def test_problems_of_grants_that_agree_with_the_ledger_are_none() -> None:
-    grants = held(grant("a", 70), replace(grant("m", 500), baseline=500))
+    grants = held(grant("a", 70), grant("m", 500)._replace(baseline=500))
     entries = [
         g.Moved("adjustment#old", 500, None),  # before the migration: no grants
         g.Moved("adjustment#1", 100, {"a": 100}),

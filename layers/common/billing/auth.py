@@ -8,8 +8,7 @@ passing array claims) or, from other issuers and in tests, as a list or comma-se
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from aws_lambda_powertools import Logger
 
@@ -27,8 +26,7 @@ class Unauthorized(DomainError):
     message = "A valid token is required."
 
 
-@dataclass(frozen=True)
-class Principal:
+class Principal(NamedTuple):
     user_id: str
     is_admin: bool
 

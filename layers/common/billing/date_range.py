@@ -7,15 +7,14 @@ time, `billing.clock.now()`), a maximum length.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import NamedTuple
 
 from billing import clock
 from billing.errors import InvalidRequest
 
 
-@dataclass(frozen=True)
-class DayRange:
+class DayRange(NamedTuple):
     start: date
     end: date  # inclusive
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 OVERDRAFT = "overdraft"
 SOURCES = ("paid", "promo", "code", "referral", "bonus", "adjustment")
@@ -58,8 +58,7 @@ class Terms:
             raise ValueError("priority is 0..100")
 
 
-@dataclass(frozen=True)
-class Grant:
+class Grant(NamedTuple):
     grant_id: str
     source: str
     amount: int  # what was credited (plus what merged into it)
@@ -166,7 +165,7 @@ def apply_deltas(grants: Grants, deltas: Mapping[str, int], now: int) -> dict[st
         if grant_id == OVERDRAFT and grant_id not in result:
             result[OVERDRAFT] = _overdraft(0, now)
         current = result[grant_id]
-        result[grant_id] = replace(current, remaining=current.remaining + delta)
+        result[grant_id] = current._replace(remaining=current.remaining + delta)
     overdraft = result.get(OVERDRAFT)
     if overdraft is not None and overdraft.remaining == 0 and overdraft.baseline == 0:
         del result[OVERDRAFT]
@@ -216,8 +215,7 @@ def debit(grants: Grants, amount: int, now: int, own_grant_id: str | None = None
     return reverse(grants, own_grant_id, amount, now) if own_grant_id else draw(grants, amount, now)
 
 
-@dataclass(frozen=True)
-class Credited:
+class Credited(NamedTuple):
     grants: dict[str, Grant]
     deltas: Deltas  # {"overdraft": +repaid, "<grant>": +rest}; sums to the amount
     merged_into: str | None  # the grant the new one merged into at the bound, if any
@@ -239,7 +237,7 @@ def credit(grants: Grants, new: Grant, now: int, limit: int = MAX_GRANTS) -> Cre
         deltas[OVERDRAFT] = repaid
         rest -= repaid
         current = apply_deltas(current, {OVERDRAFT: repaid}, now)
-    fresh = replace(new, remaining=rest)
+    fresh = new._replace(remaining=rest)
     others = [g for g in current.values() if g.grant_id != OVERDRAFT]
     dropped: tuple[str, ...] = ()
     if len(others) >= limit:
@@ -256,8 +254,7 @@ def credit(grants: Grants, new: Grant, now: int, limit: int = MAX_GRANTS) -> Cre
             deltas[fresh.grant_id] = rest
         return Credited(current, deltas, None, dropped)
     target, expires_at = _merge_target(others, fresh, now)
-    current[target.grant_id] = replace(
-        target,
+    current[target.grant_id] = target._replace(
         amount=target.amount + fresh.amount,
         remaining=target.remaining + rest,
         expires_at=expires_at,
@@ -348,8 +345,7 @@ def decode(raw: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Grant]:
 SWEEP_GRACE_SECONDS = 3600  # the sweeper runs every 5 minutes; an hour late is a problem
 
 
-@dataclass(frozen=True)
-class Moved:
+class Moved(NamedTuple):
     """What reconciliation needs of one quota ledger entry."""
 
     entry_id: str

@@ -12,8 +12,7 @@ import binascii
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
@@ -46,8 +45,7 @@ def _build_bodies() -> None:
     restore.build_models(RequestBody)
 
 
-@dataclass(frozen=True)
-class Page:
+class Page(NamedTuple):
     """The page a list request asks for: `limit`, and `cursor` already opened (verified as one
     this server issued for `list_name` and `caller`). `seal()` makes the response's cursor."""
 

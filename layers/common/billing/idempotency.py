@@ -22,8 +22,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
@@ -54,8 +53,7 @@ _KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")  # visible ASCII, as HT
 _REPLAYED = "replayed"
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
     """What an operation answered: the HTTP status and the JSON body."""
 
     status: int

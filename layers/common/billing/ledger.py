@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pynamodb.attributes import MapAttribute
 from pynamodb.exceptions import DoesNotExist, TransactWriteError
@@ -110,8 +110,7 @@ class TxOp:
     range_key: Any = None
 
 
-@dataclass(frozen=True)
-class Applied:
+class Applied(NamedTuple):
     entries: list[LedgerEntry]
     accounts: dict[str, Account]
 

@@ -15,8 +15,8 @@ provider)`:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import NamedTuple
 
 # ISO 4217 currencies with no minor unit, and those with three decimals.
 ISO_ZERO_DECIMAL = frozenset(
@@ -100,8 +100,7 @@ PROVIDER_CURRENCIES: dict[str, frozenset[str]] = {
 }
 
 
-@dataclass(frozen=True)
-class Unit:
+class Unit(NamedTuple):
     decimals: int  # the finest chargeable amount: 10**-decimals
     exponent: int  # wire amounts are integers of 10**-exponent
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pynamodb.exceptions import UpdateError
 
@@ -31,8 +31,7 @@ from billing.settings import Limits
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 
 
-@dataclass(frozen=True)
-class Window:
+class Window(NamedTuple):
     """What one subject's window item says at a moment (a missing item is an empty window)."""
 
     key: str

@@ -14,9 +14,8 @@ the code is looked at.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from aws_lambda_powertools import Logger
 
@@ -33,15 +32,13 @@ logger = Logger(child=True)
 _BATCH_GET_ATTEMPTS = 8
 
 
-@dataclass(frozen=True)
-class Redeemed:
+class Redeemed(NamedTuple):
     code_id: str
     quota_added: int
     quota: int  # the balance after the credit
 
 
-@dataclass(frozen=True)
-class _Reads:
+class _Reads(NamedTuple):
     code: RedemptionCode | None
     account: Account | None
     limits: dict[str, RateLimit]

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from billing.facts import EntryKind
 
@@ -30,8 +29,7 @@ TOPUP_REFUNDED = "topup.refunded"
 AUTO_FAILED = "topup.auto_failed"
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """A ledger entry as its stream record carries it."""
 
     user_id: str
@@ -46,8 +44,7 @@ class Entry:
     sequence_number: str  # the stream record's, for partial batch failures
 
 
-@dataclass(frozen=True)
-class Arming:
+class Arming(NamedTuple):
     low_armed: bool = True
     depleted_armed: bool = True
 
@@ -121,14 +118,14 @@ def fold(
                         threshold=threshold,
                     )
                 )
-                arming = replace(arming, low_armed=False)
+                arming = arming._replace(low_armed=False)
             elif not arming.low_armed and after > threshold:
-                arming = replace(arming, low_armed=True)
+                arming = arming._replace(low_armed=True)
         if arming.depleted_armed and before > 0 >= after:
             events.append(
                 make_event(DEPLETED, entry.user_id, entry.entry_id, after, entry.created_at)
             )
-            arming = replace(arming, depleted_armed=False)
+            arming = arming._replace(depleted_armed=False)
         elif not arming.depleted_armed and after > 0:
-            arming = replace(arming, depleted_armed=True)
+            arming = arming._replace(depleted_armed=True)
     return arming, events

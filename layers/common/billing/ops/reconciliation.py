@@ -58,10 +58,10 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
-from typing import Any
+from typing import Any, NamedTuple
 
 from pynamodb.attributes import MapAttribute
 from pynamodb.exceptions import DoesNotExist
@@ -118,8 +118,7 @@ _BATCH_GET = 100  # BatchGetItem's limit
 _READ_ATTEMPTS = 3  # reads of one account before it counts as busy
 
 
-@dataclass(frozen=True)
-class Difference:
+class Difference(NamedTuple):
     check: str
     subject: str  # "account:<user>", "order:<id>", "code:<id>"
     message: str
@@ -129,7 +128,7 @@ class Difference:
     tentative: bool = False  # seen on reads that cannot settle it (a busy account, index lag)
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = self._asdict()
         data.pop("scope")
         data.pop("tentative")
         return data
@@ -151,8 +150,7 @@ class Difference:
         return f"[{self.check}] {self.subject}: {self.message}{found}"
 
 
-@dataclass(frozen=True)
-class Tables:
+class Tables(NamedTuple):
     accounts: str
     ledger: str
     orders: str
@@ -179,13 +177,15 @@ class Tables:
         )
 
 
-@dataclass(frozen=True)
-class Options:
+class Options(NamedTuple):
     rechecks: int = 2  # fresh re-reads of every suspect before it is reported
     pause: float = 2.0  # seconds before each round of re-checks (longer than the index lag)
     index_lag: float = 2.0  # how far behind its table an index may be
     deadline: float | None = None  # time.monotonic() by which the run must stop
     page_size: int | None = None  # items per Scan page (None: DynamoDB's 1 MB pages)
+
+
+DEFAULT_OPTIONS = Options()
 
 
 @dataclass
@@ -1153,7 +1153,7 @@ class _Run:
                 None if now is None else int(now.uses)
             )
             found = check_code(code_id, code, redemptions[code_id])
-            latest[f"code:{code_id}"] = [replace(d, tentative=not stable) for d in found]
+            latest[f"code:{code_id}"] = [d._replace(tentative=not stable) for d in found]
         return latest
 
 
@@ -1161,7 +1161,7 @@ def check_account(
     tables: Tables,
     user_id: str,
     *,
-    index_lag: float = Options.index_lag,
+    index_lag: float = DEFAULT_OPTIONS.index_lag,
     endpoint: str | None = None,
     credentials: tuple[str, str] | None = None,
     region: str | None = None,
@@ -1222,7 +1222,7 @@ def reconcile(
             pass
     remaining = [d for diffs in run.suspects.values() for d in diffs]
     if stopped:  # never re-checked: shown, but not as differences
-        remaining = [replace(d, tentative=True) for d in remaining]
+        remaining = [d._replace(tentative=True) for d in remaining]
     counts = {name: run.counts[name] for name in ("accounts", "ledger_entries", "orders")}
     if tables.usage is not None:
         counts["usage_records"] = run.counts["usage_records"]

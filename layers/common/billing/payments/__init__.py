@@ -9,12 +9,10 @@ others: each name here imports its module when called.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class AutoCharge:
+class AutoCharge(NamedTuple):
     """What the provider said to an off-session charge: accepted (paid, or processing: the
     webhook will tell), or refused with a code (`card_declined`, `requires_action`,
     `no_saved_card`, ...)."""

@@ -17,10 +17,9 @@ import hashlib
 import os
 import secrets
 import string
-from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from aws_lambda_powertools import Logger
 from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
@@ -48,8 +47,7 @@ PENDING_SHARDS = 4  # open_orders index keys: pending orders spread so no key ge
 _SWEEP_MAX = 1000  # orders one sweep expires at most (the schedule picks up the rest)
 
 
-@dataclass(frozen=True)
-class Quote:
+class Quote(NamedTuple):
     method: str
     amount: int  # top-up units; 0 for a product-based order
     pay_money: Decimal  # major units, already rounded to the currency's minor unit

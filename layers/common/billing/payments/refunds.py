@@ -17,9 +17,9 @@ Providers report refunds in two ways:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
+from typing import NamedTuple
 
 DISPUTE_STEP = "dispute"
 
@@ -40,8 +40,7 @@ def ratio(refunded: Decimal, paid: Decimal) -> Fraction:
     return min(Fraction(refunded) / Fraction(paid), Fraction(1))
 
 
-@dataclass(frozen=True)
-class Refund:
+class Refund(NamedTuple):
     """What one verified notification says about an order's refunds."""
 
     amount: Decimal | None  # major units; None when the provider did not say
@@ -50,8 +49,7 @@ class Refund:
     refund_id: str | None = None  # the provider's id of this refund (non-cumulative)
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """One move of an order's reversal: from `before` to `after` (fractions of P)."""
 
     key: str  # names the step's ledger entries: the refunded total in minor units, or "dispute"

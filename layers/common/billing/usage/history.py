@@ -20,9 +20,8 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from pynamodb.expressions.condition import Condition
 
@@ -40,8 +39,7 @@ T = TypeVar("T")
 Position = tuple[str, str]
 
 
-@dataclass(frozen=True)
-class UsageFilters:
+class UsageFilters(NamedTuple):
     start: str | None = None  # created_at >= start
     end: str | None = None  # created_at < end
     model: str | None = None

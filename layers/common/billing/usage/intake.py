@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -95,8 +95,7 @@ class TransientMeteringError(Exception):
     Its name is the Invoke API's errorType, which callers (quota_meter) retry on: keep it."""
 
 
-@dataclass(frozen=True)
-class Budget:
+class Budget(NamedTuple):
     """Until when metering may start work (time.monotonic()); None: no limit."""
 
     deadline: float | None = None
@@ -105,6 +104,9 @@ class Budget:
     def from_remaining(cls, remaining_ms: int) -> Budget:
         """The budget of an invocation with `remaining_ms` left, less the safety margin."""
         return cls(time.monotonic() + (remaining_ms - margin_ms(remaining_ms)) / 1000)
+
+
+UNLIMITED = Budget()
 
 
 def margin_ms(remaining_ms: int) -> int:
@@ -158,7 +160,7 @@ def split_payload(payload: Any) -> list[Any] | None:
 
 def meter_raw(
     raw_events: Sequence[Any],
-    budget: Budget = Budget(),
+    budget: Budget = UNLIMITED,
     redelivered: Sequence[bool] | None = None,
 ) -> metering.Metered:
     """Validate, meter, keep what cannot be billed; results in input order (None where an
@@ -213,7 +215,7 @@ def _complete(outcome: metering.Metered) -> list[Result]:
 # ---------------------------------------------------------------- the Invoke API
 
 
-def meter_payload(payload: Any, budget: Budget = Budget()) -> dict[str, Any]:
+def meter_payload(payload: Any, budget: Budget = UNLIMITED) -> dict[str, Any]:
     """One event's result, or a batch's `{"results": [...]}`; TransientMeteringError if some
     events could not be metered in time (the caller retries with the same request ids)."""
     try:
@@ -229,8 +231,7 @@ def meter_payload(payload: Any, budget: Budget = Budget()) -> dict[str, Any]:
 # ---------------------------------------------------------------- the usage queue
 
 
-@dataclass(frozen=True)
-class QueueMessage:
+class QueueMessage(NamedTuple):
     message_id: str
     body: str
     receive_count: int = 1  # SQS's ApproximateReceiveCount: above 1, a redelivery
@@ -261,7 +262,7 @@ def max_queue_events() -> int:
     return int(value) if value.isdigit() and int(value) > 0 else MAX_QUEUE_EVENTS
 
 
-def meter_messages(messages: Sequence[QueueMessage], budget: Budget = Budget()) -> list[str]:
+def meter_messages(messages: Sequence[QueueMessage], budget: Budget = UNLIMITED) -> list[str]:
     """Meter a batch of usage-queue messages; the ids of the messages to hand back.
 
     The queue batches many messages so that single-event producers' usage is aggregated per

@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 from billing.errors import InvalidRequest
 
@@ -39,8 +39,7 @@ MAX_LIMITS = 50  # per account: the definitions live on the account item
 COUNTER_GRACE = timedelta(days=35)
 
 
-@dataclass(frozen=True)
-class Limit:
+class Limit(NamedTuple):
     scope: str
     max_quota: int
     period: Period

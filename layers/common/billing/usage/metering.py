@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.attributes import MapAttribute
@@ -100,8 +100,7 @@ class Action(StrEnum):
     RELEASE = "release"
 
 
-@dataclass(frozen=True)
-class UsageEvent:
+class UsageEvent(NamedTuple):
     """One validated usage event (the handler parses and validates the payload)."""
 
     action: Action

@@ -12,8 +12,8 @@ int. The per-model and per-group lookups are derived once per settings object.
 from __future__ import annotations
 
 import decimal
-from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
+from typing import NamedTuple
 
 from billing.errors import InvalidEvent, UnknownModel
 from billing.settings import Settings
@@ -23,8 +23,7 @@ _CONTEXT = decimal.Context(prec=100, rounding=ROUND_CEILING)
 _ZERO = Decimal(0)
 
 
-@dataclass(frozen=True)
-class ModelPricing:
+class ModelPricing(NamedTuple):
     """How one model is priced: by ratio, or at a fixed price per request."""
 
     model_ratio: Decimal | None
@@ -32,8 +31,7 @@ class ModelPricing:
     model_price: Decimal | None
 
 
-@dataclass(frozen=True)
-class Quote:
+class Quote(NamedTuple):
     """The price of one usage and the factors it came from (kept on the usage record)."""
 
     quota: int
@@ -45,8 +43,7 @@ class Quote:
     model_price: Decimal | None
 
 
-@dataclass(frozen=True)
-class _Table:
+class _Table(NamedTuple):
     quota_per_unit: Decimal
     models: dict[str, ModelPricing]
     groups: dict[str, Decimal]

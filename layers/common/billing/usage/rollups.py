@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 # Powertools' copy of boto3's TypeDeserializer, which its DynamoDB stream event uses: the
@@ -42,8 +42,7 @@ MAX_ATTEMPTS = 8
 _deserializer = TypeDeserializer()
 
 
-@dataclass(frozen=True)
-class Contribution:
+class Contribution(NamedTuple):
     """What one billed usage record adds to its rollup."""
 
     sequence: str  # the stream record's SequenceNumber (its batch item identifier)
@@ -57,8 +56,7 @@ class Contribution:
     completion_tokens: int
 
 
-@dataclass(frozen=True)
-class RollupKey:
+class RollupKey(NamedTuple):
     user_id: str
     day: str
     model: str

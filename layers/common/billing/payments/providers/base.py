@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 class InvalidSignature(Exception):
@@ -21,8 +21,7 @@ class UnsupportedEvent(Exception):
     """A verified webhook we do not act on (acknowledged, not queued)."""
 
 
-@dataclass(frozen=True)
-class CheckoutRequest:
+class CheckoutRequest(NamedTuple):
     order_id: str
     user_id: str
     method: str
@@ -41,8 +40,7 @@ class CheckoutRequest:
     customer_id: str | None = None
 
 
-@dataclass(frozen=True)
-class PaymentSession:
+class PaymentSession(NamedTuple):
     pay_url: str
     session_id: str | None = None
 
@@ -108,8 +106,7 @@ class PaymentEvent:
         )
 
 
-@dataclass(frozen=True)
-class WebhookRequest:
+class WebhookRequest(NamedTuple):
     method: str
     headers: dict[str, str]  # lower-case names
     raw_body: bytes  # exactly as received (base64 already undone)
