@@ -128,6 +128,8 @@ def run_once(case: Case) -> float:
         "AWS_DEFAULT_REGION": "us-east-1",
         "SETTINGS_PARAMETER": "/bench/settings",
         "POWERTOOLS_SERVICE_NAME": "bench",
+        # Lambda sets it in every function's process; billing.init_phase keys on it.
+        "AWS_LAMBDA_FUNCTION_NAME": "bench",
     }
     # Deployed: isolated (no site-packages, no PYTHONPATH, nothing outside the paths given, as
     # in Lambda) and writing no bytecode, as /var/task and /opt are read-only.

@@ -12,7 +12,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from billing import account_view, accounts, grant_history
+from billing import account_view, accounts, grant_history, init_phase
 from billing.api_docs import (
     BEARER,
     CSV,
@@ -183,3 +183,7 @@ def export_ledger(from_: FromDay = None, to: ToDay = None) -> Response[str]:
 )
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return router.resolve(event, context)
+
+
+# INIT is over: garbage collection resumes (billing.init_phase).
+init_phase.finished()

@@ -13,6 +13,7 @@ import routes_usage
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from billing import init_phase
 from billing.http import admin_refusal, make_router
 
 logger = Logger()
@@ -32,3 +33,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if refusal is not None:
         return refusal
     return router.resolve(event, context)
+
+
+# INIT is over: garbage collection resumes (billing.init_phase).
+init_phase.finished()

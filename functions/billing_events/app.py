@@ -8,6 +8,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from billing import init_phase
 from billing.events import process_batch
 
 logger = Logger()
@@ -17,3 +18,7 @@ logger = Logger()
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     failed = process_batch(event.get("Records") or [])
     return {"batchItemFailures": [{"itemIdentifier": number} for number in failed]}
+
+
+# INIT is over: garbage collection resumes (billing.init_phase).
+init_phase.finished()

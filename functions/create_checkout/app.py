@@ -8,6 +8,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from billing import init_phase
 from billing.api_docs import (
     BEARER,
     DEFAULT_LIMIT,
@@ -114,3 +115,7 @@ def get_topup(order_id: str) -> Response[str]:
 )
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return router.resolve(event, context)
+
+
+# INIT is over: garbage collection resumes (billing.init_phase).
+init_phase.finished()

@@ -17,6 +17,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from billing import init_phase
 from billing.payments import crediting, orders
 from billing.payments.providers.base import PaymentEvent
 
@@ -50,3 +51,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             event=event, record_handler=record_handler, processor=processor, context=context
         )
     )
+
+
+# INIT is over: garbage collection resumes (billing.init_phase).
+init_phase.finished()

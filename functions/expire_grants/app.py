@@ -7,7 +7,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from billing import grant_expiry
+from billing import grant_expiry, init_phase
 from billing.events import grant_notices
 
 logger = Logger()
@@ -18,3 +18,7 @@ def handler(event: Any, context: LambdaContext) -> dict[str, int]:
     summary = grant_expiry.sweep(on_expiring=grant_notices.notify)
     logger.info("grants swept", extra=summary)
     return summary
+
+
+# INIT is over: garbage collection resumes (billing.init_phase).
+init_phase.finished()

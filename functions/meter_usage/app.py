@@ -19,6 +19,7 @@ from aws_lambda_powertools.utilities.batch import (
 )
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from billing import init_phase
 from billing.usage import intake, metering
 
 logger = Logger()
@@ -78,3 +79,7 @@ def handler(event: Any, context: LambdaContext) -> Any:
         logger.info("expired holds released", extra=summary)
         return summary
     return intake.meter_payload(event, budget)
+
+
+# INIT is over: garbage collection resumes (billing.init_phase).
+init_phase.finished()

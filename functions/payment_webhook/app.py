@@ -17,6 +17,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from billing import init_phase
 from billing.api_docs import RAW_JSON_BODY, Responses, answers, ok, signature_header, text
 from billing.api_models_topups import WebhookAck
 from billing.errors import InvalidRequest
@@ -119,3 +120,7 @@ for _provider, _hook in WEBHOOKS.items():
 )
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return router.resolve(event, context)
+
+
+# INIT is over: garbage collection resumes (billing.init_phase).
+init_phase.finished()

@@ -15,6 +15,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from billing import init_phase
 from billing.ops.reconciliation import Options, Tables, reconcile
 
 logger = Logger()
@@ -54,3 +55,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         raise ReconciliationIncomplete(f"the run stopped in its {report.stopped} pass")
     logger.info("reconciliation done", extra=summary)
     return {**summary, "sample": [d.as_dict() for d in report.differences[:20]]}
+
+
+# INIT is over: garbage collection resumes (billing.init_phase).
+init_phase.finished()

@@ -8,6 +8,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from billing import init_phase
 from billing.api_docs import BEARER, IDEMPOTENCY_409, IdempotencyKey, answers, replayable
 from billing.api_models_referral import Transferred
 from billing.http import RequestBody, checked, make_router, principal
@@ -54,3 +55,7 @@ def transfer(body: Transfer, idempotency_key: IdempotencyKey = None) -> Response
 )
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return router.resolve(event, context)
+
+
+# INIT is over: garbage collection resumes (billing.init_phase).
+init_phase.finished()

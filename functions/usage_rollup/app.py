@@ -12,6 +12,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from billing import init_phase
 from billing.usage import rollups
 
 logger = Logger()
@@ -27,3 +28,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             extra={"failed": len(failed), "records": len(records)},
         )
     return {"batchItemFailures": [{"itemIdentifier": sequence} for sequence in failed]}
+
+
+# INIT is over: garbage collection resumes (billing.init_phase).
+init_phase.finished()

@@ -9,3 +9,7 @@ method; a NamedTuple in ~0.1 ms), dataclasses only where a record is mutable or 
 itself; and the modules of pydantic models do without `from __future__ import annotations`
 (pydantic would evaluate each string annotation, ~40% of building a model class).
 """
+
+from billing import init_phase
+
+init_phase.begin()
