@@ -5,7 +5,6 @@ acknowledged as queued; a missing or broken provider module affects only itself.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -73,7 +72,7 @@ def test_verified_events_are_queued_then_acknowledged(
     use(monkeypatch, FakeProvider([EVENT, EVENT]))
     assert webhooks.receive("creem", REQUEST).status == 200
     # Stamped with when they reached us (an order's lifetime is judged by it).
-    assert [replace(event, received_at=None) for event in sent] == [EVENT, EVENT]
+    assert [event._replace(received_at=None) for event in sent] == [EVENT, EVENT]
     assert all(event.received_at for event in sent)
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 OVERDRAFT = "overdraft"
@@ -43,19 +42,25 @@ Grants = Mapping[str, "Grant"]
 Deltas = dict[str, int]
 
 
-@dataclass(frozen=True)
-class Terms:
-    """What a credit's grant is: its source, priority and expiry (epoch seconds)."""
-
+class _TermsFields(NamedTuple):
     source: str
     priority: int = DEFAULT_PRIORITY
     expires_at: int | None = None
 
-    def __post_init__(self) -> None:
-        if self.source not in SOURCES:
-            raise ValueError(f"unknown grant source {self.source!r}")
-        if not MIN_PRIORITY <= self.priority <= MAX_PRIORITY:
+
+class Terms(_TermsFields):
+    """What a credit's grant is: its source, priority and expiry (epoch seconds)."""
+
+    __slots__ = ()
+
+    def __new__(
+        cls, source: str, priority: int = DEFAULT_PRIORITY, expires_at: int | None = None
+    ) -> Terms:
+        if source not in SOURCES:
+            raise ValueError(f"unknown grant source {source!r}")
+        if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
             raise ValueError("priority is 0..100")
+        return super().__new__(cls, source, priority, expires_at)
 
 
 class Grant(NamedTuple):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
 from pynamodb.attributes import MapAttribute
@@ -52,6 +52,7 @@ _COUNTERS: tuple[Counter, ...] = (
 )
 
 MAX_ATTEMPTS = 30
+_NO_COUNTERS: Mapping[Counter, int] = MappingProxyType({})
 
 
 # The grant source of a credit, unless the change names its own terms.
@@ -64,9 +65,8 @@ SOURCE_OF_KIND: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Change:
-    """One cause's effect on one account.
+class Change(NamedTuple):
+    """One cause's effect on one account (checked by `apply`, before anything is written).
 
     entry_id None means no ledger entry (a change that moves only counters, e.g. a hold);
     it is then not allowed to move a balance.
@@ -80,7 +80,7 @@ class Change:
     ref: str = ""
     # Settled usage and reversals of credits may take a balance below zero; nothing else may.
     may_go_negative: bool = False
-    counters: Mapping[Counter, int] = field(default_factory=dict)
+    counters: Mapping[Counter, int] = _NO_COUNTERS
     # A credit's grant terms (default: the source of its kind, priority 50, no expiry).
     grant: grant_math.Terms | None = None
     # A debit that takes from this grant first (a refund: its order's paid grant).
@@ -88,24 +88,24 @@ class Change:
     # An `expiry` entry: the grant it writes off (delta = -its remaining).
     expire_grant: str | None = None
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.delta, int) or isinstance(self.delta, bool):
-            raise TypeError("delta must be an int")
-        if self.entry_id is None and self.delta:
-            raise ValueError("a balance change needs a ledger entry")
-        if self.entry_id is not None and self.kind is None:
-            raise ValueError("a ledger entry needs a kind")
+
+def _check(change: Change) -> None:
+    if not isinstance(change.delta, int) or isinstance(change.delta, bool):
+        raise TypeError("delta must be an int")
+    if change.entry_id is None and change.delta:
+        raise ValueError("a balance change needs a ledger entry")
+    if change.entry_id is not None and change.kind is None:
+        raise ValueError("a ledger entry needs a kind")
 
 
-@dataclass
-class TxOp:
+class TxOp(NamedTuple):
     """An extra item of the transaction, labelled so its failure can be reported."""
 
     label: str
     op: Literal["condition_check", "delete", "save", "update"]
     model: Model | type[Model]
     condition: Condition | None = None
-    actions: list[Action] = field(default_factory=list)
+    actions: Sequence[Action] = ()
     hash_key: Any = None
     range_key: Any = None
 
@@ -171,6 +171,8 @@ def apply(
     """
     if not changes:
         raise ValueError("nothing to apply")
+    for change in changes:
+        _check(change)
     known: dict[str, Account] = dict(accounts or {})
     for attempt in range(max_attempts):
         current = {
@@ -399,7 +401,7 @@ def _add(transaction: TransactWrite, op: TxOp) -> None:
         transaction.save(op.model, condition=op.condition)
     else:
         assert isinstance(op.model, Model)
-        transaction.update(op.model, actions=op.actions, condition=op.condition)
+        transaction.update(op.model, actions=list(op.actions), condition=op.condition)
 
 
 def _raise_for(exc: TransactWriteError, labels: list[str]) -> None:

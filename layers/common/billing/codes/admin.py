@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from aws_lambda_powertools import Logger
 from pynamodb.exceptions import PynamoDBException, UpdateError
@@ -43,8 +42,7 @@ class TryAgain(DomainError):
         super().__init__(message, headers={"Retry-After": "1"})
 
 
-@dataclass(frozen=True)
-class CreatedBatch:
+class CreatedBatch(NamedTuple):
     batch_id: str
     codes: list[str]  # formatted plaintext, shown once: exactly the stored ones
     requested: int

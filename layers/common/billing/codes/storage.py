@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from aws_lambda_powertools import Logger
 from botocore.exceptions import BotoCoreError
@@ -33,12 +32,14 @@ BATCH = 25  # BatchWriteItem's limit
 _BACKOFF = {"base": 0.05, "cap": 1.0}
 
 
-@dataclass
 class Outcome:
-    stored: set[str] = field(default_factory=set)  # code_ids known to be in the table
-    unconfirmed: list[str] = field(default_factory=list)  # may or may not be stored
-    error: Exception | None = None  # the last failure, if any
-    retryable: bool = True  # whether that failure may pass (throttling, a lost response)
+    __slots__ = ("error", "retryable", "stored", "unconfirmed")
+
+    def __init__(self) -> None:
+        self.stored: set[str] = set()  # code_ids known to be in the table
+        self.unconfirmed: list[str] = []  # may or may not be stored
+        self.error: Exception | None = None  # the last failure, if any
+        self.retryable = True  # whether that failure may pass (throttling, a lost response)
 
 
 def _retryable(exc: Exception) -> bool:

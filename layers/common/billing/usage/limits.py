@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple, get_args
 
@@ -150,14 +149,16 @@ def limits_in_force(
     return found
 
 
-@dataclass
 class CounterMove:
     """What one chunk does to one counter: its amounts in request order."""
 
-    key: str
-    max_quota: int | None = None  # of the limit whose conditional amounts it carries
-    total: int = 0
-    peak: int | None = None  # largest running total right after a conditional amount
+    __slots__ = ("key", "max_quota", "peak", "total")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.max_quota: int | None = None  # of the limit whose conditional amounts it carries
+        self.total = 0
+        self.peak: int | None = None  # largest running total right after a conditional amount
 
     def add(self, amount: int, *, limit: int | None = None) -> None:
         """Add an amount; with `limit`, one that must fit (a charge or a reserve)."""
@@ -178,11 +179,13 @@ class CounterMove:
         return bound is None or bound >= 0
 
 
-@dataclass
 class CounterMoves:
     """The counter moves of one chunk, by counter key."""
 
-    moves: dict[str, CounterMove] = field(default_factory=dict)
+    __slots__ = ("moves",)
+
+    def __init__(self) -> None:
+        self.moves: dict[str, CounterMove] = {}
 
     def add(self, key: str, amount: int, *, limit: int | None = None) -> None:
         if amount == 0 and limit is None:

@@ -46,7 +46,6 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -113,13 +112,12 @@ class UsageEvent(NamedTuple):
     key_id: str | None = None  # the API key the gateway served (spend limits per key)
 
 
-@dataclass
-class Metered:
+class Metered(NamedTuple):
     """Results in input order; None where a transient error or the deadline left the event
     unmetered (`timed_out` tells that the deadline did)."""
 
     results: list[Result | None]
-    errors: list[Exception] = field(default_factory=list)
+    errors: Sequence[Exception] = ()
     timed_out: bool = False
 
     @property
@@ -140,22 +138,45 @@ def rejected(
     }
 
 
-@dataclass
 class _Pending:
     """An event on its way through the ledger, with what is known of its usage record."""
 
-    index: int
-    event: UsageEvent
-    quote: pricing.Quote | None  # None for a release (it has no price)
-    record: UsageRecord | None = None  # read from the table (settle/release, retries)
-    hold: int = 0  # the hold a settle replaces or a release drops
-    from_status: str = Status.RESERVED.value  # status the record must still have (if any)
-    expire: bool = False  # a release by the sweeper
-    counters: list[str] = field(default_factory=list)  # spend-limit counters it moves
-    prefetch: bool = False  # read the record before writing (a repeat within the batch)
-    # Stored with the result: a record carrying it was written by this very call (a retry
-    # of a transaction that had in fact committed), which is no duplicate.
-    attempt: str = field(default_factory=lambda: uuid.uuid4().hex)
+    __slots__ = (
+        "attempt",
+        "counters",
+        "event",
+        "expire",
+        "from_status",
+        "hold",
+        "index",
+        "prefetch",
+        "quote",
+        "record",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        index: int,
+        event: UsageEvent,
+        quote: pricing.Quote | None,  # None for a release (it has no price)
+        record: UsageRecord | None = None,  # read from the table (settle/release, retries)
+        hold: int = 0,  # the hold a settle replaces or a release drops
+        from_status: str = Status.RESERVED.value,  # status the record must still have
+        expire: bool = False,  # a release by the sweeper
+        prefetch: bool = False,  # read the record before writing (a repeat in the batch)
+    ) -> None:
+        self.index = index
+        self.event = event
+        self.quote = quote
+        self.record = record
+        self.hold = hold
+        self.from_status = from_status
+        self.expire = expire
+        self.counters: list[str] = []  # spend-limit counters it moves
+        self.prefetch = prefetch
+        # Stored with the result: a record carrying it was written by this very call (a
+        # retry of a transaction that had in fact committed), which is no duplicate.
+        self.attempt = uuid.uuid4().hex
 
     @property
     def request_id(self) -> str:
@@ -174,12 +195,14 @@ def past(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
 
 
-@dataclass
 class _Timer:
     """A deadline, and the longest step timed against it."""
 
-    deadline: float | None
-    longest: float = 0.0
+    __slots__ = ("deadline", "longest")
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self.longest = 0.0
 
     def out_of_time(self) -> bool:
         """Whether a step as long as the longest so far would end after the deadline."""
@@ -511,8 +534,7 @@ def _record_results(
 # ---------------------------------------------------------------- admission of a chunk
 
 
-@dataclass
-class _Chunk:
+class _Chunk(NamedTuple):
     decided: list[tuple[_Pending, Result]]  # in input order: admitted and refused
     changes: list[ledger.Change]
     ops: list[ledger.TxOp]

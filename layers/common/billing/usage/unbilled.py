@@ -28,8 +28,7 @@ import heapq
 import itertools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pynamodb.attributes import MapAttribute, NumberAttribute, UnicodeAttribute
 from pynamodb.exceptions import DoesNotExist, PutError, UpdateError
@@ -117,13 +116,12 @@ def open_shard(request_id: str) -> str:
 # ---------------------------------------------------------------- keeping
 
 
-@dataclass
-class Kept:
+class Kept(NamedTuple):
     """The results, with each kept refusal marked `"unbilled": true`; None where the item
     could not be written now (the event must come again)."""
 
     results: list[Result | None]
-    errors: list[Exception] = field(default_factory=list)
+    errors: Sequence[Exception] = ()
 
 
 def _is_kept(event: UsageEvent, result: Result | None) -> bool:

@@ -7,9 +7,10 @@ provider's module; the pipeline (checkout, webhook queueing, crediting) sees onl
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from decimal import Decimal
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
 
@@ -53,8 +54,7 @@ class EventType(StrEnum):
     DISPUTED = "disputed"
 
 
-@dataclass(frozen=True)
-class PaymentEvent:
+class PaymentEvent(NamedTuple):
     """A verified provider event, normalised; travels on the credit queue as JSON."""
 
     provider: str
@@ -64,7 +64,7 @@ class PaymentEvent:
     amount: Decimal | None = None  # major units, as paid/refunded
     currency: str | None = None  # upper case
     provider_payment_id: str | None = None
-    detail: dict[str, str] = field(default_factory=dict)
+    detail: Mapping[str, str] = MappingProxyType({})
     # Refunds: `amount` is the total refunded so far (cumulative, Stripe) or this refund
     # alone, which then carries the provider's refund id (Creem, Waffo); full_refund: the
     # provider says nothing of the payment is left.
@@ -74,7 +74,8 @@ class PaymentEvent:
     received_at: str | None = None  # when the webhook reached us (ISO UTC), set at intake
 
     def to_message(self) -> str:
-        data = asdict(self)
+        data = self._asdict()
+        data["detail"] = dict(self.detail)
         data["type"] = str(self.type)
         data["amount"] = None if self.amount is None else str(self.amount)
         return json.dumps(data, sort_keys=True)
@@ -113,12 +114,11 @@ class WebhookRequest(NamedTuple):
     query: dict[str, str]
 
 
-@dataclass(frozen=True)
-class WebhookReply:
+class WebhookReply(NamedTuple):
     status: int
     body: str
     content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = MappingProxyType({})
 
 
 class Provider(Protocol):
