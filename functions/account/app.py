@@ -31,7 +31,8 @@ from billing.api_docs import (
     present,
     text,
 )
-from billing.api_models_accounts import Account, GrantPage, LedgerPage
+from billing.api_models_accounts import Account
+from billing.api_models_ledger import GrantPage, LedgerPage
 from billing.api_models_usage import UsagePage, UsageSummary
 from billing.errors import InvalidAmount
 from billing.http import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from billing.api_docs import BEARER, answers, ok
-from billing.api_models_topups import Order
+from billing.api_models_orders import Order
 from billing.auth import principal_from_event
 from billing.http import model_response
 from billing.payments import crediting, orders

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from billing.api_docs import BEARER, DEFAULT_LIMIT, Cursor, Limit, answers, ok
-from billing.api_models_usage import UnbilledUsage, UnbilledUsagePage
+from billing.api_models_unbilled import UnbilledUsage, UnbilledUsagePage
 from billing.auth import Principal, principal_from_event
 from billing.http import model_response, open_page
 from billing.usage import unbilled

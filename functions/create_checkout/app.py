@@ -20,7 +20,8 @@ from billing.api_docs import (
     ok,
     replayable,
 )
-from billing.api_models_topups import Order, OrderPage, TopupOptions
+from billing.api_models_orders import Order
+from billing.api_models_topups import OrderPage, TopupOptions
 from billing.errors import InvalidAmount
 from billing.http import RequestBody, checked, make_router, model_response, open_page, principal
 from billing.idempotency import Reply, idempotent

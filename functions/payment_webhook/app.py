@@ -19,7 +19,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import init_phase
 from billing.api_docs import RAW_JSON_BODY, Responses, answers, ok, signature_header, text
-from billing.api_models_topups import WebhookAck
+from billing.api_models_webhooks import WebhookAck
 from billing.errors import InvalidRequest
 from billing.http import make_router
 from billing.payments import webhooks

@@ -10,7 +10,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import init_phase
 from billing.api_docs import BEARER, answers, ok
-from billing.api_models_codes import Redeemed
+from billing.api_models_redemption import Redeemed
 from billing.codes import redemption
 from billing.errors import RedeemFailed
 from billing.http import RequestBody, make_router, model_response, principal

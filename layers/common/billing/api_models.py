@@ -7,9 +7,11 @@ tests/integration/test_openapi_responses.py validates what the handlers render, 
 local stack, against that document.
 
 This module holds the base and the errors; each area has a module of its own
-(billing.api_models_<area>: accounts (and the ledger), usage, limits, topups, codes, referral,
-alerts), so that a function defines only the models of its own routes (each class costs
-import time at every cold start).
+(billing.api_models_<area>: accounts, ledger, usage, unbilled, limits, orders, topups,
+webhooks, codes, redemption, referral, alerts), cut along the functions' routes, so that a
+function defines only the models it answers with (each class costs ~0.2 ms of every cold
+start): the admin function, for one, needs an account and an order, not the ledger's pages,
+the usage summary or the top-up options.
 """
 
 from pydantic import BaseModel, ConfigDict, Field

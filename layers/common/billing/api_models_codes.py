@@ -1,15 +1,10 @@
-"""Redemption codes: a redemption, and the admin's batches and listings."""
+"""Redemption codes: the admin's batches and listings."""
 
 from typing import Any, Literal
 
 from pydantic import Field
 
 from billing.api_models import _Body
-
-
-class Redeemed(_Body):
-    quota_added: int
-    quota: int
 
 
 class CodeBatch(_Body):

@@ -1,11 +1,11 @@
-"""Top-up options, orders and the providers' webhook acknowledgement."""
+"""Top-up options and a user's orders."""
 
 from typing import Literal
 
 from pydantic import Field
 
 from billing.api_models import _Body
-from billing.facts import OrderStatus
+from billing.api_models_orders import Order
 
 
 class Product(_Body):
@@ -36,36 +36,6 @@ class TopupOptions(_Body):
     referral_min_transfer: int = Field(description="The least quota /referral/transfer moves.")
 
 
-class Order(_Body):
-    order_id: str
-    method: str
-    amount: int
-    pay_money: str = Field(description="Decimal string in the currency's minor unit.")
-    currency: str
-    quota: int
-    status: OrderStatus
-    refunded_money: str = Field(description="Decimal string: what refunds returned so far.")
-    pay_url: str | None = None
-    channel: str | None = None
-    product_id: str | None = None
-    created_at: str
-    paid_at: str | None
-    expires_at: str | None = Field(default=None, description="A pending order's deadline.")
-    failure_reason: str | None = Field(
-        default=None, description="Why it failed, expired or is disputed (ttl, mismatch:...)."
-    )
-    auto: bool | None = Field(default=None, description="true: an auto top-up (off-session).")
-    save_card: bool | None = Field(default=None, description="true: the card is kept.")
-
-
 class OrderPage(_Body):
     items: list[Order]
     next_cursor: str | None
-
-
-class WebhookAck(_Body):
-    """The provider's acknowledgement: Stripe and Creem get {"received": true}, Waffo its
-    signed {"message": "success"}."""
-
-    received: bool | None = None
-    message: str | None = None
