@@ -4,14 +4,13 @@ settings (routes_alerts) and the spend limits (routes_limits)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import routes_alerts
 import routes_limits
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import account_view, accounts, grant_history, init_phase
 from billing.api_docs import (
     BEARER,
@@ -46,6 +45,10 @@ from billing.http import (
 from billing.ops import statement
 from billing.referral import signup
 from billing.usage import history, summary
+
+if TYPE_CHECKING:
+    # An annotation only: Powertools' typing module is nothing the handler runs.
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 logger = Logger()
 router = make_router(field_codes={"amount": InvalidAmount()})

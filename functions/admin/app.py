@@ -3,7 +3,7 @@ validation; each route module checks the admin group again (defence in depth).""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import routes_accounts
 import routes_codes
@@ -12,9 +12,12 @@ import routes_topups
 import routes_usage
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import init_phase
 from billing.http import admin_refusal, make_router
+
+if TYPE_CHECKING:
+    # An annotation only: Powertools' typing module is nothing the handler runs.
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 logger = Logger()
 router = make_router()

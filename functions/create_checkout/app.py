@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import init_phase
 from billing.api_docs import (
     BEARER,
@@ -29,6 +28,10 @@ from billing.payments import orders, topup_options
 from billing.secrets import provider_secrets
 from billing.settings import load_settings
 from pydantic import Field
+
+if TYPE_CHECKING:
+    # An annotation only: Powertools' typing module is nothing the handler runs.
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 logger = Logger()
 router = make_router(field_codes={"amount": InvalidAmount()})

@@ -11,15 +11,18 @@ retries the failed records and moves a message that keeps failing to the DLQ (al
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import init_phase
 from billing.payments import crediting, orders
 from billing.payments.providers.base import PaymentEvent
+
+if TYPE_CHECKING:
+    # An annotation only: Powertools' typing module is nothing the handler runs.
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 logger = Logger()
 processor = SqsFifoPartialProcessor(skip_group_on_error=True)

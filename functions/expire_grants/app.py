@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import grant_expiry, init_phase
 from billing.events import grant_notices
+
+if TYPE_CHECKING:
+    # An annotation only: Powertools' typing module is nothing the handler runs.
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 logger = Logger()
 

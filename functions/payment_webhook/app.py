@@ -11,12 +11,11 @@ import base64
 import binascii
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import init_phase
 from billing.api_docs import RAW_JSON_BODY, Responses, answers, ok, signature_header, text
 from billing.api_models_webhooks import WebhookAck
@@ -24,6 +23,10 @@ from billing.errors import InvalidRequest
 from billing.http import make_router
 from billing.payments import webhooks
 from billing.payments.providers.base import WebhookRequest
+
+if TYPE_CHECKING:
+    # An annotation only: Powertools' typing module is nothing the handler runs.
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 logger = Logger()
 router = make_router()

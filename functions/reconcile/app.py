@@ -10,13 +10,16 @@ function's Errors alarm), so an unchecked part never passes for a clean one.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import init_phase
 from billing.ops.reconciliation import Options, Tables, reconcile
+
+if TYPE_CHECKING:
+    # An annotation only: Powertools' typing module is nothing the handler runs.
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 logger = Logger()
 metrics = Metrics()

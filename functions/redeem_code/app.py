@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import init_phase
 from billing.api_docs import BEARER, answers, ok
 from billing.api_models_redemption import Redeemed
@@ -15,6 +14,10 @@ from billing.codes import redemption
 from billing.errors import RedeemFailed
 from billing.http import RequestBody, make_router, model_response, principal
 from pydantic import Field
+
+if TYPE_CHECKING:
+    # An annotation only: Powertools' typing module is nothing the handler runs.
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 logger = Logger()
 # A code that is not even a string of sane length fails like any other code.

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.typing import LambdaContext
 from billing import init_phase
 from billing.api_docs import BEARER, IDEMPOTENCY_409, IdempotencyKey, answers, replayable
 from billing.api_models_referral import Transferred
 from billing.http import RequestBody, checked, make_router, principal
 from billing.idempotency import Reply, idempotent
 from billing.referral import rewards as referral
+
+if TYPE_CHECKING:
+    # An annotation only: Powertools' typing module is nothing the handler runs.
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 logger = Logger()
 router = make_router()

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from billing.errors import IdempotencyKeyInProgress, IdempotencyKeyReused, InvalidRequest
 from billing.http import json_response
@@ -38,6 +37,7 @@ if TYPE_CHECKING:
         IdempotencyConfig,
     )
     from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 # Powertools' idempotency utility imports boto3 (its table client): a request without an
 # Idempotency-Key never needs it, so it is imported with the first keyed request, or before
