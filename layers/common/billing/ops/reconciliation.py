@@ -56,9 +56,8 @@ import os
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any, NamedTuple
@@ -188,12 +187,11 @@ class Options(NamedTuple):
 DEFAULT_OPTIONS = Options()
 
 
-@dataclass
-class Report:
+class Report(NamedTuple):
     differences: list[Difference]
     counts: dict[str, int]
     rechecked: int = 0  # suspects read again; those that vanished were transient
-    unverified: list[Difference] = field(default_factory=list)  # never settled: kept changing
+    unverified: Sequence[Difference] = ()  # never settled: kept changing
     complete: bool = True  # False: the run stopped at its deadline (see `stopped`)
     stopped: str = ""
 
@@ -265,8 +263,7 @@ def bound(
 # ---------------------------------------------------------------- what is read
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """What the checks need of a ledger entry (a model instance costs several times more)."""
 
     entry_id: str
@@ -301,14 +298,16 @@ def _grant_deltas(raw: Any) -> dict[str, int]:
     return {str(grant_id): int(delta) for grant_id, delta in plain.items()}
 
 
-@dataclass
 class UsageTotals:
     """The usage records of one account, summed as its counters sum them."""
 
-    used: int = 0
-    requests: int = 0
-    held: int = 0
-    records: int = 0
+    __slots__ = ("held", "records", "requests", "used")
+
+    def __init__(self, used: int = 0, requests: int = 0, held: int = 0, records: int = 0) -> None:
+        self.used = used
+        self.requests = requests
+        self.held = held
+        self.records = records
 
     def add(self, record: UsageRecord) -> None:
         self.records += 1
@@ -326,8 +325,7 @@ class UsageTotals:
         )
 
 
-@dataclass
-class UserState:
+class UserState(NamedTuple):
     """What the per-account checks look at, for one user."""
 
     account: Account | None
