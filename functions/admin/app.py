@@ -1,12 +1,14 @@
-"""Admin function: every /admin route. Non-admins are refused (403) before routing or body
-validation; each route module checks the admin group again (defence in depth)."""
+"""Admin function: the /admin routes of accounts (adjust, statement), spend limits, top-ups
+and unbilled usage. Redemption codes have a function of their own (functions/admin_codes), the
+only one that holds the codes table and the code hash key. Non-admins are refused (403)
+before routing or body validation; each route module checks the admin group again (defence
+in depth)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 import routes_accounts
-import routes_codes
 import routes_limits
 import routes_topups
 import routes_usage
@@ -22,7 +24,6 @@ if TYPE_CHECKING:
 logger = Logger()
 router = make_router()
 router.include_router(routes_accounts.router)
-router.include_router(routes_codes.router)
 router.include_router(routes_limits.router)
 router.include_router(routes_topups.router)
 router.include_router(routes_usage.router)

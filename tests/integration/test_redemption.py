@@ -583,9 +583,9 @@ def test_admin_actions_are_audited_without_codes(stack: LocalStack) -> None:
 
 
 def test_the_sample_admin_event_creates_codes(stack: LocalStack) -> None:
-    event = json.loads((EVENTS / "admin_create_codes.json").read_text())
+    event = json.loads((EVENTS / "admin_codes_create.json").read_text())
     event = copy.deepcopy(event)
-    result = stack.invoke("AdminFunction", event)
+    result = stack.invoke("AdminCodesFunction", event)
     assert result["statusCode"] == 201
     body = json.loads(result["body"])
     assert len(body["codes"]) == json.loads(event["body"])["count"]

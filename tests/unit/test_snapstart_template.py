@@ -14,6 +14,7 @@ TEMPLATE = ROOT / "infra" / "template.yaml"
 USER_FACING = {
     "AccountFunction",
     "AdminFunction",
+    "AdminCodesFunction",
     "CreateCheckoutFunction",
     "RedeemCodeFunction",
     "ReferralTransferFunction",
