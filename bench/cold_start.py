@@ -86,6 +86,21 @@ FLOORS = {
     ),
 }
 
+
+def global_environment() -> dict[str, str]:
+    """The template's Globals environment variables that are plain strings."""
+    variables = (
+        Template(ROOT / "infra" / "template.yaml")
+        .raw.get("Globals", {})
+        .get("Function", {})
+        .get("Environment", {})
+        .get("Variables", {})
+    )
+    return {name: value for name, value in variables.items() if isinstance(value, str)}
+
+
+GLOBAL_ENVIRONMENT = global_environment()
+
 TIMER = """
 import sys, time
 sys.path[:0] = {paths!r}
@@ -130,6 +145,8 @@ def run_once(case: Case) -> float:
         "POWERTOOLS_SERVICE_NAME": "bench",
         # Lambda sets it in every function's process; billing.init_phase keys on it.
         "AWS_LAMBDA_FUNCTION_NAME": "bench",
+        # What the template gives every function (Globals), floors and handlers alike.
+        **GLOBAL_ENVIRONMENT,
     }
     # Deployed: isolated (no site-packages, no PYTHONPATH, nothing outside the paths given, as
     # in Lambda) and writing no bytecode, as /var/task and /opt are read-only.
