@@ -15,7 +15,7 @@ import routes_usage
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging import correlation_paths
 from billing import init_phase
-from billing.http import admin_refusal, make_router
+from billing.http import make_router, resolve_admin
 
 if TYPE_CHECKING:
     # An annotation only: Powertools' typing module is nothing the handler runs.
@@ -33,10 +33,7 @@ router.include_router(routes_usage.router)
     clear_state=True, correlation_id_path=correlation_paths.API_GATEWAY_HTTP
 )
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    refusal = admin_refusal(event)
-    if refusal is not None:
-        return refusal
-    return router.resolve(event, context)
+    return resolve_admin(router, event, context)
 
 
 # INIT is over: garbage collection resumes (billing.init_phase).

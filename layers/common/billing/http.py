@@ -149,14 +149,16 @@ def error_result(error: DomainError) -> dict[str, Any]:
     }
 
 
-def admin_refusal(event: Mapping[str, Any]) -> dict[str, Any] | None:
-    """For functions whose every route is admin-only: 403 for anyone else, before the body is
-    even validated (a non-admin learns nothing about the route's input)."""
+def resolve_admin(
+    router: APIGatewayHttpResolver, event: Mapping[str, Any], context: Any
+) -> dict[str, Any]:
+    """Route a request to a function whose every route is admin-only: 403 for anyone else,
+    before the body is even validated (a non-admin learns nothing about the route's input)."""
     try:
         principal_from_event(dict(event)).require_admin()
     except DomainError as refusal:
         return error_result(refusal)
-    return None
+    return router.resolve(event, context)
 
 
 class _LimitedResolver(APIGatewayHttpResolver):
