@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -212,3 +212,28 @@ def test_any_sequence_keeps_ledger_equal_to_balance(steps: list[tuple[str, int]]
             pass
         account = assert_ledger_matches(user)
         assert int(account.aff_quota) >= 0
+
+
+MALFORMED: list[tuple[str, Callable[[str], Change], type[Exception]]] = [
+    ("balance move without an entry", lambda user: Change(user, None, None, 500), ValueError),
+    ("entry without a kind", lambda user: Change(user, "topup#x", None, 500), ValueError),
+    ("bool delta", lambda user: Change(user, "topup#y", EntryKind.TOPUP, True), TypeError),
+    ("float delta", lambda user: Change(user, "topup#z", EntryKind.TOPUP, 1.5), TypeError),  # type: ignore[arg-type]
+]
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"), [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED]
+)
+def test_a_malformed_change_is_refused_before_anything_is_written(
+    bad: Callable[[str], Change], error: type[Exception]
+) -> None:
+    user = new_user()
+    good = Change(user, "topup#ok", EntryKind.TOPUP, 100)
+    before = Account.get(user, consistent_read=True)
+    with pytest.raises(error):
+        ledger.apply([good, bad(user)])  # the well-formed change goes nowhere either
+    after = assert_ledger_matches(user)
+    assert (int(after.quota), int(after.version)) == (int(before.quota), int(before.version))
+    written = {entry.entry_id for entry in LedgerEntry.query(user, consistent_read=True)}
+    assert not written & {"topup#ok", "topup#x", "topup#y", "topup#z"}
